@@ -1,0 +1,105 @@
+"""Image grids, GIFs, tensor <-> PIL conversion and seed-range parsing for sampling."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import PIL.Image
+import torch
+
+# torch.Generator.manual_seed accepts 0 .. 2**64 - 1.
+MAX_SEED = 2**64 - 1
+
+_RANGE = re.compile(r"^(\d+)-(\d+)$")
+
+
+class SeedRangeError(ValueError):
+    """A seed list such as "0-7" or "1,3,5-9" that does not parse."""
+
+
+def parse_seeds(text: str, *, option: str = "--seeds") -> list[int]:
+    """Parse "0-7", "1,3,5-9" or "42" into seeds, in the order written (ranges inclusive).
+
+    Raises SeedRangeError naming the option and the part that is wrong.
+    """
+    if not text or not text.strip():
+        raise SeedRangeError(f"{option}: empty seed list (write e.g. 0-7 or 1,3,5-9)")
+    seeds: list[int] = []
+    for part in text.split(","):
+        p = part.strip()
+        if not p:
+            raise SeedRangeError(f"{option}: empty item in {text!r} (stray comma?)")
+        m = _RANGE.match(p)
+        if m:
+            lo, hi = int(m.group(1)), int(m.group(2))
+            if lo > hi:
+                raise SeedRangeError(f"{option}: range {p!r} runs backwards ({lo} > {hi}); write {hi}-{lo}")
+            if hi - lo >= 1_000_000:
+                raise SeedRangeError(f"{option}: range {p!r} holds {hi - lo + 1} seeds; at most 1000000")
+            values = range(lo, hi + 1)
+        elif p.isdigit():
+            values = range(int(p), int(p) + 1)
+        else:
+            raise SeedRangeError(
+                f"{option}: {p!r} is neither a seed (a non-negative integer) nor a range a-b")
+        if values[-1] > MAX_SEED:
+            raise SeedRangeError(f"{option}: seed in {p!r} exceeds {MAX_SEED}")
+        seeds.extend(values)
+    return seeds
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] float in [-1, 1] -> [B, H, W, 3] uint8 (StyleGAN's rounding: x*127.5+128)."""
+    assert images.ndim == 4 and images.shape[1] == 3, images.shape
+    return (images.detach() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+def to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
+    """[B, 3, H, W] float in [-1, 1] -> B RGB PIL images."""
+    return [PIL.Image.fromarray(a.numpy(), "RGB") for a in to_uint8(images)]
+
+
+def from_pil(image: PIL.Image.Image, *, resolution: int | None = None) -> torch.Tensor:
+    """An image -> [1, 3, R, R] float in [-1, 1], RGB, resized (Lanczos) to `resolution` if given."""
+    image = image.convert("RGB")
+    if resolution is not None and image.size != (resolution, resolution):
+        image = image.resize((resolution, resolution), PIL.Image.LANCZOS)
+    a = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())  # [H, W, 3]
+    return (a.permute(2, 0, 1)[None].float() / 127.5 - 1.0)
+
+
+def image_grid(images: Sequence[PIL.Image.Image], *, rows: int, cols: int, gap: int = 0,
+               background: tuple[int, int, int] = (255, 255, 255)) -> PIL.Image.Image:
+    """Lay `rows * cols` equal-size images out row-major (image i at row i // cols, column i % cols).
+
+    gap: pixels of `background` between tiles (0 = tiles touch, so tile (r, c) is exactly the
+    image's pixels at [r*H : (r+1)*H, c*W : (c+1)*W]).
+    """
+    if len(images) != rows * cols:
+        raise ValueError(f"image_grid: {len(images)} images do not fill {rows} rows x {cols} columns")
+    if rows < 1 or cols < 1:
+        raise ValueError(f"image_grid: need at least one row and column, got {rows} x {cols}")
+    w, h = images[0].size
+    for i, im in enumerate(images):
+        if im.size != (w, h):
+            raise ValueError(f"image_grid: image {i} is {im.size}, image 0 is {(w, h)}")
+    grid = PIL.Image.new("RGB", (cols * w + (cols - 1) * gap, rows * h + (rows - 1) * gap), background)
+    for i, im in enumerate(images):
+        r, c = divmod(i, cols)
+        grid.paste(im.convert("RGB"), (c * (w + gap), r * (h + gap)))
+    return grid
+
+
+def save_gif(frames: Sequence[PIL.Image.Image], path: str | Path, *, fps: float = 12.0,
+             loop: int = 0) -> Path:
+    """Write an animated GIF (loop=0: forever). Returns the path."""
+    if not frames:
+        raise ValueError(f"save_gif: no frames for {path}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    first, *rest = [f.convert("RGB") for f in frames]
+    first.save(path, save_all=True, append_images=rest, duration=max(1, round(1000 / fps)),
+               loop=loop, optimize=False)
+    return path

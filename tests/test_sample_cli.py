@@ -1,0 +1,143 @@
+"""Seed ranges, grids, GIFs and the spikegan-sample command line."""
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from gan.grid import SeedRangeError, from_pil, image_grid, parse_seeds, save_gif, to_pil
+from scripts import sample
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed ranges.
+
+
+@pytest.mark.parametrize("text, seeds", [
+    ("0-7", list(range(8))),
+    ("1,3,5-9", [1, 3, 5, 6, 7, 8, 9]),
+    ("42", [42]),
+    (" 2 , 0-1 ", [2, 0, 1]),
+    ("3-3", [3]),
+    ("5,5", [5, 5]),
+    (str(2**64 - 1), [2**64 - 1]),
+])
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text, part", [
+    ("1,x,3", "'x'"),
+    ("0-7,9-a", "'9-a'"),
+    ("7-3", "'7-3'"),
+    ("1,,2", "stray comma"),
+    ("-1", "'-1'"),
+    ("1.5", "'1.5'"),
+    ("", "empty"),
+    (str(2**64), "exceeds"),
+    ("0-2000000", "at most"),
+])
+def test_parse_seeds_errors_name_the_part(text, part):
+    with pytest.raises(SeedRangeError) as e:
+        parse_seeds(text, option="--col-seeds")
+    assert "--col-seeds" in str(e.value) and part in str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Grids, conversion, GIFs.
+
+
+def _tiles(n: int, size: tuple[int, int] = (5, 3)) -> list[PIL.Image.Image]:
+    rng = np.random.default_rng(0)
+    return [PIL.Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def test_grid_layout_rows_by_cols():
+    tiles = _tiles(6)
+    grid = image_grid(tiles, rows=2, cols=3)
+    assert grid.size == (3 * 5, 2 * 3)
+    a = np.asarray(grid)
+    for i, t in enumerate(tiles):
+        r, c = divmod(i, 3)
+        assert np.array_equal(a[r * 3:(r + 1) * 3, c * 5:(c + 1) * 5], np.asarray(t)), i
+
+
+def test_grid_gap_and_errors():
+    tiles = _tiles(4)
+    grid = image_grid(tiles, rows=2, cols=2, gap=2)
+    assert grid.size == (2 * 5 + 2, 2 * 3 + 2)
+    assert np.array_equal(np.asarray(grid)[3:5, 0:5], np.full((2, 5, 3), 255, np.uint8))
+    assert np.array_equal(np.asarray(grid)[5:8, 7:12], np.asarray(tiles[3]))
+    with pytest.raises(ValueError, match="do not fill 3 rows x 2 columns"):
+        image_grid(tiles, rows=3, cols=2)
+    with pytest.raises(ValueError, match="image 1 is"):
+        image_grid([tiles[0], tiles[1].resize((4, 4))], rows=1, cols=2)
+
+
+def test_to_pil_rounding_and_roundtrip():
+    x = torch.tensor([-1.0, -0.5, 0.0, 0.999, 1.0, 3.0]).view(1, 3, 1, 2)
+    a = np.asarray(to_pil(x)[0])  # [1, 2, 3]
+    assert a.shape == (1, 2, 3)
+    # StyleGAN's x * 127.5 + 128, clamped, truncated to uint8.
+    expected = (x * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)[0].numpy()
+    assert np.array_equal(a, expected)
+    assert a[0, 0, 0] == 0 and a[0, 1, 2] == 255
+    back = from_pil(PIL.Image.fromarray(a))  # [1, 3, 1, 2], u8 / 127.5 - 1
+    assert back.shape == (1, 3, 1, 2)
+    assert torch.equal(((back + 1) * 127.5).round().to(torch.uint8)[0].permute(1, 2, 0).numpy(), a)
+
+
+def test_save_gif_frames(tmp_path):
+    frames = _tiles(3, (8, 8))
+    path = save_gif(frames, tmp_path / "sub" / "walk.gif", fps=10)
+    with PIL.Image.open(path) as g:
+        assert g.n_frames == 3 and g.size == (8, 8)
+        assert g.info["duration"] == 100
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line parsing.
+
+
+def test_cli_parses_prompts_seeds_and_modes(tmp_path):
+    f = tmp_path / "prompts.txt"
+    f.write_text("a red circle\n\n# comment\n a (blue:1.3) square \n")
+    args = sample.parse_args(["--model", "m", "--prompts", str(f), "--seeds", "1,3-4", "--grid", "--out", "g.png",
+                              "--truncation", "0.7", "--truncation-mode", "global"])
+    assert args.prompt_list == ["a red circle", "a (blue:1.3) square"]
+    assert args.seed_list == [1, 3, 4] and args.mode == "grid"
+    assert args.truncation == 0.7 and args.truncation_mode == "global"
+    args = sample.parse_args(["--model", "m", "--prompt", "a", "--prompt", "b", "--seeds", "0", "--interpolate", "--out", "x.gif"])
+    assert args.prompt_list == ["a", "b"] and args.mode == "interpolate"
+    args = sample.parse_args(["--model", "m", "--prompt", "a", "--style-mix", "--col-seeds", "5-6", "--out", "o"])
+    assert args.seed_list == list(range(8)) and args.col_seed_list == [5, 6]
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--seeds", "3-1"], "--seeds"),
+    (["--truncation", "2.5"], "--truncation"),
+    (["--batch", "0"], "--batch"),
+    (["--grid", "--interpolate"], "--interpolate"),
+    (["--refine", "5"], "--alignment-scorer"),
+    (["--refine", "5", "--alignment-scorer", "s", "--grid"], "--refine"),
+    (["--interpolate", "--seeds", "0"], "--interpolate"),
+    (["--noise-mode", "loud"], "--noise-mode"),
+    (["--style-mix", "--col-seeds", "a"], "--col-seeds"),
+])
+def test_cli_errors_name_the_flag(argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        sample.parse_args(["--model", "m", "--prompt", "a", "--out", "o", *argv])
+    assert e.value.code == 2
+    assert flag in capsys.readouterr().err
+
+
+def test_cli_prompts_file_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        sample.parse_args(["--model", "m", "--prompts", str(tmp_path / "nope.txt"), "--out", "o"])
+    assert "--prompts" in capsys.readouterr().err
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n# nothing\n")
+    with pytest.raises(SystemExit):
+        sample.parse_args(["--model", "m", "--prompts", str(empty), "--out", "o"])
+    assert "no prompts" in capsys.readouterr().err
