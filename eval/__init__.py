@@ -1,0 +1,1 @@
+"""Evaluation: FID/KID with clean-fid's protocol, LPIPS, prompt alignment, the eval CLI."""

@@ -1,0 +1,48 @@
+"""The plain-module Inception against the TorchScript it was loaded from (real weights)."""
+import numpy as np
+import pytest
+import torch
+from cleanfid.resize import make_resizer
+
+from eval.features import InceptionFeatures
+from eval.inception import InceptionV3, find_torchscript, load_torchscript, state_dict_from_torchscript
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return InceptionFeatures("cpu")
+
+
+@pytest.fixture(scope="module")
+def torchscript(extractor):
+    return load_torchscript(extractor.weights_file)
+
+
+def test_features_equal_torchscript_with_clean_fid_preprocessing(extractor, torchscript):
+    # Two 64x64 images through clean-fid's own pipeline (its resize, (x-128)/128, the TorchScript)
+    # and through InceptionFeatures (our resize, folded/fused plain module, channels-last).
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, (2, 3, 64, 64), dtype=np.uint8)
+    images[1] = np.clip(images[1].astype(int) // 4 + 100, 0, 255)  # a low-contrast second image
+    resize = make_resizer("PIL", False, "bicubic", (299, 299))
+    x = torch.from_numpy(np.stack([resize(im.transpose(1, 2, 0)).transpose(2, 0, 1) for im in images]))
+    with torch.no_grad():
+        expected = torchscript((x - 128) / 128)  # [2, 2048]
+    ours = extractor(torch.from_numpy(images))
+    assert ours.shape == (2, 2048) and ours.dtype == torch.float32
+    assert expected.abs().max() > 1  # real features, not zeros
+    torch.testing.assert_close(ours, expected, atol=1e-4, rtol=0)
+
+
+def test_weights_are_reported_and_state_dict_maps_every_layer(extractor, torchscript):
+    assert extractor.weights_file == str(find_torchscript())
+    assert len(extractor.weights_sha256) == 64
+    state = state_dict_from_torchscript(torchscript)
+    assert set(state) == set(InceptionV3().state_dict())  # strict: nothing missing, nothing extra
+
+
+def test_rejects_float_images(extractor):
+    with pytest.raises(TypeError, match="uint8"):
+        extractor(torch.zeros(1, 3, 32, 32))
+    with pytest.raises(FileNotFoundError, match="Inception weights not found"):
+        InceptionFeatures(weights="/nonexistent/inception.pt")
