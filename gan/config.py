@@ -1,0 +1,235 @@
+"""Typed configs for the generator, discriminator and whole model, and the named presets.
+
+A model rebuilds from its `ModelConfig` alone (`ModelConfig.from_dict(json.load(...))`).
+`python -m gan.config` prints the parameter counts of every preset.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from encoders import EncoderConfig
+
+RESOLUTIONS = (16, 32, 64, 128, 256)
+
+
+def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
+    """StyleGAN2's feature width at one resolution: min(channel_base // res, channel_max)."""
+    return min(channel_base // resolution, channel_max)
+
+
+def _check_resolution(resolution: int, what: str) -> None:
+    if resolution not in RESOLUTIONS:
+        raise ValueError(f"{what}.resolution must be one of {RESOLUTIONS}, got {resolution}")
+
+
+@dataclass
+class GeneratorConfig:
+    resolution: int = 32  # Output resolution R (16..256, a power of two).
+    c_dim: int = 128  # Width of the conditioning code (== encoder.code_dim).
+    z_dim: int = 128  # Width of the latent z.
+    w_dim: int = 128  # Width of the intermediate latent w.
+    embed_dim: int | None = None  # Width of the embedded pooled code; None = w_dim.
+    mapping_layers: int = 2  # Fully connected layers in the mapping network.
+    mapping_lr_mult: float = 0.01  # Learning-rate multiplier of the mapping network.
+    w_avg_beta: float = 0.995  # EMA decay of the tracked mean w (updated in training mode).
+    channel_base: int = 4096  # Feature width is min(channel_base // res, channel_max).
+    channel_max: int = 128  # Widest feature map.
+    attn_resolutions: tuple[int, ...] = (8, 16)  # Resolutions with cross-attention to tokens.
+    attn_heads: int = 4  # Heads per cross-attention layer.
+    fused_modconv: bool = False  # Grouped-conv modulation (slower on CPU, see scripts/bench.py).
+    channels_last: bool = True  # Run convolutions in NHWC memory format.
+    conv_clamp: float | None = None  # Clamp conv outputs to +-this (helps fp16), None = off.
+
+    def __post_init__(self) -> None:
+        _check_resolution(self.resolution, "generator")
+        self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
+        bad = [r for r in self.attn_resolutions if r < 4 or r > self.resolution or r & (r - 1)]
+        if bad:
+            raise ValueError(f"generator.attn_resolutions {bad} must be powers of two in [4, {self.resolution}]")
+        if self.mapping_layers < 1:
+            raise ValueError(f"generator.mapping_layers must be >= 1, got {self.mapping_layers}")
+
+    def channels(self, res: int) -> int:
+        return channels_at(res, self.channel_base, self.channel_max)
+
+    @property
+    def block_resolutions(self) -> list[int]:
+        """[4, 8, ..., R]."""
+        return [2**i for i in range(2, int(math.log2(self.resolution)) + 1)]
+
+    @property
+    def num_ws(self) -> int:
+        """One w per layer: conv + toRGB at 4x4, then two convs + toRGB per resolution."""
+        return 2 + 3 * (len(self.block_resolutions) - 1)
+
+
+@dataclass
+class DiscriminatorConfig:
+    resolution: int = 32  # Input resolution R.
+    c_dim: int = 128  # Width of the conditioning code (== encoder.code_dim).
+    channel_base: int = 4096  # Feature width is min(channel_base // res, channel_max).
+    channel_max: int = 128  # Widest feature map.
+    cmap_dim: int | None = None  # Width of the projection; None = channels at 4x4.
+    mapping_layers: int = 2  # Layers of the code -> cmap mapping.
+    mapping_lr_mult: float = 0.01  # Learning-rate multiplier of that mapping.
+    mbstd_group: int = 4  # Minibatch-std group size (largest divisor of the batch up to this).
+    mbstd_channels: int = 1  # Minibatch-std feature channels.
+    channels_last: bool = True  # Run convolutions in NHWC memory format.
+    conv_clamp: float | None = None  # Clamp conv outputs to +-this, None = off.
+
+    def __post_init__(self) -> None:
+        _check_resolution(self.resolution, "discriminator")
+
+    def channels(self, res: int) -> int:
+        return channels_at(res, self.channel_base, self.channel_max)
+
+
+@dataclass
+class ModelConfig:
+    name: str  # Preset or user name, written to config.json.
+    resolution: int  # Image resolution (generator and discriminator must agree).
+    encoder: EncoderConfig  # The spiking text encoder (encoders.EncoderConfig).
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
+    vocab_size: int = 0  # Tokenizer vocabulary size (set from the tokenizer; 0 = not yet known).
+
+    def __post_init__(self) -> None:
+        for what, cfg in (("generator", self.generator), ("discriminator", self.discriminator)):
+            if cfg.resolution != self.resolution:
+                raise ValueError(f"{what}.resolution {cfg.resolution} != resolution {self.resolution}")
+            if cfg.c_dim != self.encoder.code_dim:
+                raise ValueError(f"{what}.c_dim {cfg.c_dim} != encoder.code_dim {self.encoder.code_dim}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "resolution": self.resolution,
+            "vocab_size": self.vocab_size,
+            "encoder": self.encoder.to_dict(),
+            "generator": _to_plain(dataclasses.asdict(self.generator)),
+            "discriminator": _to_plain(dataclasses.asdict(self.discriminator)),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
+        from encoders import EncoderConfig
+
+        d = dict(d)
+        _reject_unknown(d, {f.name for f in dataclasses.fields(cls)}, "model config")
+        return cls(
+            name=d["name"],
+            resolution=int(d["resolution"]),
+            vocab_size=int(d.get("vocab_size", 0)),
+            encoder=EncoderConfig.from_dict(d["encoder"]),
+            generator=_dataclass_from_dict(GeneratorConfig, d.get("generator", {}), "generator"),
+            discriminator=_dataclass_from_dict(DiscriminatorConfig, d.get("discriminator", {}), "discriminator"),
+        )
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _to_plain(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def _reject_unknown(d: dict[str, Any], known: set[str], what: str) -> None:
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{what}: unknown keys {unknown} (known: {sorted(known)})")
+
+
+def _dataclass_from_dict(cls, d: dict[str, Any], what: str):
+    _reject_unknown(d, {f.name for f in dataclasses.fields(cls)}, what)
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets (data): resolution, code width, encoder kind, G/D widths.
+
+_PRESETS: dict[str, dict[str, Any]] = {
+    # Tests: 16 px, a few thousand parameters per network.
+    "tiny": dict(
+        resolution=16, encoder_kind="embedding", code_dim=32,
+        g=dict(z_dim=32, w_dim=32, channel_base=256, channel_max=32, attn_resolutions=(8,), attn_heads=2),
+        d=dict(channel_base=256, channel_max=32),
+    ),
+    # The CPU main job: 32 px shapes, trains in ~20 minutes on 2 cores.
+    "shapes32": dict(
+        resolution=32, encoder_kind="recurrent", code_dim=128,
+        g=dict(z_dim=64, w_dim=128, channel_base=4096, channel_max=128, attn_resolutions=(8, 16), attn_heads=4),
+        d=dict(channel_base=4096, channel_max=128),
+    ),
+    "emoji64": dict(
+        resolution=64, encoder_kind="transformer", code_dim=256,
+        g=dict(z_dim=128, w_dim=256, channel_base=8192, channel_max=256, attn_resolutions=(8, 16), attn_heads=4),
+        d=dict(channel_base=8192, channel_max=256),
+    ),
+    "custom64": dict(
+        resolution=64, encoder_kind="transformer", code_dim=256,
+        g=dict(z_dim=256, w_dim=256, channel_base=16384, channel_max=512, attn_resolutions=(8, 16), attn_heads=8),
+        d=dict(channel_base=16384, channel_max=512),
+    ),
+    "custom128": dict(
+        resolution=128, encoder_kind="transformer", code_dim=256,
+        g=dict(z_dim=512, w_dim=512, channel_base=16384, channel_max=512, attn_resolutions=(8, 16, 32), attn_heads=8),
+        d=dict(channel_base=16384, channel_max=512),
+    ),
+    "custom256": dict(
+        resolution=256, encoder_kind="transformer", code_dim=256,
+        g=dict(z_dim=512, w_dim=512, channel_base=16384, channel_max=512, attn_resolutions=(8, 16, 32), attn_heads=8),
+        d=dict(channel_base=16384, channel_max=512),
+    ),
+}
+
+PRESETS = tuple(_PRESETS)
+
+
+def preset(name: str) -> ModelConfig:
+    """The named preset's ModelConfig (vocab_size 0: set it from the tokenizer)."""
+    from encoders import EncoderConfig
+
+    if name not in _PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {list(_PRESETS)}")
+    p = _PRESETS[name]
+    res, code_dim = p["resolution"], p["code_dim"]
+    return ModelConfig(
+        name=name,
+        resolution=res,
+        encoder=EncoderConfig(kind=p["encoder_kind"], code_dim=code_dim),
+        generator=GeneratorConfig(resolution=res, c_dim=code_dim, **p["g"]),
+        discriminator=DiscriminatorConfig(resolution=res, c_dim=code_dim, **p["d"]),
+    )
+
+
+def parameter_counts(cfg: ModelConfig, vocab_size: int = 1000) -> dict[str, int]:
+    """Parameters of G, D and the text encoder built from `cfg` (encoder at `vocab_size`)."""
+    from encoders import build_encoder
+
+    from .discriminator import Discriminator
+    from .generator import Generator
+
+    def count(m) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    return {
+        "generator": count(Generator(cfg.generator)),
+        "discriminator": count(Discriminator(cfg.discriminator)),
+        "encoder": count(build_encoder(cfg.encoder, cfg.vocab_size or vocab_size)),
+    }
+
+
+def main() -> None:
+    print(f"{'preset':<10} {'res':>4} {'G params':>12} {'D params':>12} {'encoder':>12}")
+    for name in PRESETS:
+        cfg = preset(name)
+        n = parameter_counts(cfg)
+        print(f"{name:<10} {cfg.resolution:>4} {n['generator']:>12,} {n['discriminator']:>12,} {n['encoder']:>12,}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Residual StyleGAN2 discriminator with projection conditioning on the pooled spike code.
+
+D(img, pooled) -> one logit per image. Matching-aware training needs no extra API: call D
+with the pooled codes of other prompts (e.g. `pooled[perm]`) to score mismatched pairs.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .config import DiscriminatorConfig
+from .generator import MappingNetwork
+from .layers import EqualConv2d, EqualLinear
+
+SQRT_HALF = math.sqrt(0.5)
+
+
+class DiscriminatorBlock(nn.Module):
+    """conv 3x3 at R, conv 3x3 down to R/2, plus a 1x1 downsampled skip; sum * sqrt(0.5)."""
+
+    def __init__(
+        self,
+        in_channels: int,  # Input channels (at R).
+        out_channels: int,  # Output channels (at R/2).
+        *,
+        conv_clamp: float | None,  # Clamp conv outputs, None = off.
+    ) -> None:
+        super().__init__()
+        self.conv0 = EqualConv2d(in_channels, in_channels, 3, conv_clamp=conv_clamp)
+        # The residual sqrt(0.5) is folded into both branches' weight gains.
+        self.conv1 = EqualConv2d(in_channels, out_channels, 3, down=True, gain=SQRT_HALF, conv_clamp=conv_clamp)
+        self.skip = EqualConv2d(in_channels, out_channels, 1, bias=False, activation=False, down=True, gain=SQRT_HALF)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, in, R, R] -> [B, out, R/2, R/2]."""
+        y = self.skip(x)
+        return self.conv1(self.conv0(x)) + y  # not in place: the lrelu saved its output
+
+
+class MinibatchStd(nn.Module):
+    """Append the std of features across a group of samples as extra channels (StyleGAN)."""
+
+    def __init__(
+        self,
+        group_size: int,  # Samples per group (the largest divisor of the batch up to this is used).
+        num_channels: int = 1,  # Feature channels appended.
+    ) -> None:
+        super().__init__()
+        self.group_size, self.num_channels = group_size, num_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, C + num_channels, H, W]."""
+        B, C, H, W = x.shape
+        G = max(g for g in range(1, min(self.group_size, B) + 1) if B % g == 0)
+        F_ = self.num_channels
+        y = x.reshape(G, B // G, F_, C // F_, H, W)  # (G, M, F, c, H, W)
+        y = (y - y.mean(dim=0)).square().mean(dim=0)  # variance over the group (M, F, c, H, W)
+        y = (y + 1e-8).sqrt().mean(dim=(2, 3, 4))  # (M, F)
+        y = y.reshape(-1, F_, 1, 1).repeat(G, 1, H, W)  # (B, F, H, W)
+        return torch.cat([x, y.to(x.dtype)], dim=1)
+
+
+class Discriminator(nn.Module):
+    """Residual D from R down to 4x4, minibatch std, fc, projection on the pooled code."""
+
+    def __init__(self, cfg: DiscriminatorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        R = cfg.resolution
+        resolutions = [2**i for i in range(int(math.log2(R)), 2, -1)]  # [R, ..., 8]
+        c4 = cfg.channels(4)
+        self.cmap_dim = cfg.cmap_dim or c4
+        self.from_rgb = EqualConv2d(3, cfg.channels(R), 1, conv_clamp=cfg.conv_clamp)
+        self.blocks = nn.Sequential(
+            *[DiscriminatorBlock(cfg.channels(r), cfg.channels(r // 2), conv_clamp=cfg.conv_clamp) for r in resolutions]
+        )
+        self.mbstd = MinibatchStd(cfg.mbstd_group, cfg.mbstd_channels)
+        self.conv = EqualConv2d(c4 + cfg.mbstd_channels, c4, 3, conv_clamp=cfg.conv_clamp)
+        self.fc = EqualLinear(c4 * 16, c4, activation=True)
+        self.out = EqualLinear(c4, self.cmap_dim)
+        self.cmap = MappingNetwork(
+            z_dim=0, c_dim=cfg.c_dim, w_dim=self.cmap_dim, num_ws=None, num_layers=cfg.mapping_layers,
+            lr_mult=cfg.mapping_lr_mult, w_avg_beta=None,
+        )
+
+    def forward(self, img: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        """img [B, 3, R, R] in [-1, 1], pooled [B, c_dim] -> logits [B]."""
+        B = img.shape[0]
+        R = self.cfg.resolution
+        assert img.shape == (B, 3, R, R), (img.shape, R)
+        assert pooled.shape == (B, self.cfg.c_dim), (pooled.shape, self.cfg.c_dim)
+        if self.cfg.channels_last:
+            img = img.contiguous(memory_format=torch.channels_last)
+        x = self.blocks(self.from_rgb(img))  # [B, c4, 4, 4]
+        x = self.conv(self.mbstd(x))
+        x = self.out(self.fc(x.flatten(1)))  # [B, cmap_dim]
+        cmap = self.cmap(None, pooled).to(x.dtype)  # [B, cmap_dim]
+        return (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)

@@ -1,0 +1,241 @@
+"""Conditional StyleGAN2 generator: mapping (z, pooled code) -> w, synthesis (w, tokens) -> image."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from encoders.code import SpikeCode
+
+from .config import GeneratorConfig
+from .layers import CrossAttention, EqualLinear, SynthesisLayer, ToRGB, normalize_2nd_moment, upsample2d
+
+TRUNCATIONS = ("prompt", "global")
+
+
+class MappingNetwork(nn.Module):
+    """[normalised z, normalised embed(c)] -> MLP (equalised lr, lr multiplier) -> w.
+
+    With `z_dim == 0` it maps the code alone (the discriminator's projection `cmap`). When
+    `w_avg_beta` is set it tracks the running mean of w in the buffer `w_avg`.
+    """
+
+    def __init__(
+        self,
+        *,
+        z_dim: int,  # Latent width, 0 = no latent.
+        c_dim: int,  # Conditioning code width, 0 = unconditional.
+        w_dim: int,  # Output width.
+        num_ws: int | None,  # Number of ws to broadcast to, None = return [B, w_dim].
+        num_layers: int,  # Fully connected layers.
+        embed_dim: int | None = None,  # Width of the embedded code, None = w_dim.
+        lr_mult: float = 0.01,  # Learning-rate multiplier of the MLP.
+        w_avg_beta: float | None = 0.995,  # EMA decay of the tracked mean w, None = do not track.
+    ) -> None:
+        super().__init__()
+        assert z_dim > 0 or c_dim > 0
+        self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
+        self.w_avg_beta = w_avg_beta
+        embed_dim = embed_dim or w_dim
+        self.embed = EqualLinear(c_dim, embed_dim) if c_dim else None
+        widths = [z_dim + (embed_dim if c_dim else 0)] + [w_dim] * num_layers
+        self.layers = nn.Sequential(
+            *[EqualLinear(a, b, lr_mult=lr_mult, activation=True) for a, b in zip(widths[:-1], widths[1:])]
+        )
+        if w_avg_beta is not None:
+            self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def embed_inputs(self, z: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
+        """z [B, z_dim], c [B, c_dim] -> MLP input [B, z_dim + embed_dim]."""
+        parts = []
+        if self.z_dim:
+            assert z is not None and z.shape[1] == self.z_dim, (None if z is None else z.shape, self.z_dim)
+            parts.append(normalize_2nd_moment(z))
+        if self.c_dim:
+            assert c is not None and c.shape[1] == self.c_dim, (None if c is None else c.shape, self.c_dim)
+            parts.append(normalize_2nd_moment(self.embed(c)))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def forward(
+        self,
+        z: torch.Tensor | None,  # Latents [B, z_dim].
+        c: torch.Tensor | None,  # Pooled codes [B, c_dim].
+        *,
+        psi: float = 1.0,  # Truncation strength: 1 = none, 0 = the target mean itself.
+        truncation: str = "prompt",  # Target: "prompt" = this prompt's mean w, "global" = w_avg.
+        prompt_mean_samples: int = 256,  # Latents averaged for the prompt's mean w.
+        update_w_avg: bool | None = None,  # Update w_avg from this batch; None = in training mode.
+    ) -> torch.Tensor:
+        """-> ws [B, num_ws, w_dim] (or [B, w_dim] when num_ws is None)."""
+        x = self.layers(self.embed_inputs(z, c))  # [B, w_dim]
+        if update_w_avg is None:
+            update_w_avg = self.training
+        if update_w_avg and self.w_avg_beta is not None:
+            with torch.no_grad():
+                self.w_avg.copy_(x.detach().float().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+        if psi != 1.0:
+            if truncation == "global":
+                if self.w_avg_beta is None:
+                    raise ValueError("global truncation needs a tracked w_avg (w_avg_beta is None)")
+                target = self.w_avg.to(x.dtype).unsqueeze(0)
+            elif truncation == "prompt":
+                target = self.prompt_mean_w(c, num=prompt_mean_samples).to(x.dtype)
+            else:
+                raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+            x = torch.lerp(target.expand_as(x), x, psi)
+        if self.num_ws is None:
+            return x
+        return x.unsqueeze(1).expand(-1, self.num_ws, -1)  # [B, num_ws, w_dim]
+
+    def prompt_mean_w(self, c: torch.Tensor, *, num: int = 256, seed: int = 0) -> torch.Tensor:
+        """Mean w of each prompt over `num` fixed latents (seeded, so deterministic): [B, w_dim].
+
+        The conditional truncation target of StyleGAN-T: truncating toward it keeps the prompt.
+        """
+        if not self.z_dim:
+            return self.layers(self.embed_inputs(None, c))
+        B = c.shape[0]
+        gen = torch.Generator(device=c.device).manual_seed(seed)
+        z = torch.randn(num, self.z_dim, generator=gen, device=c.device, dtype=c.dtype)
+        cz = self.embed_inputs(z.repeat(B, 1), c.repeat_interleave(num, dim=0))  # [B*num, in]
+        return self.layers(cz).reshape(B, num, self.w_dim).mean(dim=1)
+
+
+class SynthesisBlock(nn.Module):
+    """One resolution: [up-conv,] conv, [cross-attention,] toRGB added to the upsampled image."""
+
+    def __init__(
+        self,
+        in_channels: int,  # Input channels, 0 = the first block (starts from a learned 4x4 const).
+        out_channels: int,  # Output channels.
+        *,
+        resolution: int,  # Output resolution.
+        w_dim: int,  # Width of w.
+        code_dim: int,  # Width of the token codes.
+        attn_heads: int | None,  # Cross-attention heads, None = no cross-attention here.
+        fused: bool,  # Grouped-conv modulation?
+        conv_clamp: float | None,  # Clamp conv outputs, None = off.
+    ) -> None:
+        super().__init__()
+        self.resolution = resolution
+        if in_channels == 0:
+            self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
+            self.conv0 = None
+        else:
+            self.conv0 = SynthesisLayer(
+                in_channels, out_channels, w_dim=w_dim, resolution=resolution, up=True, fused=fused,
+                conv_clamp=conv_clamp,
+            )
+        self.conv1 = SynthesisLayer(
+            out_channels, out_channels, w_dim=w_dim, resolution=resolution, fused=fused, conv_clamp=conv_clamp
+        )
+        self.attn = CrossAttention(out_channels, code_dim, heads=attn_heads) if attn_heads else None
+        self.torgb = ToRGB(out_channels, w_dim=w_dim, fused=fused, conv_clamp=conv_clamp)
+        self.num_ws = 2 if self.conv0 is None else 3
+
+    def forward(
+        self,
+        x: torch.Tensor | None,  # Features [B, in, R/2, R/2], None for the first block.
+        img: torch.Tensor | None,  # RGB so far [B, 3, R/2, R/2], None for the first block.
+        ws: torch.Tensor,  # [B, num_ws, w_dim] for this block.
+        code: SpikeCode,  # Token codes for cross-attention.
+        *,
+        noise_mode: str,
+        memory_format: torch.memory_format,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (features [B, out, R, R], img [B, 3, R, R])."""
+        w = ws.unbind(dim=1)
+        if self.conv0 is None:
+            B = ws.shape[0]
+            x = self.const.to(ws.dtype).unsqueeze(0).expand(B, -1, -1, -1).contiguous(memory_format=memory_format)
+            x = self.conv1(x, w[0], noise_mode=noise_mode)
+        else:
+            x = self.conv0(x, w[0], noise_mode=noise_mode)
+            x = self.conv1(x, w[1], noise_mode=noise_mode)
+        if self.attn is not None:
+            x = self.attn(x, code.tokens.to(x.dtype), code.mask)
+        y = self.torgb(x, w[-1])
+        img = y if img is None else upsample2d(img).add_(y)
+        return x, img
+
+
+class SynthesisNetwork(nn.Module):
+    """Learned 4x4 const -> blocks at 4, 8, ..., R with skip toRGB outputs -> image [B, 3, R, R]."""
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        blocks, prev = [], 0
+        for res in cfg.block_resolutions:
+            ch = cfg.channels(res)
+            blocks.append(
+                SynthesisBlock(
+                    prev, ch, resolution=res, w_dim=cfg.w_dim, code_dim=cfg.c_dim,
+                    attn_heads=cfg.attn_heads if res in cfg.attn_resolutions else None,
+                    fused=cfg.fused_modconv, conv_clamp=cfg.conv_clamp,
+                )
+            )
+            prev = ch
+        self.blocks = nn.ModuleList(blocks)
+        self.num_ws = sum(b.num_ws for b in blocks)
+        assert self.num_ws == cfg.num_ws, (self.num_ws, cfg.num_ws)
+
+    def forward(self, ws: torch.Tensor, code: SpikeCode, *, noise_mode: str = "random") -> torch.Tensor:
+        """ws [B, num_ws, w_dim], code (tokens [B, L, C], mask [B, L]) -> img [B, 3, R, R]."""
+        B = ws.shape[0]
+        assert ws.shape[1:] == (self.num_ws, self.cfg.w_dim), (ws.shape, self.num_ws, self.cfg.w_dim)
+        assert code.batch_size == B, (code.batch_size, B)
+        fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        x = img = None
+        i = 0
+        for block in self.blocks:
+            x, img = block(x, img, ws[:, i : i + block.num_ws], code, noise_mode=noise_mode, memory_format=fmt)
+            i += block.num_ws
+        return img
+
+
+class Generator(nn.Module):
+    """Text-conditional StyleGAN2 generator: G(z, code) -> image [B, 3, R, R] in about [-1, 1]."""
+
+    def __init__(self, cfg: GeneratorConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.z_dim, self.c_dim, self.w_dim, self.resolution = cfg.z_dim, cfg.c_dim, cfg.w_dim, cfg.resolution
+        self.synthesis = SynthesisNetwork(cfg)
+        self.num_ws = self.synthesis.num_ws
+        self.mapping = MappingNetwork(
+            z_dim=cfg.z_dim, c_dim=cfg.c_dim, w_dim=cfg.w_dim, num_ws=self.num_ws, num_layers=cfg.mapping_layers,
+            embed_dim=cfg.embed_dim, lr_mult=cfg.mapping_lr_mult, w_avg_beta=cfg.w_avg_beta,
+        )
+
+    @property
+    def w_avg(self) -> torch.Tensor:
+        """Running mean of w over all prompts [w_dim] (the global truncation target)."""
+        return self.mapping.w_avg
+
+    def forward(
+        self,
+        z: torch.Tensor,  # Latents [B, z_dim].
+        code: SpikeCode,  # The encoder's output for B prompts.
+        *,
+        psi: float = 1.0,  # Truncation: 1 = none, 0 = the target mean.
+        truncation: str = "prompt",  # "prompt" (conditional, StyleGAN-T) or "global".
+        noise_mode: str = "random",  # "random", "const" (deterministic) or "none".
+        update_w_avg: bool | None = None,  # Track w_avg from this batch; None = in training mode.
+    ) -> torch.Tensor:
+        """-> img [B, 3, R, R]."""
+        ws = self.mapping(z, code.pooled, psi=psi, truncation=truncation, update_w_avg=update_w_avg)
+        return self.synthesis(ws, code, noise_mode=noise_mode)
+
+    def prompt_mean_w(self, pooled: torch.Tensor, *, num: int = 256, seed: int = 0) -> torch.Tensor:
+        """Each prompt's mean w over `num` fixed latents: pooled [B, C] -> [B, w_dim]."""
+        return self.mapping.prompt_mean_w(pooled, num=num, seed=seed)
+
+    def attention_layers(self) -> list[CrossAttention]:
+        return [m for m in self.modules() if isinstance(m, CrossAttention)]
+
+    def record_attention(self, flag: bool = True) -> None:
+        """Keep (or stop keeping) each cross-attention layer's last weights in `.last_attention`."""
+        for layer in self.attention_layers():
+            layer.record = flag
+            if not flag:
+                layer.last_attention = None

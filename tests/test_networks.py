@@ -1,0 +1,210 @@
+"""Generator and discriminator: shapes, truncation, noise, gradients to the code, attention."""
+import pytest
+import torch
+
+from encoders.code import SpikeCode
+from gan import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
+from gan.config import PRESETS, preset
+
+C = 16
+
+
+def tiny_cfgs(resolution=16, **g):
+    gcfg = GeneratorConfig(
+        resolution=resolution, c_dim=C, z_dim=12, w_dim=24, channel_base=128, channel_max=16,
+        attn_resolutions=(8,), attn_heads=2, **g,
+    )
+    dcfg = DiscriminatorConfig(resolution=resolution, c_dim=C, channel_base=128, channel_max=16)
+    return gcfg, dcfg
+
+
+def make_code(B=4, L=5, *, seed=0, requires_grad=False):
+    g = torch.Generator().manual_seed(seed)
+    pooled = torch.randn(B, C, generator=g).requires_grad_(requires_grad)
+    tokens = torch.randn(B, L, C, generator=g).requires_grad_(requires_grad)
+    mask = torch.arange(L).expand(B, L) < torch.randint(1, L + 1, (B, 1), generator=g)
+    return SpikeCode(pooled, tokens, mask)
+
+
+@pytest.fixture(scope="module")
+def nets():
+    torch.manual_seed(0)
+    gcfg, dcfg = tiny_cfgs()
+    return Generator(gcfg).eval(), Discriminator(dcfg).eval()
+
+
+@pytest.mark.parametrize("resolution", [16, 32, 64])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_output_shapes(resolution, channels_last):
+    torch.manual_seed(0)
+    gcfg, dcfg = tiny_cfgs(resolution, channels_last=channels_last)
+    G, D = Generator(gcfg), Discriminator(dcfg)
+    code = make_code(3)
+    ws = G.mapping(torch.randn(3, 12), code.pooled)
+    assert ws.shape == (3, gcfg.num_ws, 24) and G.num_ws == gcfg.num_ws == 2 + 3 * (len(gcfg.block_resolutions) - 1)
+    img = G.synthesis(ws, code)
+    assert img.shape == (3, 3, resolution, resolution) and torch.isfinite(img).all()
+    assert D(img, code.pooled).shape == (3,)
+
+
+def test_channels_last_equals_contiguous():
+    torch.manual_seed(0)
+    gcfg, dcfg = tiny_cfgs(32)
+    G, D = Generator(gcfg).eval(), Discriminator(dcfg).eval()
+    G2, D2 = Generator(tiny_cfgs(32, channels_last=False)[0]).eval(), Discriminator(dcfg).eval()
+    G2.load_state_dict(G.state_dict())
+    D2.load_state_dict(D.state_dict())
+    D2.cfg = DiscriminatorConfig(**{**dcfg.__dict__, "channels_last": False})
+    code, z = make_code(2), torch.randn(2, 12)
+    a, b = G(z, code, noise_mode="const"), G2(z, code, noise_mode="const")
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(D(a, code.pooled), D2(a, code.pooled), atol=1e-5, rtol=1e-5)
+
+
+def test_fused_modconv_generator_matches_default():
+    torch.manual_seed(0)
+    G = Generator(tiny_cfgs()[0]).eval()
+    Gf = Generator(tiny_cfgs(fused_modconv=True)[0]).eval()
+    Gf.load_state_dict(G.state_dict())
+    code, z = make_code(2), torch.randn(2, 12)
+    torch.testing.assert_close(G(z, code, noise_mode="const"), Gf(z, code, noise_mode="const"), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_build_with_consistent_shapes(name):
+    cfg = preset(name)
+    assert cfg.generator.c_dim == cfg.encoder.code_dim == cfg.discriminator.c_dim
+    gcfg = cfg.generator
+    assert gcfg.channels(4) == min(gcfg.channel_base // 4, gcfg.channel_max)
+    if cfg.resolution > 64:  # constructing is enough for the big ones (a forward costs seconds)
+        torch.manual_seed(0)
+        with torch.device("meta"):
+            G, D = Generator(gcfg), Discriminator(cfg.discriminator)
+        assert G.num_ws == gcfg.num_ws
+        return
+    torch.manual_seed(0)
+    G, D = Generator(gcfg).eval(), Discriminator(cfg.discriminator).eval()
+    code = SpikeCode(torch.randn(1, gcfg.c_dim), torch.randn(1, 3, gcfg.c_dim), torch.ones(1, 3, dtype=torch.bool))
+    with torch.no_grad():
+        img = G(torch.randn(1, gcfg.z_dim), code)
+        assert img.shape == (1, 3, cfg.resolution, cfg.resolution)
+        assert D(img, code.pooled).shape == (1,)
+
+
+def test_psi_zero_gives_the_mean(nets):
+    G, _ = nets
+    code, z = make_code(3), torch.randn(3, 12)
+    with torch.no_grad():
+        G.mapping.w_avg.copy_(torch.randn(24))
+        ws = G.mapping(z, code.pooled, psi=0.0, truncation="global")
+        assert torch.equal(ws, G.w_avg.expand(3, G.num_ws, 24))
+        ws = G.mapping(z, code.pooled, psi=0.0, truncation="prompt")
+        target = G.prompt_mean_w(code.pooled)
+        assert torch.equal(ws, target.unsqueeze(1).expand(3, G.num_ws, 24))
+        # The prompt mean is deterministic and differs between prompts.
+        assert torch.equal(target, G.prompt_mean_w(code.pooled))
+        assert (target[0] - target[1]).abs().max() > 1e-3
+        # Per prompt it equals a brute-force mean over the same fixed latents.
+        gen = torch.Generator().manual_seed(0)
+        zs = torch.randn(256, 12, generator=gen)
+        brute = G.mapping(zs, code.pooled[1:2].expand(256, C))[:, 0].mean(0)
+        torch.testing.assert_close(target[1], brute, atol=1e-5, rtol=1e-5)
+        # psi = 0.5 lies half way.
+        half = G.mapping(z, code.pooled, psi=0.5, truncation="prompt")
+        full = G.mapping(z, code.pooled)
+        torch.testing.assert_close(half, 0.5 * (full + target.unsqueeze(1)))
+    with pytest.raises(ValueError, match="truncation"):
+        G.mapping(z, code.pooled, psi=0.5, truncation="nope")
+
+
+def test_w_avg_tracks_only_in_training_mode():
+    torch.manual_seed(0)
+    G = Generator(tiny_cfgs()[0])
+    code, z = make_code(4), torch.randn(4, 12)
+    G.eval()
+    G.mapping(z, code.pooled)
+    assert torch.equal(G.w_avg, torch.zeros(24))
+    G.train()
+    w = G.mapping(z, code.pooled)[:, 0]
+    torch.testing.assert_close(G.w_avg, w.detach().mean(0) * (1 - 0.995))
+    G.mapping(z, code.pooled, update_w_avg=False)
+    torch.testing.assert_close(G.w_avg, w.detach().mean(0) * (1 - 0.995))
+
+
+def test_noise_modes(nets):
+    G, _ = nets
+    for layer in G.modules():
+        if hasattr(layer, "noise_strength"):
+            layer.noise_strength.data.fill_(0.5)
+    code, z = make_code(2), torch.randn(2, 12)
+    with torch.no_grad():
+        a, b = G(z, code, noise_mode="const"), G(z, code, noise_mode="const")
+        assert torch.equal(a, b)
+        assert torch.equal(G(z, code, noise_mode="none"), G(z, code, noise_mode="none"))
+        r1, r2 = G(z, code, noise_mode="random"), G(z, code, noise_mode="random")
+        assert not torch.equal(r1, r2) and not torch.equal(a, r1)
+        with pytest.raises(ValueError, match="noise_mode"):
+            G(z, code, noise_mode="bogus")
+    for layer in G.modules():
+        if hasattr(layer, "noise_strength"):
+            layer.noise_strength.data.zero_()
+    # const noise buffers travel with the state dict.
+    assert any(k.endswith("noise_const") for k in G.state_dict())
+
+
+def test_gradients_reach_the_code_through_g_and_d(nets):
+    G, D = nets
+    code = make_code(4, requires_grad=True)
+    img = G(torch.randn(4, 12), code)
+    D(img, code.pooled).sum().backward()
+    assert code.pooled.grad is not None and code.pooled.grad.abs().sum() > 0
+    real = [i for i in range(4) if code.mask[i].any()]
+    assert code.tokens.grad[code.mask].abs().sum() > 0
+    assert (code.tokens.grad[~code.mask] == 0).all()  # padding gets no gradient
+    # Through D alone (the projection), with real images.
+    code2 = make_code(4, requires_grad=True)
+    D(torch.randn(4, 3, 16, 16), code2.pooled).sum().backward()
+    assert code2.pooled.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in G.parameters() if p.requires_grad), real
+
+
+def test_generator_ignores_padding_tokens(nets):
+    G, _ = nets
+    code = make_code(3, L=6, seed=3)
+    code.mask[:, 4:] = False
+    code.mask[:, 0] = True
+    z = torch.randn(3, 12)
+    with torch.no_grad():
+        a = G(z, code, noise_mode="const")
+        poisoned = code.tokens.clone()
+        poisoned[:, 4:] = 100 * torch.randn(3, 2, C)
+        b = G(z, SpikeCode(code.pooled, poisoned, code.mask), noise_mode="const")
+        longer = SpikeCode.cat([code, SpikeCode(code.pooled[:1], torch.zeros(1, 9, C), torch.ones(1, 9, dtype=torch.bool))])
+        c = G(torch.cat([z, z[:1]]), longer, noise_mode="const")[:3]
+    assert torch.equal(a, b)
+    torch.testing.assert_close(a, c, atol=1e-5, rtol=1e-4)  # batch size changes conv kernels
+
+
+def test_attention_weights_recorded_on_request(nets):
+    G, _ = nets
+    code = make_code(2)
+    G.record_attention(True)
+    with torch.no_grad():
+        G(torch.randn(2, 12), code)
+    layers = G.attention_layers()
+    assert len(layers) == 1
+    att = layers[0].last_attention
+    assert att.shape == (2, 2, 64, code.tokens.shape[1])
+    G.record_attention(False)
+    assert layers[0].last_attention is None
+
+
+def test_discriminator_matching_aware_use(nets):
+    _, D = nets
+    code = make_code(4)
+    img = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        matched = D(img, code.pooled)
+        mismatched = D(img, code.pooled[torch.tensor([1, 2, 3, 0])])
+    assert matched.shape == mismatched.shape == (4,)
+    assert not torch.allclose(matched, mismatched)
