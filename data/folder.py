@@ -112,12 +112,13 @@ class ZipSource:
         zf = self._open()
         names = [i for i in zf.infolist() if not i.is_dir()]
         # A zip made from a folder often holds one top-level directory: use it as the root.
-        tops = {n.filename.split("/", 1)[0] for n in names}
+        safe = [n.filename for n in names if not _unsafe(n.filename)]
+        tops = {n.split("/", 1)[0] for n in safe}
         prefix = ""
-        if len(tops) == 1 and all("/" in n.filename for n in names) and METADATA not in tops:
+        if len(tops) == 1 and all("/" in n for n in safe):
             prefix = tops.pop() + "/"
         for info in names:
-            name = info.filename[len(prefix):]
+            name = info.filename[len(prefix):] if info.filename.startswith(prefix) else info.filename
             if name.startswith("__MACOSX/") or posixpath.basename(name).startswith("."):
                 continue
             try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -111,8 +111,9 @@ class Scene:
             raise ValueError(f"a scene has one or two objects, got {len(self.objects)}")
 
     def to_dict(self) -> dict:
-        return {"background": self.background, "objects": [asdict(o) for o in self.objects],
-                "relation": self.relation}
+        return {"background": self.background, "relation": self.relation,
+                "objects": [{"shape": o.shape, "colour": o.colour, "size": o.size, "position": o.position}
+                            for o in self.objects]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Scene":
@@ -179,13 +180,21 @@ def _check_resolution(resolution: int) -> None:
                          f"got {resolution!r}")
 
 
+def _pixel_centre(fraction: float, resolution: int) -> float:
+    """The pixel centre nearest `fraction` of the side (mirror-symmetric for left/right and
+    top/bottom), so that the pixel under an object's centre is fully covered."""
+    if fraction <= 0.5:
+        return math.floor(fraction * resolution) + 0.5
+    return resolution - math.floor((1.0 - fraction) * resolution) - 0.5
+
+
 @functools.lru_cache(maxsize=None)
 def object_mask(resolution: int, shape: str, size: str, position: str) -> Mask:
     """Anti-aliased coverage of one object (cached per resolution; computed once)."""
     _check_resolution(resolution)
     ss = 8 if resolution <= 64 else 4  # supersampling factor per axis
     radius = SIZES[size] * resolution  # pixels
-    cx, cy = POSITIONS[position][0] * resolution, POSITIONS[position][1] * resolution
+    cx, cy = (_pixel_centre(f, resolution) for f in POSITIONS[position])
     x0, y0 = max(0, math.floor(cx - radius)), max(0, math.floor(cy - radius))
     x1, y1 = min(resolution, math.ceil(cx + radius)), min(resolution, math.ceil(cy + radius))
     sub = (np.arange(ss) + 0.5) / ss
@@ -202,18 +211,22 @@ def object_mask(resolution: int, shape: str, size: str, position: str) -> Mask:
     return Mask(y0=y0, x0=x0, alpha=alpha, centre=(cx, cy), bbox=bbox)
 
 
+_COLOUR_RGB = {k: np.asarray(v, dtype=np.float32) for k, v in COLOURS.items()}
+_BACKGROUND_RGB = {k: np.asarray(v, dtype=np.float32) for k, v in BACKGROUNDS.items()}
+
+
 def render_scene(scene: Scene, resolution: int) -> np.ndarray:
     """Scene -> uint8 [R, R, 3]. Objects are painted in order (objects never overlap)."""
     _check_resolution(resolution)
     img = np.empty((resolution, resolution, 3), dtype=np.float32)
-    img[:] = BACKGROUNDS[scene.background]
+    img[:] = _BACKGROUND_RGB[scene.background]
     for obj in scene.objects:
         m = object_mask(resolution, obj.shape, obj.size, obj.position)
         h, w = m.alpha.shape
         win = img[m.y0 : m.y0 + h, m.x0 : m.x0 + w]  # [h, w, 3] view
-        colour = np.asarray(COLOURS[obj.colour], dtype=np.float32)
-        win += (colour - win) * m.alpha[:, :, None]  # alpha 1 gives the colour exactly
-    return np.rint(img).astype(np.uint8)
+        win += (_COLOUR_RGB[obj.colour] - win) * m.alpha[:, :, None]  # alpha 1 gives the colour exactly
+    img += 0.5  # values lie in [0, 255]: truncating x + 0.5 rounds to nearest
+    return img.astype(np.uint8)
 
 
 # --- captions ------------------------------------------------------------------------
@@ -253,25 +266,38 @@ def _object_phrase(obj: ShapeObject, with_size: bool) -> str:
     return f"{obj.size} {obj.colour} {obj.shape}" if with_size else f"{obj.colour} {obj.shape}"
 
 
-def caption_scene(scene: Scene, rng: np.random.Generator, *, size_p: float = 0.75) -> Example:
-    """Phrase `scene` with a random template; each object's size is named with prob size_p."""
-    with_size = [bool(rng.random() < size_p) for _ in scene.objects]
+def caption_scene(
+    scene: Scene,
+    rng: np.random.Generator,
+    *,
+    size_p: float = 0.75,  # Probability that an object's size is named.
+    template: int | None = None,  # Template index; None = random.
+    with_size: tuple[bool, ...] | None = None,  # Name each object's size; None = random.
+) -> Example:
+    """Phrase `scene` with one of ONE_/TWO_OBJECT_TEMPLATES."""
+    u = rng.random(3)  # one draw serves every choice (cheap per item)
+    templates = ONE_OBJECT_TEMPLATES if len(scene.objects) == 1 else TWO_OBJECT_TEMPLATES
+    if template is None:
+        template = min(int(u[0] * len(templates)), len(templates) - 1)
+    if with_size is None:
+        with_size = tuple(bool(x < size_p) for x in u[1 : 1 + len(scene.objects)])
+    if len(with_size) != len(scene.objects):
+        raise ValueError(f"with_size needs {len(scene.objects)} entries, got {with_size!r}")
+    fmt = templates[template]
     if len(scene.objects) == 1:
-        template = ONE_OBJECT_TEMPLATES[int(rng.integers(len(ONE_OBJECT_TEMPLATES)))]
         obj = scene.objects[0]
-        text = template.format(obj=_object_phrase(obj, with_size[0]), where=_WHERE[obj.position],
-                               bg=scene.background)
+        text = fmt.format(obj=_object_phrase(obj, with_size[0]), where=_WHERE[obj.position],
+                          bg=scene.background)
         positions = [True]
     else:
-        template = TWO_OBJECT_TEMPLATES[int(rng.integers(len(TWO_OBJECT_TEMPLATES)))]
         a, b = scene.objects
         rel = scene.relation
-        text = template.format(a=_object_phrase(a, with_size[0]), b=_object_phrase(b, with_size[1]),
-                               rel_short=_REL_SHORT[rel], rel_long=_REL_LONG[rel],
-                               rel_its=_REL_ITS[rel], bg=scene.background)
+        text = fmt.format(a=_object_phrase(a, with_size[0]), b=_object_phrase(b, with_size[1]),
+                          rel_short=_REL_SHORT[rel], rel_long=_REL_LONG[rel],
+                          rel_its=_REL_ITS[rel], bg=scene.background)
         positions = [False, False]  # only the relation is named, not absolute positions
     mentioned = {
-        "background": "{bg}" in template,
+        "background": "{bg}" in fmt,
         "relation": scene.relation is not None,
         "objects": [{"shape": True, "colour": True, "size": s, "position": p}
                     for s, p in zip(with_size, positions)],
@@ -279,22 +305,31 @@ def caption_scene(scene: Scene, rng: np.random.Generator, *, size_p: float = 0.7
     return Example(scene=scene, caption=text, mentioned=mentioned)
 
 
-def sample_scene(rng: np.random.Generator, *, two_objects_p: float = 0.5) -> Scene:
-    """A uniformly random scene; two objects with probability two_objects_p."""
-    def pick(seq):
-        return seq[int(rng.integers(len(seq)))]
+_COLOUR_NAMES, _BACKGROUND_NAMES = tuple(COLOURS), tuple(BACKGROUNDS)
+_SIZE_NAMES, _POSITION_NAMES, _RELATION_NAMES = tuple(SIZES), tuple(POSITIONS), tuple(RELATIONS)
 
-    colours, shapes, sizes = list(COLOURS), SHAPES, list(SIZES)
-    background = pick(list(BACKGROUNDS))
-    if rng.random() < two_objects_p:
-        relation = pick(list(RELATIONS))
-        ca = int(rng.integers(len(colours)))
-        cb = (ca + 1 + int(rng.integers(len(colours) - 1))) % len(colours)  # a different colour
+
+def _pick(seq: tuple[str, ...], x: float) -> str:
+    return seq[min(int(x * len(seq)), len(seq) - 1)]
+
+
+def sample_scene(rng: np.random.Generator, *, two_objects_p: float = 0.5) -> Scene:
+    """A uniformly random scene drawn from `rng`; two objects with probability two_objects_p.
+    With two objects, the relation is uniform and the colours differ."""
+    u = rng.random(9)  # one draw serves every choice (cheap per item)
+    background = _pick(_BACKGROUND_NAMES, u[0])
+    if u[1] < two_objects_p:
+        relation = _pick(_RELATION_NAMES, u[2])
+        n = len(_COLOUR_NAMES)
+        ca = min(int(u[3] * n), n - 1)
+        cb = (ca + 1 + min(int(u[4] * (n - 1)), n - 2)) % n  # uniform over the other colours
         pa, pb = RELATIONS[relation]
-        objects = (ShapeObject(pick(shapes), colours[ca], pick(sizes), pa),
-                   ShapeObject(pick(shapes), colours[cb], pick(sizes), pb))
+        objects = (ShapeObject(_pick(SHAPES, u[5]), _COLOUR_NAMES[ca], _pick(_SIZE_NAMES, u[6]), pa),
+                   ShapeObject(_pick(SHAPES, u[7]), _COLOUR_NAMES[cb], _pick(_SIZE_NAMES, u[8]), pb))
         return Scene(background, objects, relation)
-    return Scene(background, (ShapeObject(pick(shapes), pick(colours), pick(sizes), pick(list(POSITIONS))),))
+    obj = ShapeObject(_pick(SHAPES, u[5]), _pick(_COLOUR_NAMES, u[3]), _pick(_SIZE_NAMES, u[6]),
+                      _pick(_POSITION_NAMES, u[2]))
+    return Scene(background, (obj,))
 
 
 def sample_example(rng: np.random.Generator, *, two_objects_p: float = 0.5, size_p: float = 0.75) -> Example:
@@ -308,7 +343,8 @@ def scene_attributes(scene: Scene, resolution: int, mentioned: dict | None = Non
     objects = []
     for obj in scene.objects:
         m = object_mask(resolution, obj.shape, obj.size, obj.position)
-        objects.append({**asdict(obj), "centre": [m.centre[0], m.centre[1]], "bbox": list(m.bbox)})
+        objects.append({"shape": obj.shape, "colour": obj.colour, "size": obj.size, "position": obj.position,
+                        "centre": [m.centre[0], m.centre[1]], "bbox": list(m.bbox)})
     out = {"background": scene.background, "objects": objects, "relation": scene.relation,
            "resolution": resolution}
     if mentioned is not None:
