@@ -97,7 +97,10 @@ class GANLoss:
         img, code = G(z, batch)
         logits = self.run_D(D, img, code.pooled.detach())
         loss = F.softplus(-logits).mean()
-        return loss, {"loss/G": loss.detach(), "scores/fake_G": logits.detach().mean()}
+        stats = {"loss/G": loss.detach(), "scores/fake_G": logits.detach().mean()}
+        # The encoder's spike statistics (firing rate, spikes and synaptic operations per prompt).
+        stats.update({f"spikes/{k}": v.detach().float().mean() for k, v in code.stats.items()})
+        return loss, stats
 
     def d_main(self, *, G: Callable, D: Callable, z: torch.Tensor, batch: Any, real: torch.Tensor):
         with torch.no_grad():

@@ -1,0 +1,615 @@
+"""The training loop: StyleGAN2-ADA's schedule under Hugging Face Accelerate.
+
+One step shows `batch` images (global) and runs the loss phases in StyleGAN2-ADA's order:
+Gmain (G's Adam), Dmain (D's Adam), and every `loss.r1_interval` steps Dreg (D's Adam).
+Each phase runs `accum` micro-batches of `batch_gpu` images on every process inside
+`accelerator.accumulate`, so batch = processes x batch_gpu x accum. G here is the exported
+`TextToImage` (text encoder + generator, one optimiser): the text encoder trains through its
+surrogate gradients from the G loss (see gan/loss.py for why D gets a detached code).
+
+Progress is counted in images (kimg). Every `tick` kimg the gathered statistics go to the
+progress bar, `log.jsonl` and TensorBoard; every `snap` kimg (and at the end) the main process
+writes a sample grid and the exported EMA model, and all processes write the resumable state
+(gan/checkpoint.py). `resume` continues exactly: images seen, optimisers, EMA, augmentation p
+and its ADA accumulators, every RNG, and the data order (a seeded stream indexed by position).
+`--kimg` is the length of the whole run, so a resumed run stops where the original would have.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import resource
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from gan.augment import AugmentConfig, AugmentPipe, adjust_p
+from gan.checkpoint import (TOKENIZER_FILE, load_training_state, read_trainer, resolve_resume,
+                            save_training_state)
+from gan.ema import EMA
+from gan.loss import GANLoss, LossConfig
+
+MIXED_PRECISION = ("no", "bf16", "fp16")
+
+# Per-preset training defaults (TrainConfig overrides; nested dicts merge into loss/augment/model).
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    # Tests and smoke runs: a few steps of the 16 px networks.
+    "tiny": dict(kimg=0.128, batch=16, snap=0.064, tick=0.032, ema_kimg=0.01, ema_rampup=None,
+                 loss=dict(r1_gamma=0.1, r1_interval=4), augment=dict(interval=2, speed_kimg=1.0),
+                 grid_seeds=4, workers=0),
+    # The CPU main job (README command one): 32 px shapes in about 20 minutes on 2 cores.
+    "shapes32": dict(kimg=60.0, batch=32, snap=10.0, tick=1.0, g_lr=0.0025, d_lr=0.0025,
+                     ema_kimg=2.0, ema_rampup=0.05, loss=dict(r1_gamma=0.1, r1_interval=16, match_weight=1.0),
+                     augment=dict(mode="ada", target=0.6, speed_kimg=20.0), workers=1),
+    "emoji64": dict(kimg=2000.0, batch=64, snap=50.0, tick=4.0, ema_kimg=10.0, loss=dict(r1_gamma=0.5)),
+    "custom64": dict(kimg=5000.0, batch=64, snap=50.0, tick=4.0, ema_kimg=20.0, loss=dict(r1_gamma=0.5)),
+    "custom128": dict(kimg=10000.0, batch=64, snap=50.0, tick=4.0, ema_kimg=20.0, loss=dict(r1_gamma=2.0)),
+    "custom256": dict(kimg=25000.0, batch=64, snap=50.0, tick=4.0, ema_kimg=20.0, loss=dict(r1_gamma=10.0)),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Every option of a training run; config.json holds the resolved one."""
+
+    data: str = "shapes"  # Dataset: a folder, .zip, prepared directory, or "shapes".
+    preset: str = "shapes32"  # Model preset (gan.config.preset) whose TRAIN_PRESETS defaults apply.
+    out: str = "runs/train"  # Run directory.
+    encoder: str | None = None  # Encoder kind override (embedding|recurrent|transformer); None = preset's.
+    kimg: float = 60.0  # Length of the whole run in thousands of images (resume counts from the state).
+    batch: int = 32  # Global batch: processes x batch_gpu x accumulation steps.
+    batch_gpu: int | None = None  # Images per process per micro-batch; None = batch / processes.
+    g_lr: float = 0.0025  # Adam learning rate of G (generator + text encoder).
+    d_lr: float = 0.0025  # Adam learning rate of D.
+    loss: LossConfig = field(default_factory=LossConfig)  # R1 gamma/interval, matching-aware weight.
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # Differentiable augmentation + ADA.
+    ema_kimg: float = 10.0  # EMA half-life in kimg.
+    ema_rampup: float | None = 0.05  # EMA horizon <= this fraction of images seen; None = no ramp-up.
+    mixed_precision: str = "no"  # "no", "bf16" or "fp16" (Accelerate autocast).
+    seed: int = 0  # Seeds the networks' initialisation, the data order and every process's RNG.
+    snap: float = 10.0  # kimg between snapshots (grid, exported model, resumable state).
+    tick: float = 1.0  # kimg between log lines.
+    keep: int = 3  # Resumable states kept in OUT/checkpoints.
+    resume: str | None = None  # A state dir, a run dir, or "latest" (OUT/checkpoints); None = fresh.
+    init_from: str | None = None  # A model dir to fine-tune from (vocabulary extended); None = fresh.
+    workers: int = 1  # DataLoader worker processes per training process (0 = load in the loop).
+    grid_prompts: tuple[str, ...] = ()  # Rows of the sample grid; () = the dataset's first distinct captions.
+    grid_rows: int = 12  # Rows taken from the dataset when grid_prompts is empty.
+    grid_seeds: int = 6  # Columns of the sample grid (latent seeds 0..grid_seeds-1).
+    max_nonfinite: int = 20  # Stop after this many consecutive steps with a non-finite loss.
+    threads: int | None = None  # torch.set_num_threads per process; None = leave torch's default.
+    model: dict = field(default_factory=dict)  # Overrides merged into the preset's ModelConfig dict.
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["grid_prompts"] = list(self.grid_prompts)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig: unknown option(s) {unknown}")
+        d["loss"] = LossConfig(**d.get("loss", {}))
+        d["augment"] = AugmentConfig(**d.get("augment", {}))
+        d["grid_prompts"] = tuple(d.get("grid_prompts", ()))
+        return cls(**d)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """`over` on top of `base`, recursing into dicts present in both."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def resolve_config(preset: str = "shapes32", **overrides: Any) -> TrainConfig:
+    """TrainConfig defaults, then TRAIN_PRESETS[preset], then `overrides` (None = not given)."""
+    from gan.config import PRESETS
+
+    if preset not in PRESETS:
+        raise ValueError(f"--preset {preset!r}: choose one of {list(PRESETS)}")
+    d = deep_merge(TrainConfig().to_dict(), TRAIN_PRESETS.get(preset, {}))
+    d = deep_merge(d, {k: v for k, v in overrides.items() if v is not None})
+    d["preset"] = preset
+    return TrainConfig.from_dict(d)
+
+
+def model_config(cfg: TrainConfig):
+    """The ModelConfig a fresh run builds: the preset, the --encoder kind, then cfg.model."""
+    from gan.config import ModelConfig, preset
+
+    d = preset(cfg.preset).to_dict()
+    if cfg.encoder is not None:
+        d["encoder"]["kind"] = cfg.encoder
+    return ModelConfig.from_dict(deep_merge(d, cfg.model))
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Errors that name the command-line flag of the bad option."""
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ValueError(msg)
+
+    need(cfg.kimg > 0, f"--kimg must be > 0, got {cfg.kimg}")
+    need(cfg.snap > 0, f"--snap must be > 0, got {cfg.snap}")
+    need(cfg.tick > 0, f"tick must be > 0, got {cfg.tick}")
+    need(cfg.batch >= 1, f"--batch must be >= 1, got {cfg.batch}")
+    need(cfg.batch_gpu is None or cfg.batch_gpu >= 1, f"--batch-gpu must be >= 1, got {cfg.batch_gpu}")
+    need(cfg.g_lr > 0 and cfg.d_lr > 0, f"--lr must be > 0, got G {cfg.g_lr}, D {cfg.d_lr}")
+    need(cfg.mixed_precision in MIXED_PRECISION,
+         f"--mixed-precision must be one of {MIXED_PRECISION}, got {cfg.mixed_precision!r}")
+    need(cfg.encoder in (None, "embedding", "recurrent", "transformer"),
+         f"--encoder must be embedding, recurrent or transformer, got {cfg.encoder!r}")
+    need(cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}")
+    need(cfg.keep >= 1, f"keep must be >= 1, got {cfg.keep}")
+    need(cfg.ema_kimg >= 0, f"ema_kimg must be >= 0, got {cfg.ema_kimg}")
+    need(not (cfg.resume and cfg.init_from), "--resume and --init-from exclude each other")
+    need(cfg.max_nonfinite >= 1, f"max_nonfinite must be >= 1, got {cfg.max_nonfinite}")
+
+
+def split_batch(batch: int, batch_gpu: int | None, processes: int) -> tuple[int, int]:
+    """(batch_gpu, accumulation steps) with batch = processes x batch_gpu x accum, or a ValueError
+    naming the flags and numbers."""
+    if batch_gpu is None:
+        if batch % processes:
+            raise ValueError(f"--batch {batch} does not divide into {processes} processes")
+        return batch // processes, 1
+    per_step = processes * batch_gpu
+    if batch % per_step:
+        raise ValueError(f"--batch {batch} is not a multiple of processes ({processes}) x --batch-gpu "
+                         f"({batch_gpu}) = {per_step}")
+    return batch_gpu, batch // per_step
+
+
+# ---------------------------------------------------------------------------------------------
+# Data: a seeded, endless, position-indexed stream (exact resume restarts it at a position).
+
+class StreamSampler(torch.utils.data.Sampler):
+    """Shuffled epochs of range(size) from torch.randperm seeded with (seed, epoch), dealt round
+    robin: process `rank` of `world` takes stream positions rank, rank + world, ... Starts after
+    `start` of this process's items, so a resumed run sees exactly what the original would have."""
+
+    def __init__(self, *, size: int, rank: int, world: int, seed: int, start: int = 0) -> None:
+        self.size, self.rank, self.world, self.seed, self.start = size, rank, world, seed, start
+
+    def __iter__(self):
+        g = self.start * self.world + self.rank  # global stream position
+        epoch, perm = -1, None
+        while True:
+            e, i = divmod(g, self.size)
+            if e != epoch:
+                epoch = e
+                perm = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100003 + e))
+            yield int(perm[i])
+            g += self.world
+
+
+@dataclass
+class MicroBatch:
+    real: torch.Tensor  # [b, 3, R, R] float in [-1, 1]
+    tokens: Any  # encoders.TokenBatch with b rows
+    index: torch.Tensor  # [b] dataset indices
+
+
+def make_loader(dataset, *, batch_gpu: int, rank: int, world: int, seed: int, start: int, workers: int):
+    from data import collate
+
+    sampler = StreamSampler(size=len(dataset), rank=rank, world=world, seed=seed, start=start)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=batch_gpu, sampler=sampler, collate_fn=collate, num_workers=workers,
+        persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),  # keeps global RNG untouched
+        prefetch_factor=4 if workers > 0 else None)
+
+
+# ---------------------------------------------------------------------------------------------
+
+class GeneratorStep(nn.Module):
+    """The TextToImage as one module for Accelerate/DDP: (z, tokens) -> (img, code), so the
+    encoder's and generator's gradients synchronise together in the G phase."""
+
+    def __init__(self, model: nn.Module) -> None:  # gan.model.TextToImage
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor, tokens) -> tuple[torch.Tensor, Any]:
+        code = self.model.encoder(tokens)
+        return self.model.generator(z, code), code
+
+
+@dataclass
+class LoopState:
+    """Everything besides networks and optimisers that a resume must restore."""
+
+    nimg: int = 0  # Images shown so far (all processes).
+    step: int = 0  # Optimiser steps of G so far (skipped ones included).
+    augment_p: float = 0.0  # Current augmentation probability.
+    ada_sign_sum: float = 0.0  # ADA accumulators since the last adjustment (gathered).
+    ada_count: float = 0.0
+    nonfinite_total: int = 0  # Steps with a skipped phase because a loss was not finite.
+    nonfinite_streak: int = 0  # Consecutive such steps.
+
+
+@dataclass
+class TrainResult:
+    """What train() leaves behind (unwrapped modules, on the training device)."""
+
+    out: Path
+    model: nn.Module  # Live TextToImage.
+    ema: nn.Module  # EMA TextToImage (what OUT/model holds).
+    discriminator: nn.Module
+    tokenizer: Any
+    state: LoopState
+    interrupted: bool
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss was not finite in too many consecutive steps."""
+
+
+class MainProcess:
+    """The one place side effects happen: files, console, trackers; no-ops on other ranks."""
+
+    def __init__(self, accelerator, out: Path) -> None:
+        self.accelerator = accelerator
+        self.out = out
+        self.active = accelerator.is_main_process
+
+    def print(self, *args) -> None:
+        if self.active:
+            from tqdm import tqdm
+
+            tqdm.write(" ".join(str(a) for a in args))
+
+    def write_json(self, name: str, payload: dict) -> None:
+        if self.active:
+            path = self.out / name
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text(json.dumps(payload, indent=2) + "\n")
+            os.replace(tmp, path)
+
+    def append_log(self, record: dict) -> None:
+        if self.active:
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        self.accelerator.log({k: v for k, v in record.items() if isinstance(v, (int, float))},
+                             step=int(record["kimg"] * 1000))
+
+    def run(self, fn: Callable, *args, **kwargs):
+        """fn(*args) on the main process only, without touching any RNG the loop uses."""
+        if not self.active:
+            return None
+        with torch.random.fork_rng(devices=[]):
+            return fn(*args, **kwargs)
+
+
+def _flat_hparams(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat_hparams(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def grid_prompts(cfg: TrainConfig, dataset) -> list[str]:
+    """The fixed prompts of the sample grid: cfg.grid_prompts or the first distinct captions."""
+    if cfg.grid_prompts:
+        return list(cfg.grid_prompts)
+    seen: dict[str, None] = {}
+    for text in dataset.captions(limit=64 * cfg.grid_rows) if _has_limit(dataset) else dataset.captions():
+        seen.setdefault(text, None)
+        if len(seen) == cfg.grid_rows:
+            break
+    return list(seen)
+
+
+def _has_limit(dataset) -> bool:
+    import inspect
+
+    return "limit" in inspect.signature(dataset.captions).parameters
+
+
+@torch.no_grad()
+def render_grid(model: nn.Module, tokenizer, prompts: list[str], seeds: list[int], *, device) -> Any:
+    """PIL grid: one row per prompt (its text in a left margin), one column per latent seed;
+    EMA model, constant noise, 32 px and smaller tiles doubled (nearest) for legibility."""
+    import PIL.Image
+    import PIL.ImageDraw
+
+    from gan.grid import image_grid, to_pil
+
+    was_training = model.training
+    model.eval()
+    z_dim = model.generator.z_dim
+    z = torch.cat([torch.randn(1, z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+    rows = []
+    for prompt in prompts:
+        tokens = tokenizer([prompt] * len(seeds)).to(device)
+        code = model.encoder(tokens)
+        rows.extend(to_pil(model.generator(z, code, noise_mode="const").float()))
+    model.train(was_training)
+    scale = 2 if rows[0].size[0] <= 32 else 1
+    if scale > 1:
+        rows = [im.resize((im.size[0] * scale, im.size[1] * scale), PIL.Image.NEAREST) for im in rows]
+    grid = image_grid(rows, rows=len(prompts), cols=len(seeds), gap=2)
+    margin = 300
+    canvas = PIL.Image.new("RGB", (grid.size[0] + margin, grid.size[1]), (255, 255, 255))
+    canvas.paste(grid, (margin, 0))
+    draw = PIL.ImageDraw.Draw(canvas)
+    tile = rows[0].size[1] + 2
+    for r, prompt in enumerate(prompts):
+        draw.text((4, r * tile + tile // 2 - 6), prompt[:48], fill=(0, 0, 0))
+    return canvas
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+# ---------------------------------------------------------------------------------------------
+
+def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess):
+    """(dataset, model TextToImage, D, tokenizer, model_cfg) for a fresh, resumed or fine-tuned run."""
+    from data import open_dataset
+    from encoders import load_tokenizer, make_tokenizer
+    from gan.config import ModelConfig
+    from gan.discriminator import Discriminator
+    from gan.model import TextToImage, load_model
+
+    if resume_dir is not None:
+        model_cfg = ModelConfig.from_dict(read_trainer(resume_dir)["model_config"])
+        dataset = open_dataset(cfg.data, resolution=model_cfg.resolution, seed=cfg.seed)
+        tokenizer = load_tokenizer(resume_dir / TOKENIZER_FILE)
+        model = TextToImage(model_cfg)
+    elif cfg.init_from is not None:
+        model, tokenizer = load_model(cfg.init_from, device="cpu")
+        dataset = open_dataset(cfg.data, resolution=model.cfg.resolution, seed=cfg.seed)
+        old_size = len(tokenizer)
+        added = tokenizer.extend(dataset.captions())
+        model.encoder.resize_vocab(len(tokenizer))
+        model_cfg = model.cfg.replace(vocab_size=len(tokenizer))
+        model.cfg = model_cfg
+        main.print(f"fine-tuning {cfg.init_from}: vocabulary {old_size} -> {len(tokenizer)} words "
+                   f"(new: {' '.join(added[:20])}{' ...' if len(added) > 20 else ''})")
+    else:
+        model_cfg = model_config(cfg)
+        dataset = open_dataset(cfg.data, resolution=model_cfg.resolution, seed=cfg.seed)
+        tokenizer = make_tokenizer(model_cfg.encoder, dataset.captions())
+        model_cfg = model_cfg.replace(vocab_size=len(tokenizer))
+        model = TextToImage(model_cfg)
+    return dataset, model, Discriminator(model_cfg.discriminator), tokenizer, model_cfg
+
+
+def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] | None = None) -> TrainResult:
+    """Run (or resume) training as `cfg` says; see the module docstring. metrics_callback(model_dir,
+    kimg) -> dict of numbers runs on the main process after each exported snapshot model."""
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin, set_seed
+
+    check_config(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    resume_dir = resolve_resume(cfg.resume, out) if cfg.resume else None
+    # Accumulation steps need the process count, known only once Accelerate has started.
+    probe = int(os.environ.get("WORLD_SIZE", "1"))
+    batch_gpu, accum = split_batch(cfg.batch, cfg.batch_gpu, probe)
+    accelerator = Accelerator(
+        mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out),
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False))
+    world, rank = accelerator.num_processes, accelerator.process_index
+    batch_gpu, accum = split_batch(cfg.batch, cfg.batch_gpu, world)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    main = MainProcess(accelerator, out)
+
+    set_seed(cfg.seed)  # identical initialisation on every process
+    dataset, model, D, tokenizer, model_cfg = build_networks(cfg, resume_dir, main)
+    device = accelerator.device
+    model.to(device)
+    D.to(device)
+    model.train()
+    D.train()
+    ema = EMA(source=model, ema_kimg=cfg.ema_kimg, ema_rampup=cfg.ema_rampup)
+    augment = AugmentPipe(cfg=cfg.augment)
+    loss_fn = GANLoss(cfg=cfg.loss, augment=augment if cfg.augment.mode != "off" else None)
+
+    # Lazy R1 steps D's Adam r1_interval / (r1_interval + 1) times as often (StyleGAN2's mb_ratio).
+    mb = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1) if cfg.loss.r1_gamma > 0 else 1.0
+    g_opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.g_lr, betas=(0.0, 0.99),
+                             eps=1e-8)
+    d_opt = torch.optim.Adam(D.parameters(), lr=cfg.d_lr * mb, betas=(0.0, 0.99**mb), eps=1e-8)
+    G_step, D_ddp, g_opt, d_opt = accelerator.prepare(GeneratorStep(model), D, g_opt, d_opt)
+    G_raw, D_raw = accelerator.unwrap_model(G_step), accelerator.unwrap_model(D_ddp)
+
+    state = LoopState(augment_p=augment.p)
+    if resume_dir is not None:
+        ema.load_state_dict(load_training_state(resume_dir, accelerator=accelerator))
+        state = LoopState(**read_trainer(resume_dir)["loop"])
+        main.print(f"resumed from {resume_dir} at {state.nimg / 1000:.3f} kimg")
+    else:
+        set_seed(cfg.seed, device_specific=True)  # each process its own z, noise, augmentation
+    augment.p = state.augment_p
+
+    resolved = {"train": cfg.to_dict(), "model": model_cfg.to_dict(), "processes": world,
+                "batch_gpu": batch_gpu, "accumulation": accum}
+    main.write_json("config.json", resolved)
+    accelerator.init_trackers("tensorboard", config=_flat_hparams(resolved))
+    prompts = grid_prompts(cfg, dataset)
+
+    loader = make_loader(dataset, batch_gpu=batch_gpu, rank=rank, world=world, seed=cfg.seed,
+                         start=state.step * batch_gpu * accum, workers=cfg.workers)
+    batches = iter(loader)
+
+    def next_micro() -> MicroBatch:
+        from data import to_float
+
+        b = next(batches)
+        return MicroBatch(real=to_float(b["image"]).to(device), tokens=tokenizer(b["text"]).to(device),
+                          index=b["index"])
+
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        if stop["signal"] is not None:  # second signal: give up waiting
+            raise KeyboardInterrupt
+        stop["signal"] = signal.Signals(signum).name
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    total_nimg = int(round(cfg.kimg * 1000))
+    snap_nimg, tick_nimg = max(1, int(round(cfg.snap * 1000))), max(1, int(round(cfg.tick * 1000)))
+    tick_sums: dict[str, torch.Tensor] = {}
+    tick_start, tick_nimg0 = time.time(), state.nimg
+    skips_in_tick = 0
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=cfg.kimg, initial=state.nimg / 1000, unit="kimg", disable=not accelerator.is_main_process,
+               bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]",
+               mininterval=2.0)
+
+    ada_local = torch.zeros(2, device=device)  # this step's sum of sign(D(real)) and count
+
+    def add_stats(stats: dict[str, torch.Tensor]) -> None:
+        for k, v in stats.items():
+            if k.startswith("ada/"):
+                ada_local[0 if k == "ada/sign_sum" else 1] += v.detach().float()
+                continue
+            s = tick_sums.setdefault(k, torch.zeros(2, device=device))
+            s += torch.stack([v.detach().float(), torch.ones((), device=device)])
+
+    def run_phase(phase: str, module, opt, micro: list[MicroBatch], **call) -> bool:
+        """Accumulate one phase over the micro-batches, then step (True) or skip when non-finite."""
+        bad = torch.zeros((), device=device)
+        for m in micro:
+            with accelerator.accumulate(module):
+                inputs = call_inputs(phase, m)
+                with accelerator.autocast():
+                    loss, stats = loss_fn(phase, **inputs)
+                bad += (~torch.isfinite(loss.detach())).float()
+                accelerator.backward(loss)
+                add_stats(stats)
+        ok = accelerator.reduce(bad, reduction="sum").item() == 0
+        if ok:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        return ok
+
+    def call_inputs(phase: str, m: MicroBatch) -> dict:
+        z = torch.randn(m.real.shape[0], model.generator.z_dim, device=device)
+        if phase == "Gmain":
+            return dict(G=G_step, D=D_raw, z=z, batch=m.tokens)
+        if phase == "Dmain":
+            return dict(G=G_raw, D=D_ddp, z=z, batch=m.tokens, real=m.real)
+        with torch.no_grad():
+            pooled = model.encoder(m.tokens).pooled
+        return dict(D=D_ddp, real=m.real, pooled=pooled)
+
+    def snapshot() -> None:
+        kimg = state.nimg / 1000
+
+        def export():
+            from gan.model import save_model
+
+            (out / "samples").mkdir(exist_ok=True)
+            render_grid(ema.model, tokenizer, prompts, list(range(cfg.grid_seeds)), device=device).save(
+                out / "samples" / f"grid-{kimg:08.3f}.png")
+            save_model(out / "model", ema.model, tokenizer)
+            if metrics_callback is not None:
+                metrics = metrics_callback(out / "model", kimg)
+                main.append_log({"kimg": kimg, **{f"metrics/{k}": v for k, v in metrics.items()}})
+
+        main.run(export)
+        save_training_state(out / "checkpoints", nimg=state.nimg, accelerator=accelerator,
+                            ema_state=ema.state_dict(), tokenizer=tokenizer, keep=cfg.keep,
+                            trainer={"loop": dataclasses.asdict(state), "model_config": model_cfg.to_dict(),
+                                     "train_config": cfg.to_dict(), "processes": world})
+
+    def tick() -> None:
+        nonlocal tick_start, tick_nimg0, skips_in_tick
+        keys = sorted(tick_sums)
+        sums = accelerator.reduce(torch.stack([tick_sums[k] for k in keys]), reduction="sum") if keys else None
+        record: dict[str, Any] = {"kimg": round(state.nimg / 1000, 6), "step": state.step}
+        for i, k in enumerate(keys):
+            record[k] = round(float(sums[i, 0] / sums[i, 1].clamp(min=1)), 6)
+        dt = time.time() - tick_start
+        record.update({"augment_p": round(augment.p, 6),
+                       "sec_per_kimg": round(dt / max((state.nimg - tick_nimg0) / 1000, 1e-9), 3),
+                       "nonfinite_skips": skips_in_tick, "nonfinite_total": state.nonfinite_total,
+                       "peak_rss_mb": round(_peak_rss_mb(), 1)})
+        main.append_log(record)
+        bar.set_postfix({"G": record.get("loss/G"), "D": record.get("loss/D"), "p": record["augment_p"],
+                         "s/kimg": record["sec_per_kimg"]}, refresh=False)
+        tick_sums.clear()
+        tick_start, tick_nimg0, skips_in_tick = time.time(), state.nimg, 0
+
+    interrupted = False
+    try:
+        while state.nimg < total_nimg:
+            micro = [next_micro() for _ in range(accum)]
+            D_raw.requires_grad_(False)
+            ok = run_phase("Gmain", G_step, g_opt, micro)
+            D_raw.requires_grad_(True)
+            ok &= run_phase("Dmain", D_ddp, d_opt, micro)
+            if cfg.loss.r1_gamma > 0 and state.step % cfg.loss.r1_interval == 0:
+                ok &= run_phase("Dreg", D_ddp, d_opt, micro)
+            state.step += 1
+            state.nimg += cfg.batch
+            ema.update(model, cur_nimg=state.nimg, batch_size=cfg.batch)
+            if ok:
+                state.nonfinite_streak = 0
+            else:
+                state.nonfinite_total += 1
+                state.nonfinite_streak += 1
+                skips_in_tick += 1
+                if state.nonfinite_streak >= cfg.max_nonfinite:
+                    raise NonFiniteLossError(
+                        f"the loss was not finite in {state.nonfinite_streak} consecutive steps (at "
+                        f"{state.nimg / 1000:.3f} kimg; {state.nonfinite_total} skipped in all); stopping. "
+                        f"The last saved state in {out / 'checkpoints'} is whole: lower --lr, raise --gamma "
+                        f"or use --mixed-precision no, then --resume latest")
+            if cfg.augment.mode == "ada":
+                sign_sum, count = accelerator.reduce(ada_local.clone(), reduction="sum").tolist()
+                state.ada_sign_sum += sign_sum
+                state.ada_count += count
+                if state.step % cfg.augment.interval == 0 and state.ada_count > 0:
+                    augment.p = adjust_p(augment.p, rt=state.ada_sign_sum / state.ada_count,
+                                         target=cfg.augment.target, num_images=cfg.batch * cfg.augment.interval,
+                                         speed_kimg=cfg.augment.speed_kimg)
+                    state.ada_sign_sum = state.ada_count = 0.0
+            ada_local.zero_()
+            state.augment_p = augment.p
+            bar.update(cfg.batch / 1000)
+            done = state.nimg >= total_nimg
+            prev = state.nimg - cfg.batch
+            if done or state.nimg // tick_nimg > prev // tick_nimg:
+                tick()
+            flag = torch.tensor(float(stop["signal"] is not None), device=device)
+            interrupted = accelerator.reduce(flag, reduction="sum").item() > 0
+            if done or interrupted or state.nimg // snap_nimg > prev // snap_nimg:
+                snapshot()
+            if interrupted:
+                main.print(f"{stop['signal'] or 'signal'} received: state saved at {state.nimg / 1000:.3f} kimg "
+                           f"in {out / 'checkpoints'}; continue with --resume latest")
+                break
+    finally:
+        bar.close()
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+        accelerator.end_training()
+    return TrainResult(out=out, model=model, ema=ema.model, discriminator=D_raw, tokenizer=tokenizer, state=state,
+                       interrupted=interrupted)

@@ -1,0 +1,129 @@
+"""Train a text-to-image spiking GAN: parse, validate, build a TrainConfig, call gan.training.train.
+
+    python scripts/train.py --data shapes --preset shapes32 --out runs/shapes32
+    accelerate launch --num_processes 2 scripts/train.py --data DIR --preset custom64 --batch 64
+    python scripts/train.py --out runs/shapes32 --resume latest      # continue exactly
+    python scripts/train.py --data new_domain/ --init-from runs/shapes32/model --out runs/ft
+
+Options left out take the preset's training defaults (gan.training.TRAIN_PRESETS).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a file (python / accelerate launch / torchrun scripts/train.py)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="spikegan-train", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default="shapes", help="dataset folder, .zip, prepared directory, or 'shapes'")
+    p.add_argument("--preset", default="shapes32", help="model preset (gan.config) and its training defaults")
+    p.add_argument("--encoder", choices=("embedding", "recurrent", "transformer"), default=None,
+                   help="text encoder kind (default: the preset's)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
+    p.add_argument("--kimg", type=float, default=None, help="length of the run in thousands of images")
+    p.add_argument("--batch", type=int, default=None, help="global batch size")
+    p.add_argument("--batch-gpu", type=int, default=None, help="images per process per micro-batch")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate of G and D")
+    p.add_argument("--gamma", type=float, default=None, help="R1 regularisation weight")
+    p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--snap", type=float, default=None, help="kimg between snapshots")
+    p.add_argument("--resume", default=None, help="state dir, run dir, or 'latest' (in --out)")
+    p.add_argument("--init-from", default=None, help="model dir to fine-tune from (vocabulary is extended)")
+    p.add_argument("--workers", type=int, default=None, help="data loader workers per process")
+    p.add_argument("--threads", type=int, default=None, help="torch threads per process")
+    p.add_argument("--augment", choices=("ada", "fixed", "off"), default=None, help="augmentation mode")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated eval metrics computed at each snapshot (e.g. fid,alignment)")
+    p.add_argument("--metrics-images", type=int, default=1000, help="generated images per metric evaluation")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace):
+    """argparse namespace -> TrainConfig; ValueError messages name the flag."""
+    from gan.training import check_config, resolve_config
+
+    for flag, value, low in (("--kimg", args.kimg, 0), ("--snap", args.snap, 0), ("--lr", args.lr, 0)):
+        if value is not None and not value > low:
+            raise ValueError(f"{flag} must be > {low}, got {value}")
+    for flag, value in (("--batch", args.batch), ("--batch-gpu", args.batch_gpu), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be >= 1, got {value}")
+    if args.gamma is not None and args.gamma < 0:
+        raise ValueError(f"--gamma must be >= 0, got {args.gamma}")
+    if args.workers is not None and args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    overrides: dict[str, Any] = dict(
+        data=args.data, encoder=args.encoder, out=args.out or f"runs/{args.preset}", kimg=args.kimg,
+        batch=args.batch, batch_gpu=args.batch_gpu, g_lr=args.lr, d_lr=args.lr,
+        mixed_precision=args.mixed_precision, seed=args.seed, snap=args.snap, resume=args.resume,
+        init_from=args.init_from, workers=args.workers, threads=args.threads)
+    if args.gamma is not None:
+        overrides["loss"] = {"r1_gamma": args.gamma}
+    if args.augment is not None:
+        overrides["augment"] = {"mode": args.augment}
+    try:
+        cfg = resolve_config(args.preset, **overrides)
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    check_config(cfg)
+    if args.data != "shapes":
+        if not Path(args.data).exists():
+            raise ValueError(f"--data {args.data}: no such file or directory (or use 'shapes')")
+    if args.init_from is not None:
+        if not (Path(args.init_from) / "config.json").is_file():
+            raise ValueError(f"--init-from {args.init_from}: not a model directory (no config.json)")
+    return cfg
+
+
+def metrics_callback(names: str, cfg, num_images: int):
+    """Build the snapshot metrics hook from eval/ (imported here only, so gan/ never imports eval)."""
+    metric_names = [n.strip() for n in names.split(",") if n.strip()]
+
+    def run(model_dir, kimg: float) -> dict:
+        import eval.metrics
+        from data import open_dataset
+        from gan.model import load_model
+
+        model, tokenizer = load_model(model_dir, device="cpu")
+        reference = open_dataset(cfg.data, resolution=model.cfg.resolution, seed=cfg.seed + 1)
+        return eval.metrics.compute(metric_names, model, tokenizer, reference, num_images=num_images)
+
+    return run
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = build_config(args)
+    except ValueError as e:
+        print(f"spikegan-train: error: {e}", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        from gan.training import model_config
+
+        print(json.dumps({"train": cfg.to_dict(), "model": model_config(cfg).to_dict()}, indent=2))
+        return 0
+    from gan.training import NonFiniteLossError, train
+
+    callback = metrics_callback(args.metrics, cfg, args.metrics_images) if args.metrics else None
+    try:
+        result = train(cfg, metrics_callback=callback)
+    except (ValueError, NonFiniteLossError) as e:
+        print(f"spikegan-train: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{'stopped' if result.interrupted else 'done'} at {result.state.nimg / 1000:.3f} kimg: "
+          f"model in {result.out / 'model'}, state in {result.out / 'checkpoints'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
