@@ -169,7 +169,7 @@ def write_rasters(pipe, prompts: list[str], folder: Path) -> list[Path]:
     paths = []
     for i, prompt in enumerate(prompts):
         path = folder / f"raster-p{i:02d}.png"
-        pipe.spike_raster(prompt).save(path)
+        pipe.write_raster(prompt, path)
         paths.append(path)
     return paths
 

@@ -141,3 +141,66 @@ def test_cli_prompts_file_errors(tmp_path, capsys):
     with pytest.raises(SystemExit):
         sample.parse_args(["--model", "m", "--prompts", str(empty), "--out", "o"])
     assert "no prompts" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# End to end on a tiny untrained model directory.
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from tests.test_pipeline import make_model_dir
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: avoid OpenMP spin-waits on a shared machine
+    yield make_model_dir(tmp_path_factory.mktemp("model"))
+    torch.set_num_threads(n)
+
+
+def test_cli_folder_of_pngs(model_dir, tmp_path, capsys):
+    out = tmp_path / "imgs"
+    assert sample.main(["--model", str(model_dir), "--prompt", "a red circle", "--prompt", "a (blue:1.2) square",
+                        "--seeds", "3,5", "--out", str(out), "--batch", "3"]) == 0
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["p00-seed0003.png", "p00-seed0005.png", "p01-seed0003.png", "p01-seed0005.png"]
+    assert str(out / "p01-seed0005.png") in capsys.readouterr().out
+    with PIL.Image.open(out / "p00-seed0003.png") as im:
+        assert im.size == (16, 16) and im.mode == "RGB"
+
+
+def test_cli_grid_tiles_match_folder_images(model_dir, tmp_path):
+    prompts, seeds = ["a red circle", "a (blue:1.2) square"], [3, 5, 8]
+    argv = ["--model", str(model_dir), "--prompt", prompts[0], "--prompt", prompts[1], "--seeds", "3,5,8"]
+    assert sample.main([*argv, "--grid", "--out", str(tmp_path / "g.png")]) == 0
+    assert sample.main([*argv, "--out", str(tmp_path / "imgs")]) == 0
+    grid = np.asarray(PIL.Image.open(tmp_path / "g.png")).astype(int)
+    assert grid.shape == (2 * 16, 3 * 16, 3)
+    for r in range(2):
+        for c, s in enumerate(seeds):
+            single = np.asarray(PIL.Image.open(tmp_path / "imgs" / f"p{r:02d}-seed{s:04d}.png")).astype(int)
+            assert np.abs(grid[r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] - single).max() <= 1
+
+
+def test_cli_interpolate_style_mix_raster_attention(model_dir, tmp_path):
+    m = ["--model", str(model_dir)]
+    assert sample.main([*m, "--prompt", "a red circle", "--prompt", "a blue square", "--seeds", "0",
+                        "--interpolate", "--frames", "3", "--out", str(tmp_path / "walk.gif")]) == 0
+    with PIL.Image.open(tmp_path / "walk.gif") as g:
+        assert g.n_frames == 6 and g.size == (16, 16)
+    assert sample.main([*m, "--prompt", "a red circle", "--seeds", "0-1", "--col-seeds", "4-6", "--style-mix",
+                        "--out", str(tmp_path / "mix")]) == 0
+    with PIL.Image.open(tmp_path / "mix" / "style-mix.png") as im:
+        assert im.size == (4 * 16, 3 * 16)
+    assert sample.main([*m, "--prompt", "a (red:1.4) circle", "--seeds", "0", "--raster", "--attention",
+                        "--out", str(tmp_path / "x")]) == 0
+    names = sorted(p.name for p in (tmp_path / "x").iterdir())
+    assert names == ["p00-seed0000-attention.png", "p00-seed0000.png", "raster-p00.png"]
+
+
+def test_cli_reports_damaged_model_and_bad_prompt(model_dir, tmp_path, capsys):
+    assert sample.main(["--model", str(tmp_path / "none"), "--prompt", "a", "--out", str(tmp_path / "o")]) == 1
+    assert "not a model directory" in capsys.readouterr().err
+    assert sample.main(["--model", str(model_dir), "--prompt", "a (red circle", "--seeds", "0",
+                        "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "spikegan-sample: error: unbalanced '('" in err and "position 2" in err
