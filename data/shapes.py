@@ -211,22 +211,27 @@ def object_mask(resolution: int, shape: str, size: str, position: str) -> Mask:
     return Mask(y0=y0, x0=x0, alpha=alpha, centre=(cx, cy), bbox=bbox)
 
 
-_COLOUR_RGB = {k: np.asarray(v, dtype=np.float32) for k, v in COLOURS.items()}
-_BACKGROUND_RGB = {k: np.asarray(v, dtype=np.float32) for k, v in BACKGROUNDS.items()}
+_COLOUR_RGB = {k: np.asarray(v, dtype=np.float32)[:, None, None] for k, v in COLOURS.items()}  # [3, 1, 1]
+_BACKGROUND_RGB = {k: np.asarray(v, dtype=np.float32)[:, None, None] for k, v in BACKGROUNDS.items()}
 
 
-def render_scene(scene: Scene, resolution: int) -> np.ndarray:
-    """Scene -> uint8 [R, R, 3]. Objects are painted in order (objects never overlap)."""
+def render_scene_chw(scene: Scene, resolution: int) -> np.ndarray:
+    """Scene -> uint8 [3, R, R] (the layout of dataset items). Objects never overlap."""
     _check_resolution(resolution)
-    img = np.empty((resolution, resolution, 3), dtype=np.float32)
+    img = np.empty((3, resolution, resolution), dtype=np.float32)
     img[:] = _BACKGROUND_RGB[scene.background]
     for obj in scene.objects:
         m = object_mask(resolution, obj.shape, obj.size, obj.position)
         h, w = m.alpha.shape
-        win = img[m.y0 : m.y0 + h, m.x0 : m.x0 + w]  # [h, w, 3] view
-        win += (_COLOUR_RGB[obj.colour] - win) * m.alpha[:, :, None]  # alpha 1 gives the colour exactly
+        win = img[:, m.y0 : m.y0 + h, m.x0 : m.x0 + w]  # [3, h, w] view
+        win += (_COLOUR_RGB[obj.colour] - win) * m.alpha  # alpha 1 gives the colour exactly
     img += 0.5  # values lie in [0, 255]: truncating x + 0.5 rounds to nearest
     return img.astype(np.uint8)
+
+
+def render_scene(scene: Scene, resolution: int) -> np.ndarray:
+    """Scene -> uint8 [R, R, 3] (HWC, as PIL and image files have it)."""
+    return np.ascontiguousarray(render_scene_chw(scene, resolution).transpose(1, 2, 0))
 
 
 # --- captions ------------------------------------------------------------------------
@@ -410,7 +415,7 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict:
         ex = self.example(int(index))
-        image = torch.from_numpy(render_scene(ex.scene, self.resolution).transpose(2, 0, 1).copy())  # [3, R, R]
+        image = torch.from_numpy(render_scene_chw(ex.scene, self.resolution))  # [3, R, R]
         return {
             "image": to_float(image) if self.image_dtype == "float32" else image,
             "text": ex.caption,

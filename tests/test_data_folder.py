@@ -253,6 +253,31 @@ def test_downscaling_is_antialiased(tmp_path):
     assert abs(img.mean().item() - 127.5) < 2 and img.std().item() < 3
 
 
+def test_exif_orientation_is_applied(tmp_path):
+    a = np.zeros((16, 32, 3), np.uint8)
+    a[:, :16] = (255, 0, 0)
+    a[:, 16:] = (0, 0, 255)
+    img = Image.fromarray(a)
+    exif = img.getexif()
+    exif[0x0112] = 6  # "rotate 90 CW to display": the left (red) half ends up on top
+    img.save(tmp_path / "r.jpg", exif=exif, quality=100)
+    (tmp_path / "r.txt").write_text("r")
+    out = FolderDataset(tmp_path, resolution=32, fit="pad")[0]["image"]  # [3, 32, 32]
+    top, bottom = out[:, 4, 16].tolist(), out[:, 28, 16].tolist()
+    assert top[0] > 200 and top[2] < 60 and bottom[2] > 200 and bottom[0] < 60
+    assert out[:, 16, 2].tolist() == [255, 255, 255]  # padded at the sides: the image is tall now
+
+
+def test_max_pixels_and_min_size_options(tmp_path):
+    png(tmp_path / "a.png", size=(40, 40))
+    (tmp_path / "a.txt").write_text("a")
+    with pytest.raises(data.EmptyDatasetError, match="decompression bomb"):
+        FolderDataset(tmp_path, resolution=16, max_pixels=1599)
+    assert len(FolderDataset(tmp_path, resolution=16, max_pixels=1600)) == 1
+    with pytest.raises(data.EmptyDatasetError, match="too small"):
+        FolderDataset(tmp_path, resolution=16, min_size=41)
+
+
 def test_flip_adds_mirrored_copies(tmp_path):
     a = np.zeros((16, 16, 3), np.uint8)
     a[:, :4] = 255

@@ -1,0 +1,106 @@
+"""Benchmark the data package: scanning a folder, loading a prepared set, shapes generation.
+
+    python scripts/bench_data.py [--emoji DIR] [--repeats 3] [--shapes-count 4000]
+
+Prints medians over repeats (the machine is shared: compare figures within one run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import data  # noqa: E402
+from data import shapes  # noqa: E402
+
+DEFAULT_EMOJI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "noto-emoji-64"
+
+
+def timed(fn, repeats: int) -> tuple[float, object]:
+    """Median wall seconds of `fn()` over `repeats` runs, and the last result."""
+    times, result = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), result
+
+
+def iterate(ds, workers: int, batch: int) -> int:
+    if workers == 0:
+        return sum(1 for i in range(len(ds)) if ds[i] is not None)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers,
+                                         collate_fn=data.collate, persistent_workers=False)
+    return sum(len(b["text"]) for b in loader)
+
+
+def bench_emoji(emoji: Path, repeats: int) -> None:
+    if not (emoji / "metadata.jsonl").is_file():
+        print(f"emoji set not found at {emoji}: skipping the scan and prepared-load figures")
+        return
+    for workers in (1, None):
+        sec, ds = timed(lambda: data.FolderDataset(emoji, resolution=64, scan_workers=workers), repeats)
+        label = "1 thread" if workers == 1 else "default threads"
+        print(f"scan emoji ({label}): {ds.report.kept} kept, {len(ds.report.skipped)} skipped, "
+              f"{sec:.2f} s, {(ds.report.kept + len(ds.report.skipped)) / sec:.0f} entries/s")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "emoji64"
+        sec, report = timed(lambda: data.prepare_dataset(emoji, out, resolution=64), 1)
+        size_mb = sum(f.stat().st_size for f in out.iterdir()) / 2**20
+        print(f"prepare emoji at 64 px: {report.kept} images, {sec:.2f} s, {size_mb:.1f} MiB on disk")
+        sec, ds = timed(lambda: data.open_dataset(out, resolution=64), repeats)
+        print(f"open prepared emoji at 64 px: {sec:.3f} s")
+        sec, n = timed(lambda: iterate(data.open_dataset(out, resolution=64), 0, 0), repeats)
+        print(f"load prepared emoji at 64 px (open + every item, 1 process): {sec:.2f} s, {n / sec:.0f} items/s")
+        sec, n = timed(lambda: iterate(data.open_dataset(out, resolution=64), 2, 64), repeats)
+        print(f"load prepared emoji at 64 px (DataLoader, 2 workers, batch 64): {sec:.2f} s, {n / sec:.0f} items/s")
+        folder = data.FolderDataset(emoji, resolution=64)
+        sub = torch.utils.data.Subset(folder, range(0, len(folder), 4))
+        sec, n = timed(lambda: iterate(sub, 0, 0), repeats)
+        print(f"reference: decode from the folder at 64 px (1 process, {n} items): {n / sec:.0f} items/s")
+
+
+def bench_shapes(count: int, repeats: int) -> None:
+    ds = shapes.ShapesDataset(32, seed=0)
+    ds[0]  # builds the mask cache
+    sec, n = timed(lambda: iterate(torch.utils.data.Subset(ds, range(count)), 0, 0), repeats)
+    print(f"shapes at 32 px, items (scene + caption + render + attributes), 1 process: {n / sec:.0f} img/s")
+    sec, _ = timed(lambda: [shapes.render_scene(ds.example(i).scene, 32) for i in range(count)], repeats)
+    print(f"shapes at 32 px, sample + render only, 1 process: {count / sec:.0f} img/s")
+    sec, n = timed(lambda: iterate(torch.utils.data.Subset(ds, range(4 * count)), 2, 256), repeats)
+    print(f"shapes at 32 px, DataLoader 2 workers, batch 256 (incl. worker start): {n / sec:.0f} img/s")
+    for res in (16, 64, 128, 256):
+        d = shapes.ShapesDataset(res)
+        d[0]
+        m = max(200, count // (res // 16) ** 2)
+        sec, n = timed(lambda: iterate(torch.utils.data.Subset(d, range(m)), 0, 0), repeats)
+        print(f"shapes at {res} px, 1 process: {n / sec:.0f} img/s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--emoji", type=Path, default=DEFAULT_EMOJI, help="the noto-emoji-64 folder")
+    p.add_argument("--repeats", type=int, default=3, help="runs per figure (median)")
+    p.add_argument("--shapes-count", type=int, default=4000, help="images per shapes timing")
+    args = p.parse_args(argv)
+    if args.repeats < 1 or args.shapes_count < 1:
+        p.error("--repeats and --shapes-count must be >= 1")
+    torch.set_num_threads(1)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread; "
+          f"{len(__import__('os').sched_getaffinity(0))} CPUs available")
+    bench_emoji(args.emoji, args.repeats)
+    bench_shapes(args.shapes_count, args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
