@@ -1,0 +1,181 @@
+"""Spiking text encoders: TokenBatch -> spike train -> snntorch layers -> SpikeCode.
+
+    token features [B, L, N] --sigmoid--> intensities --SpikeCoder--> spikes [T, B, N]
+    --SpikingStack--> spikes, membranes [T, B, H] --readouts--> pooled [B, C], tokens [B, L, C]
+
+The readouts see spike rates and membrane potentials (LayerNorm + Linear): sparse spike
+counts alone make nearly equal codes for different prompts, the membrane keeps them apart.
+  pooled = Readout([mean spikes, mean membrane, final membrane] over the real steps)
+  tokens = Readout([mean spikes, mean membrane] over each token's window)
+Only real (non-padding) steps enter readouts and stats, and padding sits after the last
+token, so padding changes nothing.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .code import SpikeCode
+from .coding import SpikeCoder
+from .config import EncoderConfig
+from .minilm import FEATURE_DIM, FrozenMiniLM, MiniLMTokenizer
+from .spiking import SpikingStack, spike_stats
+from .tokenizer import PAD_ID, TokenBatch, WordTokenizer
+
+
+class Readout(nn.Module):
+    """LayerNorm + Linear from spike/membrane statistics to the code width."""
+
+    def __init__(self, *, in_features: int, out_features: int) -> None:  # widths in and out
+        super().__init__()
+        self.norm = nn.LayerNorm(in_features)
+        self.linear = nn.Linear(in_features, out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.norm(x))
+
+
+class SpikingTextEncoder(nn.Module):
+    """Shared body of the three encoders; subclasses supply `token_features`."""
+
+    def __init__(self, cfg: EncoderConfig, *, first_neuron: str = "leaky") -> None:  # neuron of layer 1
+        super().__init__()
+        self.cfg = cfg
+        self.coder = SpikeCoder(coding=cfg.coding, steps_per_token=cfg.steps_per_token, seed=cfg.seed,
+                                latency_sigma=cfg.latency_sigma)
+        self.stack = SpikingStack(in_features=cfg.embed_dim, hidden=cfg.hidden, num_layers=cfg.num_layers,
+                                  first_neuron=first_neuron, beta=cfg.beta, threshold=cfg.threshold,
+                                  learn_beta=cfg.learn_beta)
+        self.pooled_head = Readout(in_features=3 * cfg.hidden, out_features=cfg.code_dim)
+        self.token_head = Readout(in_features=2 * cfg.hidden, out_features=cfg.code_dim)
+
+    @property
+    def code_dim(self) -> int:
+        return self.cfg.code_dim
+
+    def token_features(self, batch: TokenBatch) -> torch.Tensor:
+        """batch -> [B, L, embed_dim] real-valued features (before the sigmoid)."""
+        raise NotImplementedError
+
+    def forward(self, batch: TokenBatch, *, generator: torch.Generator | None = None) -> SpikeCode:
+        """Encode a batch. `generator` seeds rate coding (default: global RNG in training,
+        frozen noise from cfg.seed in eval mode)."""
+        return self.run(batch, generator=generator)[0]
+
+    def run(self, batch: TokenBatch, *, generator: torch.Generator | None = None, stepwise: bool = False
+            ) -> tuple[SpikeCode, dict[str, torch.Tensor]]:
+        """Encode and also return the spike trains {"input": [T,B,N], "layer1": [T,B,H], ...}.
+        stepwise=True steps every snntorch neuron through time (the slow reference path)."""
+        mask = batch.mask
+        B, L = mask.shape
+        K = self.cfg.steps_per_token
+        lengths = mask.sum(dim=1)  # [B]
+        positions = torch.arange(L, device=mask.device)
+        if not torch.equal(mask, positions < lengths[:, None]):
+            raise ValueError("TokenBatch.mask must be a prefix per row (tokens left-aligned, padding after)")
+
+        p = torch.sigmoid(self.token_features(batch))  # [B, L, N]
+        weights = batch.weights.to(p.dtype)
+        spikes_in = self.coder(p, weights, mask, generator)  # [T, B, N]
+        layer_spikes, mem = self.stack(spikes_in, stepwise=stepwise)  # list of [T, B, H]; [T, B, H]
+        spk = layer_spikes[-1]
+        T, H = L * K, self.cfg.hidden
+        assert spk.shape == mem.shape == (T, B, H), (spk.shape, mem.shape)
+
+        step_mask = mask.repeat_interleave(K, dim=1).T  # [T, B], True on real steps
+        m = step_mask.unsqueeze(-1).to(mem.dtype)  # [T, B, 1]
+        n_steps = step_mask.sum(dim=0).clamp(min=1).unsqueeze(-1).to(mem.dtype)  # [B, 1]
+        last = (lengths * K - 1).clamp(min=0)  # [B] index of each prompt's last real step
+        final_mem = mem[last, torch.arange(B, device=mem.device)] * (lengths > 0).unsqueeze(-1)  # [B, H]
+        pooled_in = torch.cat([(spk * m).sum(0) / n_steps, (mem * m).sum(0) / n_steps, final_mem], dim=-1)
+        pooled = self.pooled_head(pooled_in)  # [B, C]
+
+        windows = torch.cat([spk.view(L, K, B, H).mean(dim=1), mem.view(L, K, B, H).mean(dim=1)], dim=-1)  # [L, B, 2H]
+        tokens = self.token_head(windows.transpose(0, 1)) * mask.unsqueeze(-1)  # [B, L, C]
+
+        stats = spike_stats(self.stack, spikes_in, layer_spikes, step_mask)
+        trains = {"input": spikes_in, **{f"layer{i + 1}": s for i, s in enumerate(layer_spikes)}}
+        return SpikeCode(pooled, tokens, mask, stats), trains
+
+    def resize_vocab(self, new_size: int) -> None:
+        raise NotImplementedError
+
+
+class EmbeddingEncoder(SpikingTextEncoder):
+    """Learned word embeddings -> spike coding -> spiking MLP of snn.Leaky layers."""
+
+    def __init__(self, cfg: EncoderConfig, vocab_size: int, *, first_neuron: str = "leaky") -> None:
+        super().__init__(cfg, first_neuron=first_neuron)
+        self.embed = nn.Embedding(vocab_size, cfg.embed_dim, padding_idx=PAD_ID)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.embed.num_embeddings
+
+    def token_features(self, batch: TokenBatch) -> torch.Tensor:
+        top = int(batch.ids.max()) if batch.ids.numel() else 0
+        if top >= self.vocab_size:
+            raise ValueError(f"token id {top} >= encoder vocabulary {self.vocab_size}: the tokenizer grew; "
+                             f"call encoder.resize_vocab(len(tokenizer)) first")
+        return self.embed(batch.ids)  # [B, L, N]
+
+    def resize_vocab(self, new_size: int) -> None:
+        """Grow (or keep) the embedding table to `new_size` rows; old rows keep their values."""
+        old = self.embed
+        if new_size < old.num_embeddings:
+            raise ValueError(f"resize_vocab({new_size}) would drop rows of a {old.num_embeddings}-word vocabulary")
+        if new_size == old.num_embeddings:
+            return
+        new = nn.Embedding(new_size, old.embedding_dim, padding_idx=PAD_ID,
+                           device=old.weight.device, dtype=old.weight.dtype)
+        with torch.no_grad():
+            new.weight[: old.num_embeddings] = old.weight
+        self.embed = new
+
+
+class RecurrentEncoder(EmbeddingEncoder):
+    """Learned word embeddings -> spike coding -> a recurrent spiking layer (snn.RLeaky or
+    snn.SLSTM), then snn.Leaky layers."""
+
+    def __init__(self, cfg: EncoderConfig, vocab_size: int) -> None:
+        super().__init__(cfg, vocab_size, first_neuron=cfg.recurrent_cell)
+
+
+class TransformerEncoder(SpikingTextEncoder):
+    """Frozen all-MiniLM-L6-v2 token features -> LayerNorm + Linear -> spike coding -> spiking
+    MLP of snn.Leaky layers. Only the projection, spiking layers and readouts train; the
+    backbone is loaded lazily from the package and is not in the state_dict."""
+
+    def __init__(self, cfg: EncoderConfig, vocab_size: int | None = None) -> None:
+        super().__init__(cfg)
+        self.project = nn.Sequential(nn.LayerNorm(FEATURE_DIM), nn.Linear(FEATURE_DIM, cfg.embed_dim))
+        self.backbone = FrozenMiniLM(cache_size=cfg.feature_cache)
+        self._vocab_size = vocab_size
+
+    def token_features(self, batch: TokenBatch) -> torch.Tensor:
+        device = self.project[1].weight.device
+        feats = self.backbone(batch, device).to(self.project[1].weight.dtype)  # [B, L, 384]
+        return self.project(feats)  # [B, L, N]
+
+    def resize_vocab(self, new_size: int) -> None:
+        """MiniLM's WordPiece vocabulary is fixed; only its own size is accepted."""
+        if self._vocab_size is not None and new_size != self._vocab_size:
+            raise ValueError(f"the transformer encoder's vocabulary is MiniLM's ({self._vocab_size}); got {new_size}")
+
+
+def build_encoder(cfg: EncoderConfig, vocab_size: int) -> SpikingTextEncoder:
+    """The encoder `cfg.kind` names, for a tokenizer of `vocab_size` entries."""
+    if cfg.kind == "embedding":
+        return EmbeddingEncoder(cfg, vocab_size)
+    if cfg.kind == "recurrent":
+        return RecurrentEncoder(cfg, vocab_size)
+    if cfg.kind == "transformer":
+        return TransformerEncoder(cfg, vocab_size)
+    raise ValueError(f"EncoderConfig.kind={cfg.kind!r}: expected embedding, recurrent or transformer")
+
+
+def make_tokenizer(cfg: EncoderConfig, captions=()) -> WordTokenizer | MiniLMTokenizer:
+    """The tokenizer `cfg.kind` needs: words built from `captions`, or MiniLM's WordPiece."""
+    if cfg.kind == "transformer":
+        return MiniLMTokenizer(max_length=cfg.max_length)
+    return WordTokenizer.build(captions, min_freq=cfg.min_freq, max_length=cfg.max_length)

@@ -1,0 +1,52 @@
+"""Spike rasters: time across, neurons down, token windows labelled with their words."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+
+def plot_spikes(
+    path: str | os.PathLike,  # PNG to write
+    trains: dict[str, torch.Tensor] | torch.Tensor,  # panel name -> spikes [T, N] of one prompt (or one [T, N])
+    *,
+    words: Sequence[str],  # the prompt's tokens, one per window
+    steps_per_token: int,  # K, steps per token window
+    max_neurons: int = 64,  # neurons shown per panel (the most active ones, in index order)
+    title: str | None = None,  # figure title, e.g. the prompt
+) -> Path:
+    """Write a raster PNG: one panel per train; spike height (emphasis) shown by shade."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if isinstance(trains, torch.Tensor):
+        trains = {"spikes": trains}
+    T = next(iter(trains.values())).shape[0]
+    fig, axes = plt.subplots(len(trains), 1, figsize=(max(6.0, 0.12 * T + 2), 2.2 * len(trains) + 0.6),
+                             squeeze=False, sharex=True)
+    vmax = max(float(t.detach().abs().max()) for t in trains.values()) or 1.0
+    for ax, (name, s) in zip(axes[:, 0], trains.items()):
+        s = s.detach().float().cpu()
+        assert s.ndim == 2 and s.shape[0] == T, (name, s.shape, T)
+        keep = s.ne(0).sum(0).argsort(descending=True)[:max_neurons].sort().values
+        ax.imshow(s[:, keep].T.numpy(), aspect="auto", interpolation="nearest", cmap="Greys",
+                  vmin=0, vmax=vmax, extent=(-0.5, T - 0.5, len(keep) - 0.5, -0.5))
+        for i in range(len(words) + 1):
+            ax.axvline(i * steps_per_token - 0.5, color="tab:red", lw=0.6, alpha=0.6)
+        ax.set_ylabel(f"{name}\nneuron")
+        ax.set_xlim(-0.5, T - 0.5)
+    top = axes[0, 0].secondary_xaxis("top")
+    top.set_xticks([(i + 0.5) * steps_per_token - 0.5 for i in range(len(words))], list(words), fontsize=8)
+    axes[-1, 0].set_xlabel("time step")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

