@@ -82,9 +82,11 @@ class CaptionedImages(Dataset):
     def __len__(self) -> int:
         return self._num_raw() * (2 if self.flip else 1)
 
-    def captions(self) -> list[str]:
-        """Every caption of every entry (all of a list), for building a tokenizer."""
-        return [t for raw in range(self._num_raw()) for t in self._texts(raw)]
+    def captions(self, limit: int | None = None) -> list[str]:
+        """Every caption of every entry (all of a list), for building a tokenizer;
+        with `limit`, those of the first `limit` entries."""
+        n = self._num_raw() if limit is None else min(limit, self._num_raw())
+        return [t for raw in range(n) for t in self._texts(raw)]
 
     def __getitem__(self, index: int) -> dict:
         n = len(self)

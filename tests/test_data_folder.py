@@ -77,7 +77,7 @@ def test_caption_lists_sample_one_per_access_reproducibly(tmp_path):
     assert draws(0) == first  # ... reproducibly
     assert draws(1) != first
     ds = FolderDataset(tmp_path, resolution=16)
-    assert ds.captions() == texts
+    assert ds.captions() == texts and ds.captions(limit=0) == []
     seq0 = [ds[0]["text"] for _ in range(10)]
     ds2 = FolderDataset(tmp_path, resolution=16)
     ds2.set_epoch(1)
