@@ -46,3 +46,22 @@ def test_rejects_float_images(extractor):
         extractor(torch.zeros(1, 3, 32, 32))
     with pytest.raises(FileNotFoundError, match="Inception weights not found"):
         InceptionFeatures(weights="/nonexistent/inception.pt")
+
+
+def test_conv_relu_fast_path_equals_eager_and_repacks_after_weight_change():
+    from eval.inception import ConvReLU
+    torch.manual_seed(0)
+    conv = ConvReLU(in_channels=5, out_channels=7, kernel=(1, 3), stride=2, padding=(0, 1))
+    with torch.no_grad():
+        conv.weight.normal_()
+        conv.bias.normal_()
+        x = torch.randn(2, 5, 9, 11).contiguous(memory_format=torch.channels_last)
+        reference = lambda: torch.relu(torch.nn.functional.conv2d(x, conv.weight, conv.bias, 2, (0, 1)))  # noqa: E731
+        torch.testing.assert_close(conv(x), reference(), atol=1e-5, rtol=1e-5)
+        conv.weight.mul_(-1)  # an in-place edit must invalidate the packed copy
+        torch.testing.assert_close(conv(x), reference(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(conv(x.contiguous()), reference(), atol=1e-5, rtol=1e-5)
+    # With gradients on, the eager path runs and gradients flow to the input.
+    xg = x.clone().requires_grad_(True)
+    conv(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0

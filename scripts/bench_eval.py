@@ -1,0 +1,166 @@
+"""Benchmark FID feature extraction: the plain-module Inception against the TorchScript and the
+machine's conv3x3 peak, all measured in this run, plus peak memory while streaming images.
+
+    python scripts/bench_eval.py --batch 16 --repeats 5 --stream 256 --json bench_eval.json
+
+Reports (medians over interleaved repeats, so load from other processes hits both sides alike):
+- conv3x3 peak: best median GFLOP/s of a 3x3 conv (channels-last, fp32) over a few layer shapes;
+- Inception network only: images/s and achieved GFLOP/s (FLOPs from torch.utils.flop_counter),
+  as a fraction of that peak; the TorchScript's images/s at the same batch and the speed-up;
+- end to end (`InceptionFeatures`: clean resize from the source resolution + network): images/s;
+- streaming: peak resident set (ru_maxrss) while `--stream` images flow through extraction into
+  `FeatureStats`, and the resident set after the first batch, to show memory does not grow with N.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.features import InceptionFeatures, iterate_batches  # noqa: E402
+from eval.fid import FeatureStats  # noqa: E402
+from eval.inception import INPUT_SIZE, load_torchscript  # noqa: E402
+
+# (in_channels, out_channels, spatial size) of 3x3 convs like Inception's own.
+PEAK_SHAPES = [(64, 96, 35), (96, 96, 35), (192, 192, 17), (384, 384, 17), (448, 384, 8)]
+
+
+def rss_mb() -> float:
+    """Current resident set in MB (Linux /proc)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+@torch.no_grad()
+def conv3x3_peak(batch: int, repeats: int) -> tuple[float, list[dict]]:
+    """Best median GFLOP/s of F.conv2d 3x3 (pad 1) over PEAK_SHAPES at this batch."""
+    rows = []
+    for cin, cout, hw in PEAK_SHAPES:
+        x = torch.randn(batch, cin, hw, hw).contiguous(memory_format=torch.channels_last)
+        w = torch.randn(cout, cin, 3, 3)
+        b = torch.randn(cout)
+        F.conv2d(x, w, b, padding=1)  # warm-up (oneDNN primitive creation)
+        seconds = statistics.median(timed(lambda: F.conv2d(x, w, b, padding=1)) for _ in range(repeats))
+        gflops = 2 * batch * cout * cin * 9 * hw * hw / seconds / 1e9
+        rows.append({"shape": [cin, cout, hw], "gflops": round(gflops, 2)})
+    return max(r["gflops"] for r in rows), rows
+
+
+def inception_flops(model: torch.nn.Module) -> float:
+    """FLOPs of one 299x299 image through the network (2 per multiply-add)."""
+    x = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE).contiguous(memory_format=torch.channels_last)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return float(counter.get_total_flops())
+
+
+class RandomImages(torch.utils.data.Dataset):
+    """Items {"image": uint8 [3,R,R]} generated on access, so the source itself holds no images."""
+
+    def __init__(self, num: int, resolution: int):
+        self.num, self.resolution = num, resolution
+
+    def __len__(self):
+        return self.num
+
+    def __getitem__(self, i):
+        g = torch.Generator().manual_seed(i)
+        return {"image": torch.randint(0, 256, (3, self.resolution, self.resolution), dtype=torch.uint8, generator=g),
+                "text": "", "index": i}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch", type=int, default=16, help="images per network call")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing repeats (medians)")
+    parser.add_argument("--resolution", type=int, default=64, help="source image size for the end-to-end run")
+    parser.add_argument("--stream", type=int, default=256, help="images streamed for the memory measurement (0 = skip)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    extractor = InceptionFeatures("cpu", batch=args.batch)
+    model = extractor.model
+    torchscript = load_torchscript(extractor.weights_file)
+    flops = inception_flops(model)
+    peak, peak_rows = conv3x3_peak(args.batch, args.repeats)
+
+    x = (torch.rand(args.batch, 3, INPUT_SIZE, INPUT_SIZE) * 2 - 1).contiguous(memory_format=torch.channels_last)
+    x_dense = x.contiguous()
+    images = torch.randint(0, 256, (args.batch, 3, args.resolution, args.resolution), dtype=torch.uint8)
+    with torch.no_grad():
+        model(x), torchscript(x_dense), extractor(images)  # warm-up
+        times = {"plain": [], "torchscript": [], "end_to_end": []}
+        for _ in range(args.repeats):  # interleaved so load from other processes hits all alike
+            times["torchscript"].append(timed(lambda: torchscript(x_dense)))
+            times["plain"].append(timed(lambda: model(x)))
+            times["end_to_end"].append(timed(lambda: extractor(images)))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    ips = {k: args.batch / v for k, v in med.items()}
+    achieved = flops * ips["plain"] / 1e9
+    result = {
+        "threads": torch.get_num_threads(),
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "weights": extractor.weights_file,
+        "gflop_per_image": round(flops / 1e9, 3),
+        "conv3x3_peak_gflops": peak,
+        "conv3x3_shapes": peak_rows,
+        "plain_images_per_s": round(ips["plain"], 2),
+        "plain_ms_per_image": round(1000 / ips["plain"], 1),
+        "plain_gflops": round(achieved, 2),
+        "plain_fraction_of_peak": round(achieved / peak, 3),
+        "torchscript_images_per_s": round(ips["torchscript"], 2),
+        "torchscript_ms_per_image": round(1000 / ips["torchscript"], 1),
+        "torchscript_gflops": round(flops * ips["torchscript"] / 1e9, 2),
+        "speedup_vs_torchscript": round(ips["plain"] / ips["torchscript"], 2),
+        "end_to_end_images_per_s": round(ips["end_to_end"], 2),
+        "end_to_end_source_resolution": args.resolution,
+    }
+    del torchscript
+
+    if args.stream:
+        stats = FeatureStats(extractor.dim)
+        rss_after_first = None
+        start = time.perf_counter()
+        for batch in iterate_batches(RandomImages(args.stream, args.resolution), args.batch):
+            stats.update(extractor(batch).numpy())
+            if rss_after_first is None:
+                rss_after_first = rss_mb()
+        result.update({
+            "stream_images": stats.num,
+            "stream_images_per_s": round(stats.num / (time.perf_counter() - start), 2),
+            "rss_after_first_batch_mb": round(rss_after_first, 1),
+            "rss_end_mb": round(rss_mb(), 1),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+        })
+
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
