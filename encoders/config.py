@@ -24,6 +24,7 @@ class EncoderConfig:
     threshold: float = 1.0  # firing threshold
     learn_beta: bool = False  # train the decay too
     recurrent_cell: str = "rleaky"  # recurrent kind only: "rleaky" or "slstm"
+    slstm_threshold: float = 0.2  # SLSTM firing threshold: its h = o * tanh(c) stays well below 1
     latency_sigma: float = 1.0  # latency surrogate: width (steps) of the soft spike used for gradients
     max_length: int = 16  # tokens per prompt (word tokens, or WordPiece tokens for transformer)
     min_freq: int = 1  # word tokenizer: occurrences a word needs to enter the vocabulary
@@ -42,6 +43,7 @@ class EncoderConfig:
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an int >= 1")
         check(0.0 <= self.beta <= 1.0, "beta", "must lie in [0, 1]")
         check(self.threshold > 0, "threshold", "must be > 0")
+        check(0 < self.slstm_threshold < 1, "slstm_threshold", "must lie in (0, 1)")
         check(self.latency_sigma > 0, "latency_sigma", "must be > 0")
         check(self.feature_cache >= 0, "feature_cache", "must be >= 0")
 

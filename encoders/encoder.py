@@ -45,7 +45,7 @@ class SpikingTextEncoder(nn.Module):
                                 latency_sigma=cfg.latency_sigma)
         self.stack = SpikingStack(in_features=cfg.embed_dim, hidden=cfg.hidden, num_layers=cfg.num_layers,
                                   first_neuron=first_neuron, beta=cfg.beta, threshold=cfg.threshold,
-                                  learn_beta=cfg.learn_beta)
+                                  learn_beta=cfg.learn_beta, slstm_threshold=cfg.slstm_threshold)
         self.pooled_head = Readout(in_features=3 * cfg.hidden, out_features=cfg.code_dim)
         self.token_head = Readout(in_features=2 * cfg.hidden, out_features=cfg.code_dim)
 

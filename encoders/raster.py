@@ -42,8 +42,8 @@ def plot_spikes(
     top = axes[0, 0].secondary_xaxis("top")
     top.set_xticks([(i + 0.5) * steps_per_token - 0.5 for i in range(len(words))], list(words), fontsize=8)
     axes[-1, 0].set_xlabel("time step")
-    if title:
-        fig.suptitle(title, fontsize=9)
+    caption = f"shade = spike height (emphasis weight), darkest = {vmax:.2f}; one window of {steps_per_token} steps per token"
+    fig.suptitle(f"{title}\n{caption}" if title else caption, fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
