@@ -103,3 +103,27 @@ def save_gif(frames: Sequence[PIL.Image.Image], path: str | Path, *, fps: float 
     first.save(path, save_all=True, append_images=rest, duration=max(1, round(1000 / fps)),
                loop=loop, optimize=False)
     return path
+
+
+def pil_resize_matrix(in_size: int, out_size: int, resample: int = PIL.Image.BICUBIC) -> torch.Tensor:
+    """[out_size, in_size] float32 M with M @ v == PIL's float ("F") resize of the line v.
+
+    PIL resizes separably and linearly, so resizing an [H, W] float image to [H', W'] is
+    M_h @ x @ M_w.T: a differentiable twin of PIL's resize (and of clean-fid's "clean" resize,
+    which resizes each channel as a float PIL image). Column i is PIL's resize of the unit
+    vector e_i (a 1-pixel-high image; a height kept at 1 is left unchanged).
+    """
+    cols = []
+    for i in range(in_size):
+        e = np.zeros((1, in_size), np.float32)
+        e[0, i] = 1.0
+        cols.append(np.asarray(PIL.Image.fromarray(e, mode="F").resize((out_size, 1), resample=resample))[0])
+    return torch.from_numpy(np.stack(cols, axis=1).astype(np.float32))  # [out, in]
+
+
+def resize_like_pil(images: torch.Tensor, size: int, resample: int = PIL.Image.BICUBIC) -> torch.Tensor:
+    """[B, C, H, W] float -> [B, C, size, size], as PIL's float resize of each channel, differentiably."""
+    B, C, H, W = images.shape
+    mh = pil_resize_matrix(H, size, resample).to(images)  # [size, H]
+    mw = pil_resize_matrix(W, size, resample).to(images)  # [size, W]
+    return mh @ images @ mw.T  # [B, C, size, size]

@@ -34,6 +34,20 @@ Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Score = Callable[[torch.Tensor], torch.Tensor]
 
 
+def upsampled(distance: Distance, *, min_size: int = 64) -> Distance:
+    """`distance` on images bilinearly upsampled to at least min_size x min_size (LPIPS's
+    AlexNet cannot read 16 px images: its feature maps shrink to nothing)."""
+
+    def d(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] < min_size or x.shape[-2] < min_size:
+            size = (max(min_size, x.shape[-2]), max(min_size, x.shape[-1]))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+        return distance(x, y)
+
+    return d
+
+
 @dataclass
 class OptimConfig:
     """How the latent optimisation runs (defaults: StyleGAN2's projector)."""

@@ -186,27 +186,58 @@ def write_attention(pipe, prompts: list[str], seeds: list[int], folder: Path, **
     return paths
 
 
+def alignment_score(scorer_dir: str, prompt: str, *, device: str = "cpu"):
+    """eval's alignment scorer as a differentiable score: images [B,3,R,R] in [-1,1] -> [B] cosine
+    between the images' and the prompt's embeddings in the scorer's shared space.
+
+    The image side is the FID Inception's pool features of the images resized as clean-fid does
+    (PIL bicubic per channel, here as its exact linear twin so that gradients flow).
+    """
+    import torch
+
+    from eval.alignment import AlignmentScorer
+    from eval.inception import INPUT_SIZE, load_inception
+    from gan.grid import resize_like_pil
+
+    scorer = AlignmentScorer.load(scorer_dir, device=device).requires_grad_(False)
+    inception, _ = load_inception()
+    inception = inception.to(device)
+    with torch.no_grad():
+        text = scorer.embed_texts([prompt])  # [1, E] unit vector
+
+    def score(images: torch.Tensor) -> torch.Tensor:
+        x = ((images + 1) * 127.5).clamp(0, 255)  # [B, 3, R, R] in [0, 255], as the FID network sees
+        x = resize_like_pil(x, INPUT_SIZE).clamp(0, 255)  # [B, 3, 299, 299]
+        features = inception(((x - 128) / 128).contiguous(memory_format=torch.channels_last))  # [B, 2048]
+        return (scorer.embed_images(features) * text).sum(dim=-1)  # [B]
+
+    return score
+
+
 def run_refine(pipe, args: argparse.Namespace, folder: Path) -> list[Path]:
-    """Refine every prompt x seed image: wires eval's alignment scorer and LPIPS into gan.projector.refine."""
-    from eval.alignment import differentiable_alignment_score
+    """Refine every prompt x seed image: eval's alignment scorer and LPIPS wired into gan.projector.refine.
+    Writes <name>-before.png and <name>-after.png; prints the score change per image."""
+    import torch
+
     from eval.lpips import LPIPS
     from gan.grid import to_pil
-    from gan.projector import OptimConfig, refine
+    from gan.projector import OptimConfig, refine, upsampled
 
-    lpips = LPIPS(backbone=args.lpips_backbone, device=args.device)
+    lpips = upsampled(LPIPS(args.lpips_backbone).to(pipe.device))
     cfg = OptimConfig(steps=args.refine, lr=args.refine_lr, w_noise=0.0)
     paths = []
     for i, prompt in enumerate(args.prompt_list):
-        score = differentiable_alignment_score(args.alignment_scorer, prompt, device=args.device)
+        score = alignment_score(args.alignment_scorer, prompt, device=args.device)
         for s in args.seed_list:
             lat = pipe.prepare([prompt], [s], psi=args.truncation, truncation=args.truncation_mode)
+            start = pipe.synthesize(lat.ws, lat.code, noise_mode="const")
             result = refine(pipe.generator, lat.ws, lat.code, score=score, distance=lpips,
                             distance_weight=args.refine_lpips, cfg=cfg, seed=s)
-            before = result.history[0]["score"]
-            with_no_grad_after = float(score(result.images).mean())
-            print(f"refine {image_name(i, s)}: score {before:.4f} -> {with_no_grad_after:.4f} "
-                  f"({with_no_grad_after - before:+.4f}), LPIPS to start {result.history[-1]['distance']:.4f}")
-            start = pipe.synthesize(lat.ws, lat.code, noise_mode="const")
+            with torch.no_grad():
+                before, after = float(score(start)[0]), float(score(result.images)[0])
+                moved = float(lpips(result.images, start)[0])
+            print(f"refine {image_name(i, s)}: alignment {before:.4f} -> {after:.4f} ({after - before:+.4f}), "
+                  f"LPIPS to start {moved:.4f}")
             for tag, img in (("-before", start), ("-after", result.images)):
                 path = folder / image_name(i, s, tag)
                 to_pil(img)[0].save(path)

@@ -151,3 +151,86 @@ def test_optim_config_errors():
         OptimConfig(steps=0)
     with pytest.raises(ValueError, match="lr"):
         OptimConfig(lr=0.0)
+
+
+def test_upsampled_distance():
+    from gan.projector import upsampled
+
+    seen = []
+
+    def d(x, y):
+        seen.append(x.shape)
+        return (x - y).abs().flatten(1).mean(1)
+
+    x, y = torch.zeros(2, 3, 16, 16), torch.ones(2, 3, 16, 16)
+    assert torch.allclose(upsampled(d, min_size=64)(x, y), torch.ones(2))
+    big = torch.zeros(1, 3, 128, 128)
+    upsampled(d, min_size=64)(big, big)
+    assert seen == [(2, 3, 64, 64), (1, 3, 128, 128)]
+
+
+# ---------------------------------------------------------------------------------------------
+# scripts/project.py end to end with the real LPIPS (AlexNet trunk from shared weights).
+
+LPIPS_BACKBONE = "/work/shared/weights/alexnet-features.safetensors"
+
+
+def _lpips_backbone() -> str:
+    import os
+    from pathlib import Path
+
+    path = os.environ.get("SPIKEGAN_LPIPS_BACKBONE", LPIPS_BACKBONE)
+    if not Path(path).is_file():
+        pytest.skip(f"LPIPS AlexNet trunk not found at {path} (set SPIKEGAN_LPIPS_BACKBONE)")
+    return path
+
+
+def test_project_script_lowers_lpips_and_reprompts(tmp_path, capsys):
+    import numpy as np
+    import PIL.Image
+
+    from gan.pipeline import Pipeline
+    from scripts import project
+    from tests.test_pipeline import make_model_dir
+
+    model = make_model_dir(tmp_path / "model")
+    pipe = Pipeline.from_pretrained(model)
+    pipe("a blue square", 3)[0].resize((40, 40), PIL.Image.BICUBIC).save(tmp_path / "target.png")  # any size
+    out = tmp_path / "proj"
+    result = project.run(project.parse_args([
+        "--model", str(model), "--target", str(tmp_path / "target.png"), "--prompt", "a blue square",
+        "--steps", "15", "--lpips-backbone", _lpips_backbone(), "--out", str(out),
+        "--edit-prompt", "a red circle", "--log-every", "0"]))
+    assert result["lpips"] < 0.8 * result["lpips_start"], result
+    assert sorted(p.name for p in out.iterdir()) == ["edit-00.png", "proj.png", "projected_w.npz", "target.png"]
+    saved = np.load(out / "projected_w.npz")
+    assert saved["w"].shape == (1, pipe.num_ws, pipe.generator.w_dim) and str(saved["prompt"]) == "a blue square"
+    # The saved w and noise maps reproduce proj.png.
+    from gan.grid import to_pil
+    from gan.projector import noise_maps
+
+    noise = {k[len("noise/"):]: torch.from_numpy(saved[k]) for k in saved.files if k.startswith("noise/")}
+    assert noise
+    with noise_maps(pipe.generator, noise):
+        again = to_pil(pipe.synthesize(torch.from_numpy(saved["w"]), pipe.encode(["a blue square"])))[0]
+    assert np.abs(np.asarray(again).astype(int) - np.asarray(PIL.Image.open(out / "proj.png"))).max() <= 1
+    # The edit is the same offset from the new prompt's mean w, under the new prompt.
+    old_mean, _ = pipe.prompt_w_stats(pipe.encode(["a blue square"]), num=2048)
+    new_code = pipe.encode(["a red circle"])
+    new_mean, _ = pipe.prompt_w_stats(new_code, num=2048)
+    with noise_maps(pipe.generator, noise):
+        edit = to_pil(pipe.synthesize(new_mean + torch.from_numpy(saved["w"]) - old_mean, new_code))[0]
+    assert np.abs(np.asarray(edit).astype(int) - np.asarray(PIL.Image.open(out / "edit-00.png"))).max() <= 1
+
+
+def test_project_script_errors(tmp_path, capsys):
+    from scripts import project
+
+    with pytest.raises(SystemExit):
+        project.parse_args(["--model", "m", "--target", str(tmp_path / "none.png"), "--prompt", "a"])
+    assert "--target" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    with pytest.raises(SystemExit):
+        project.parse_args(["--model", "m", "--target", str(bad), "--prompt", "a", "--steps", "0"])
+    assert "--steps" in capsys.readouterr().err

@@ -1,6 +1,8 @@
 """Seed ranges, grids, GIFs and the spikegan-sample command line."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -86,6 +88,17 @@ def test_to_pil_rounding_and_roundtrip():
     back = from_pil(PIL.Image.fromarray(a))  # [1, 3, 1, 2], u8 / 127.5 - 1
     assert back.shape == (1, 3, 1, 2)
     assert np.array_equal(((back + 1) * 127.5).round().to(torch.uint8)[0].permute(1, 2, 0).numpy(), a)
+
+
+def test_resize_like_pil_matches_pil():
+    from gan.grid import resize_like_pil
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 12, 9)).astype(np.float32) * 255  # [C, H, W], non-square
+    ours = resize_like_pil(torch.from_numpy(x)[None], 20)[0].numpy()
+    for c in range(2):
+        ref = np.asarray(PIL.Image.fromarray(x[c], mode="F").resize((20, 20), resample=PIL.Image.BICUBIC))
+        assert np.abs(ours[c] - ref).max() < 1e-3
 
 
 def test_save_gif_frames(tmp_path):
@@ -204,3 +217,42 @@ def test_cli_reports_damaged_model_and_bad_prompt(model_dir, tmp_path, capsys):
                         "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert "spikegan-sample: error: unbalanced '('" in err and "position 2" in err
+
+
+def test_refine_wiring_uses_eval_scorer(model_dir, tmp_path, capsys, monkeypatch):
+    """The differentiable alignment score agrees with eval's own scoring path, and --refine runs."""
+    from eval.alignment import AlignmentScorer, ScorerConfig
+    from eval.features import InceptionFeatures
+    from gan.grid import to_uint8
+
+    lpips = "/work/shared/weights/alexnet-features.safetensors"
+    if not Path(lpips).is_file():
+        pytest.skip(f"LPIPS AlexNet trunk not found at {lpips}")
+    try:
+        features = InceptionFeatures()
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    torch.manual_seed(0)
+    scorer = AlignmentScorer(cfg=ScorerConfig(text="tower", embed_dim=16, hidden_dim=32, tower_dim=16),
+                             image_dim=2048, vocab=["a", "red", "circle", "blue", "square"]).eval()
+    scorer.save(tmp_path / "scorer")
+    score = sample.alignment_score(str(tmp_path / "scorer"), "a red circle")
+    images = torch.rand(2, 3, 16, 16) * 2 - 1
+    images = to_uint8(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # on the uint8 grid, as eval sees
+    x = images.clone().requires_grad_(True)
+    ours = score(x)
+    ours.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    with torch.no_grad():
+        ref = (scorer.embed_images(features(to_uint8(images).permute(0, 3, 1, 2))) * scorer.embed_texts(["a red circle"])).sum(-1)
+    assert torch.allclose(ours.detach(), ref, atol=1e-4), (ours, ref)
+
+    out = tmp_path / "ref"
+    built = []
+    monkeypatch.setattr(sample, "alignment_score", lambda d, p, device: built.append((d, p)) or score)  # reuse: no reload
+    assert sample.main(["--model", str(model_dir), "--prompt", "a red circle", "--seeds", "0", "--refine", "2",
+                        "--alignment-scorer", str(tmp_path / "scorer"), "--lpips-backbone", lpips,
+                        "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["p00-seed0000-after.png", "p00-seed0000-before.png"]
+    assert built == [(str(tmp_path / "scorer"), "a red circle")]
+    assert "refine p00-seed0000.png: alignment" in capsys.readouterr().out
