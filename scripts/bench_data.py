@@ -8,6 +8,8 @@ Prints medians over repeats (the machine is shared: compare figures within one r
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -25,14 +27,30 @@ from data import shapes  # noqa: E402
 DEFAULT_EMOJI = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "noto-emoji-64"
 
 
+CPU_SECONDS: list[float] = []  # CPU seconds (this process + reaped workers) of the last timed() call
+
+
+def cpu_now() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def timed(fn, repeats: int) -> tuple[float, object]:
-    """Median wall seconds of `fn()` over `repeats` runs, and the last result."""
-    times, result = [], None
+    """Median wall seconds of `fn()` over `repeats` runs, and the last result. The median
+    CPU seconds go to CPU_SECONDS[0]: on a shared machine, work per CPU-second is the
+    steadier figure (wall time includes waiting for other people's processes)."""
+    times, cpus, result = [], [], None
     for _ in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_now()
         result = fn()
         times.append(time.perf_counter() - t)
+        cpus.append(cpu_now() - c)
+    CPU_SECONDS[:] = [statistics.median(cpus)]
     return statistics.median(times), result
+
+
+def rates(n: int, wall: float) -> str:
+    return f"{n / wall:.0f}/s wall, {n / CPU_SECONDS[0]:.0f}/CPU-s"
 
 
 def iterate(ds, workers: int, batch: int) -> int:
@@ -50,8 +68,9 @@ def bench_emoji(emoji: Path, repeats: int) -> None:
     for workers in (1, None):
         sec, ds = timed(lambda: data.FolderDataset(emoji, resolution=64, scan_workers=workers), repeats)
         label = "1 thread" if workers == 1 else "default threads"
+        n = ds.report.kept + len(ds.report.skipped)
         print(f"scan emoji ({label}): {ds.report.kept} kept, {len(ds.report.skipped)} skipped, "
-              f"{sec:.2f} s, {(ds.report.kept + len(ds.report.skipped)) / sec:.0f} entries/s")
+              f"{sec:.2f} s, entries {rates(n, sec)}")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "emoji64"
         sec, report = timed(lambda: data.prepare_dataset(emoji, out, resolution=64), 1)
@@ -60,30 +79,30 @@ def bench_emoji(emoji: Path, repeats: int) -> None:
         sec, ds = timed(lambda: data.open_dataset(out, resolution=64), repeats)
         print(f"open prepared emoji at 64 px: {sec:.3f} s")
         sec, n = timed(lambda: iterate(data.open_dataset(out, resolution=64), 0, 0), repeats)
-        print(f"load prepared emoji at 64 px (open + every item, 1 process): {sec:.2f} s, {n / sec:.0f} items/s")
+        print(f"load prepared emoji at 64 px (open + every item, 1 process): {sec:.2f} s, items {rates(n, sec)}")
         sec, n = timed(lambda: iterate(data.open_dataset(out, resolution=64), 2, 64), repeats)
-        print(f"load prepared emoji at 64 px (DataLoader, 2 workers, batch 64): {sec:.2f} s, {n / sec:.0f} items/s")
+        print(f"load prepared emoji at 64 px (DataLoader, 2 workers, batch 64): {sec:.2f} s, items {rates(n, sec)}")
         folder = data.FolderDataset(emoji, resolution=64)
         sub = torch.utils.data.Subset(folder, range(0, len(folder), 4))
         sec, n = timed(lambda: iterate(sub, 0, 0), repeats)
-        print(f"reference: decode from the folder at 64 px (1 process, {n} items): {n / sec:.0f} items/s")
+        print(f"reference: decode from the folder at 64 px (1 process, {n} items): items {rates(n, sec)}")
 
 
 def bench_shapes(count: int, repeats: int) -> None:
     ds = shapes.ShapesDataset(32, seed=0)
     ds[0]  # builds the mask cache
     sec, n = timed(lambda: iterate(torch.utils.data.Subset(ds, range(count)), 0, 0), repeats)
-    print(f"shapes at 32 px, items (scene + caption + render + attributes), 1 process: {n / sec:.0f} img/s")
-    sec, _ = timed(lambda: [shapes.render_scene(ds.example(i).scene, 32) for i in range(count)], repeats)
-    print(f"shapes at 32 px, sample + render only, 1 process: {count / sec:.0f} img/s")
+    print(f"shapes at 32 px, items (scene + caption + render + attributes), 1 process: img {rates(n, sec)}")
+    sec, _ = timed(lambda: [shapes.render_scene_chw(ds.example(i).scene, 32) for i in range(count)], repeats)
+    print(f"shapes at 32 px, sample + render only, 1 process: img {rates(count, sec)}")
     sec, n = timed(lambda: iterate(torch.utils.data.Subset(ds, range(4 * count)), 2, 256), repeats)
-    print(f"shapes at 32 px, DataLoader 2 workers, batch 256 (incl. worker start): {n / sec:.0f} img/s")
+    print(f"shapes at 32 px, DataLoader 2 workers, batch 256 (incl. worker start): img {rates(n, sec)}")
     for res in (16, 64, 128, 256):
         d = shapes.ShapesDataset(res)
         d[0]
         m = max(200, count // (res // 16) ** 2)
         sec, n = timed(lambda: iterate(torch.utils.data.Subset(d, range(m)), 0, 0), repeats)
-        print(f"shapes at {res} px, 1 process: {n / sec:.0f} img/s")
+        print(f"shapes at {res} px, 1 process: img {rates(n, sec)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--repeats and --shapes-count must be >= 1")
     torch.set_num_threads(1)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op thread; "
-          f"{len(__import__('os').sched_getaffinity(0))} CPUs available")
+          f"{len(os.sched_getaffinity(0))} CPUs, load average {os.getloadavg()[0]:.1f}")
     bench_emoji(args.emoji, args.repeats)
     bench_shapes(args.shapes_count, args.repeats)
     return 0

@@ -347,3 +347,15 @@ def test_real_emoji_files_load(emoji_dir, tmp_path):
         assert item["image"].shape == (3, 32, 32) and item["text"]
         assert tuple(item["image"][:, 0, 0].tolist()) == (255, 255, 255)  # transparent corner on white
         assert item["image"].float().std() > 10  # an actual picture
+
+
+def test_threaded_scan_equals_serial_scan(tmp_path):
+    for i in range(70):
+        png(tmp_path / f"{i:02d}.png", size=(16, 16), colour=(i, i, i))
+        (tmp_path / f"{i:02d}.txt").write_text(f"gray {i}")
+    (tmp_path / "33.png").write_bytes(b"broken")
+    serial = FolderDataset(tmp_path, resolution=16, scan_workers=1)
+    threaded = FolderDataset(tmp_path, resolution=16, scan_workers=2)
+    assert serial.entries == threaded.entries and len(serial.entries) == 69
+    assert serial.report.to_dict() == threaded.report.to_dict()
+    assert [(s.file, s.reason) for s in threaded.report.skipped] == [("33.png", R.CORRUPT)]
