@@ -62,6 +62,8 @@ def open_checked(data: bytes, opts: ImageOptions) -> Image.Image:
             img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         raise ImageRejected("decompression bomb", str(e)) from None
+    except Image.UnidentifiedImageError:
+        raise ImageRejected("corrupt image", "not a recognised image format") from None
     except Exception as e:  # PIL raises many types for undecodable input; the cause is kept.
         raise ImageRejected("corrupt image", f"{type(e).__name__}: {e}") from None
     w, h = img.size
