@@ -11,7 +11,9 @@ given the reset sequence. `LeakyIntegrate` runs that recurrence in a graph-free 
 its adjoint in backward; spikes then come from snn.Leaky's own `fire` (its surrogate
 gradient) on all steps at once. Values and gradients equal stepping snn.Leaky
 (tests/test_spike_coding.py checks both), at a fraction of the autograd overhead.
-RLeaky and SLSTM feed spikes back through weights and are stepped through snntorch.
+`RecurrentLeakyIntegrate` does the same for snn.RLeaky (all-to-all recurrent weights): the
+forward loop runs without a graph and backward runs the adjoint recurrence, with the
+neuron's own surrogate derivative. SLSTM is stepped through snntorch.
 """
 from __future__ import annotations
 
@@ -74,6 +76,60 @@ class LeakyIntegrate(torch.autograd.Function):
         return grad_cur, grad_beta, None
 
 
+def surrogate_derivative(spike_grad, x: torch.Tensor) -> torch.Tensor:
+    """d spike / d x of a snntorch surrogate (e.g. surrogate.atan()) at x = mem - threshold."""
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        (d,) = torch.autograd.grad(spike_grad(x).sum(), x)
+    return d
+
+
+class RecurrentLeakyIntegrate(torch.autograd.Function):
+    """snn.RLeaky (all_to_all, reset by subtraction) over a whole train:
+
+        reset[t] = H(mem[t-1] - thr)                     (detached, as in snntorch)
+        mem[t]   = beta * mem[t-1] + cur[t] + W spk[t-1] + b - thr * reset[t]
+        spk[t]   = H(mem[t] - thr)                       (surrogate gradient in backward)
+
+    with mem[-1] = spk[-1] = 0. cur [T, B, H]; weight [H, H], bias [H] of the recurrent
+    nn.Linear. Returns (spk, mem), each [T, B, H].
+    """
+
+    @staticmethod
+    def forward(ctx, cur, weight, bias, beta, threshold: float, spike_grad):
+        mem, spk = torch.empty_like(cur), torch.empty_like(cur)
+        prev_mem, prev_spk = torch.zeros_like(cur[0]), torch.zeros_like(cur[0])
+        reset = torch.empty_like(cur[0])
+        for t in range(cur.shape[0]):
+            # snn.RLeaky's order: beta * mem + input + recurrent(spk) - reset * threshold.
+            torch.gt(prev_mem, threshold, out=reset)
+            torch.mul(prev_mem, beta, out=mem[t])
+            prev_mem = mem[t].add_(cur[t]).add_(nn.functional.linear(prev_spk, weight, bias)).sub_(reset, alpha=threshold)
+            prev_spk = torch.gt(prev_mem, threshold, out=spk[t])
+        ctx.save_for_backward(mem, spk, weight, beta)
+        ctx.threshold, ctx.spike_grad = threshold, spike_grad
+        return spk, mem
+
+    @staticmethod
+    def backward(ctx, grad_spk, grad_mem):
+        mem, spk, weight, beta = ctx.saved_tensors
+        grad_spk = torch.zeros_like(mem) if grad_spk is None else grad_spk
+        grad_mem = torch.zeros_like(mem) if grad_mem is None else grad_mem
+        slope = surrogate_derivative(ctx.spike_grad, mem - ctx.threshold)  # [T, B, H]
+        grad_cur = torch.empty_like(mem)  # = dL/dmem[t], all paths
+        nxt = torch.zeros_like(mem[0])
+        for t in range(mem.shape[0] - 1, -1, -1):
+            g_spk = grad_spk[t] + nxt @ weight  # output, and the recurrent input of step t+1
+            nxt = torch.add(grad_mem[t], beta * nxt, out=grad_cur[t]).addcmul_(slope[t], g_spk)
+        grad_weight = torch.einsum("tbi,tbj->ij", grad_cur[1:], spk[:-1])
+        grad_bias = grad_cur.sum(dim=(0, 1))
+        grad_beta = None
+        if ctx.needs_input_grad[3]:
+            g = grad_cur[1:] * mem[:-1]
+            grad_beta = (g.sum() if beta.numel() == 1 else g.sum(dim=(0, 1))).reshape(beta.shape)
+        return grad_cur, grad_weight, grad_bias, grad_beta, None, None
+
+
 class SpikingLayer(nn.Module):
     """Linear synapses + a spiking neuron population, run over a whole spike train."""
 
@@ -109,14 +165,18 @@ class SpikingLayer(nn.Module):
     def forward(self, x: torch.Tensor, *, stepwise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, B, in] spikes -> (spikes [T, B, out], membrane [T, B, out]).
 
-        stepwise=True steps snn.Leaky through time too (the reference the fast path matches).
+        stepwise=True steps snn.Leaky / snn.RLeaky through time (the reference the fast paths match).
         """
         current = self.fc(x)  # [T, B, out], every step in one matmul
-        if self.neuron == "leaky" and not stepwise:
-            beta = self.cell.beta.clamp(0, 1).to(current.dtype)
-            mem = LeakyIntegrate.apply(current, beta, float(self.cell.threshold))
+        if stepwise or self.neuron == "slstm":
+            return self.step_through(current)
+        beta = self.cell.beta.clamp(0, 1).to(current.dtype)
+        threshold = float(self.cell.threshold)
+        if self.neuron == "leaky":
+            mem = LeakyIntegrate.apply(current, beta, threshold)
             return self.cell.fire(mem).to(current.dtype), mem
-        return self.step_through(current)
+        rec = self.cell.recurrent
+        return RecurrentLeakyIntegrate.apply(current, rec.weight, rec.bias, beta, threshold, self.cell.spike_grad)
 
     def step_through(self, current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Step the snntorch neuron through current [T, B, out]; state local to this call."""

@@ -2,11 +2,15 @@
 
     python scripts/bench_encoders.py [--batch 64] [--length 16] [--reps 9] [--threads 1]
                                      [--kinds embedding,recurrent,transformer] [--json out.json]
+                                     [--gan-preset shapes32]
 
 Every figure is a median over --reps timed runs after one warm-up. The machine may be shared,
 so a fixed dense matmul (4096x256 @ 256x256) is timed between runs as a reference: compare
 encoders by their ratio to it. The transformer encoder is timed with its frozen-feature
 cache warm (what training sees once every caption has been seen) and cold (cache off).
+With --gan-preset, the preset's own encoder is also timed inside a GAN training-step
+equivalent (encoder, G forward, D on fakes and reals, one backward through all) at the same
+batch, and its share of that step is reported.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import json
 import statistics
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -54,7 +59,9 @@ def reference_ms() -> float:
 def bench(cfg: EncoderConfig, texts: list[str], reps: int) -> dict:
     tok = make_tokenizer(cfg, texts)
     enc = build_encoder(cfg, len(tok))
-    batch = tok(texts)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # WordPiece may cut a 16-word prompt to max_length tokens
+        batch = tok(texts)
     assert batch.ids.shape[1] == max(batch.lengths.tolist()), batch.ids.shape
 
     def train_step() -> None:
@@ -88,13 +95,57 @@ def bench(cfg: EncoderConfig, texts: list[str], reps: int) -> dict:
     return {
         **med,
         "train_ratio": med["train_ms"] / med["ref_ms"],
-        "tokens": tuple(batch.ids.shape),
+        "tokens": list(batch.ids.shape),
         "spikes_per_prompt": float(stats["spikes"].median()),
         "synops_per_prompt": float(stats["synops"].median()),
         "dense_macs_per_prompt": float(stats["dense_macs"]),
         "firing_rate": float(stats["firing_rate"]),
         "params": sum(p.numel() for p in enc.parameters()),
     }
+
+
+def gan_share(preset_name: str, texts: list[str], reps: int) -> dict:
+    """Encoder fwd+bwd alone vs a GAN training-step equivalent that includes it (same batch)."""
+    import torch.nn.functional as F
+
+    from gan.config import preset
+    from gan.discriminator import Discriminator
+    from gan.generator import Generator
+
+    mcfg = preset(preset_name)
+    cfg = EncoderConfig.from_dict({**mcfg.encoder.to_dict(), "max_length": max(len(t.split()) for t in texts)})
+    tok = make_tokenizer(cfg, texts)
+    enc = build_encoder(cfg, len(tok)).train()
+    G, D = Generator(mcfg.generator).train(), Discriminator(mcfg.discriminator).train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch = tok(texts)
+    B, R = len(texts), mcfg.resolution
+    z = torch.randn(B, mcfg.generator.z_dim)
+    reals = torch.rand(B, 3, R, R) * 2 - 1
+
+    def encoder_only() -> None:
+        code = enc(batch)
+        (code.pooled.square().mean() + code.tokens.square().mean()).backward()
+
+    def full_step() -> None:
+        code = enc(batch)
+        fake = G(z, code)
+        loss = F.softplus(D(fake, code.pooled)).mean() + F.softplus(-D(reals, code.pooled)).mean()
+        loss.backward()
+
+    for fn in (encoder_only, full_step):
+        fn()  # warm-up
+    enc_ms, step_ms = [], []
+    for _ in range(reps):
+        for fn, out in ((encoder_only, enc_ms), (full_step, step_ms)):
+            for m in (enc, G, D):
+                m.zero_grad(set_to_none=True)
+            t = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t) * 1e3)
+    e, s = statistics.median(enc_ms), statistics.median(step_ms)
+    return {"preset": preset_name, "encoder": cfg.kind, "encoder_ms": e, "step_ms": s, "share": e / s}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -106,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--kinds", default="embedding,recurrent,transformer", help="comma-separated encoder kinds")
     ap.add_argument("--coding", default="rate", choices=["rate", "latency"], help="spike coding")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
+    ap.add_argument("--gan-preset", default=None, help="also time the preset's encoder inside a G+D training step")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,6 +182,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:18s} {r['train_ms']:9.1f} {r['eval_ms']:8.1f} {r['ref_ms']:7.1f} {r['train_ratio']:6.2f} "
               f"{r['spikes_per_prompt']:13.0f} {r['synops_per_prompt']:13.3g} {r['dense_macs_per_prompt']:11.3g} "
               f"{r['firing_rate']:6.3f} {r['params']:8d}", flush=True)
+    if args.gan_preset:
+        r = gan_share(args.gan_preset, texts, args.reps)
+        results["gan_share"] = r
+        print(f"{r['preset']}: {r['encoder']} encoder {r['encoder_ms']:.1f} ms of a {r['step_ms']:.1f} ms "
+              f"G+D training step at batch {args.batch} = {100 * r['share']:.1f} %")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1, default=list))
 

@@ -143,10 +143,12 @@ def test_codes_differ_clearly_between_prompts(kind):
     assert off.max() < 0.995, cos  # colour/shape binding and word choice both show
 
 
-def test_fast_path_equals_stepping_snntorch():
-    cfg, tok, enc = setup(coding="latency")
+@pytest.mark.parametrize("kind", ["embedding", "recurrent"])
+def test_fast_path_equals_stepping_snntorch(kind):
+    cfg, tok, enc = setup(kind, coding="latency")
     batch = tok(CAPTIONS)
-    fast, slow = enc.run(batch)[0], enc.run(batch, stepwise=True)[0]
+    (fast, tf), (slow, ts) = enc.run(batch), enc.run(batch, stepwise=True)
+    assert all(torch.equal(tf[k], ts[k]) for k in tf)  # the same spikes, step by step
     assert torch.allclose(fast.pooled, slow.pooled, atol=1e-5) and torch.equal(fast.stats["spikes"], slow.stats["spikes"])
 
 
@@ -193,6 +195,19 @@ def test_state_dict_roundtrip_strict_and_deepcopy_after_forward():
     again.load_state_dict(ema.state_dict(), strict=True)
     enc.eval()
     assert torch.equal(again(tok(CAPTIONS)).pooled, enc(tok(CAPTIONS)).pooled)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_safetensors_roundtrip_is_strict(kind, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    cfg, tok, enc = setup(kind)
+    save_file(enc.state_dict(), tmp_path / "enc.safetensors")
+    torch.manual_seed(1)
+    again = build_encoder(EncoderConfig.from_dict(cfg.to_dict()), len(tok)).eval()
+    again.load_state_dict(load_file(tmp_path / "enc.safetensors"), strict=True)
+    batch = tok(CAPTIONS)
+    assert torch.equal(again(batch).pooled, enc(batch).pooled)
 
 
 def test_mask_must_be_a_prefix():

@@ -122,3 +122,22 @@ def test_rleaky_matches_closed_form_with_recurrence():
     assert spk.flatten().tolist() == [1.0, 0.0, 0.0]
     assert torch.allclose(mem.flatten(), torch.tensor([1.5, 0.0, 0.0]))
     assert isinstance(layer.cell, snn.RLeaky)
+
+
+def test_rleaky_layer_matches_stepping_snntorch_values_and_gradients():
+    torch.manual_seed(1)
+    layer = SpikingLayer(in_features=6, out_features=5, neuron="rleaky", beta=0.7, learn_beta=True)
+    x = (torch.rand(10, 3, 6) < 0.5).float()
+    out = {}
+    for stepwise in (False, True):
+        layer.zero_grad()
+        xi = x.clone().requires_grad_(True)
+        spk, mem = layer(xi, stepwise=stepwise)
+        ((spk * torch.linspace(-1, 1, 5)).sum() + mem.square().sum()).backward()
+        rec = layer.cell.recurrent
+        out[stepwise] = (spk, mem, xi.grad, layer.fc.weight.grad.clone(), rec.weight.grad.clone(),
+                         rec.bias.grad.clone(), layer.cell.beta.grad.clone())
+    assert 0 < out[False][0].mean() < 1  # spikes and silences, so recurrence and resets matter
+    assert torch.equal(out[False][0], out[True][0]) and torch.equal(out[False][1], out[True][1])  # bit-equal
+    for a, b in zip(out[False][2:], out[True][2:]):
+        assert torch.allclose(a, b, atol=1e-5), (a - b).abs().max()

