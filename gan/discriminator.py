@@ -84,6 +84,8 @@ class Discriminator(nn.Module):
             z_dim=0, c_dim=cfg.c_dim, w_dim=self.cmap_dim, num_ws=None, num_layers=cfg.mapping_layers,
             lr_mult=cfg.mapping_lr_mult, w_avg_beta=None,
         )
+        if cfg.channels_last:  # conv weights in NHWC too, else every conv call converts them
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, img: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         """img [B, 3, R, R] in [-1, 1], pooled [B, c_dim] -> logits [B]."""

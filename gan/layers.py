@@ -13,6 +13,7 @@ and under autocast. Conventions:
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -32,12 +33,22 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
 # FIR resampling with the [1, 3, 3, 1] filter.
 
 
-def fir_kernel(channels: int, *, gain: float = 1.0, device=None, dtype=None) -> torch.Tensor:
-    """Depthwise 4x4 kernel [channels, 1, 4, 4]: outer([1,3,3,1]) normalised to sum `gain`."""
-    f = torch.tensor([1.0, 3.0, 3.0, 1.0], device=device, dtype=torch.float32)
+@functools.lru_cache(maxsize=256)
+def _fir_kernel(channels: int, gain: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    f = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=torch.float64)
     k = torch.outer(f, f)
     k = k * (gain / k.sum())
-    return k.to(dtype=dtype).expand(channels, 1, 4, 4)
+    return k.to(device=device, dtype=dtype).repeat(channels, 1, 1, 1)
+
+
+def fir_kernel(channels: int, *, gain: float = 1.0, device=None, dtype=None) -> torch.Tensor:
+    """Depthwise 4x4 kernel [channels, 1, 4, 4]: outer([1,3,3,1]) normalised to sum `gain`.
+
+    A cached constant (never modified, needs no gradient); built once per (shape, device, dtype).
+    """
+    if torch.compiler.is_compiling():  # keep graphs free of Python-side caches
+        return _fir_kernel.__wrapped__(channels, gain, torch.device(device or "cpu"), dtype or torch.float32)
+    return _fir_kernel(channels, float(gain), torch.device(device or "cpu"), dtype or torch.float32)
 
 
 def blur(x: torch.Tensor, *, padding: int, gain: float = 1.0, stride: int = 1) -> torch.Tensor:
@@ -91,9 +102,14 @@ class EqualLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [..., in_features] -> [..., out_features]."""
-        w = self.weight * self.weight_gain
-        b = self.bias * self.bias_gain if self.bias is not None else None
-        x = F.linear(x, w, b)
+        # Gains go in as addmm's alpha/beta: no scaled copy of the weight per call.
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        if self.bias is not None:
+            x2 = torch.addmm(self.bias.to(x2.dtype), x2, self.weight.to(x2.dtype).t(), beta=self.bias_gain, alpha=self.weight_gain)
+        else:
+            x2 = torch.mm(x2, self.weight.to(x2.dtype).t()).mul_(self.weight_gain)
+        x = x2.reshape(*shape[:-1], self.out_features)
         if self.activation:
             x = F.leaky_relu(x, LRELU_SLOPE)
         return x
