@@ -170,13 +170,17 @@ class SpikingLayer(nn.Module):
         current = self.fc(x)  # [T, B, out], every step in one matmul
         if stepwise or self.neuron == "slstm":
             return self.step_through(current)
-        beta = self.cell.beta.clamp(0, 1).to(current.dtype)
+        # Membranes integrate over T steps: keep them in float32 even under autocast.
+        current = current.float()
+        beta = self.cell.beta.clamp(0, 1).float()
         threshold = float(self.cell.threshold)
-        if self.neuron == "leaky":
-            mem = LeakyIntegrate.apply(current, beta, threshold)
-            return self.cell.fire(mem).to(current.dtype), mem
-        rec = self.cell.recurrent
-        return RecurrentLeakyIntegrate.apply(current, rec.weight, rec.bias, beta, threshold, self.cell.spike_grad)
+        with torch.autocast(current.device.type, enabled=False):
+            if self.neuron == "leaky":
+                mem = LeakyIntegrate.apply(current, beta, threshold)
+                return self.cell.fire(mem).float(), mem
+            rec = self.cell.recurrent
+            return RecurrentLeakyIntegrate.apply(current, rec.weight.float(), rec.bias.float(), beta, threshold,
+                                                 self.cell.spike_grad)
 
     def step_through(self, current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Step the snntorch neuron through current [T, B, out]; state local to this call."""

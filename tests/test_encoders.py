@@ -257,3 +257,15 @@ def test_plot_spikes_writes_a_png(tmp_path):
                        words=batch.words[0], steps_per_token=cfg.steps_per_token, title="a prompt")
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+
+
+@pytest.mark.parametrize("kind", ["embedding", "recurrent"])
+def test_mixed_precision_forward_backward(kind):
+    cfg, tok, enc = setup(kind)
+    enc.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        code = enc(tok(CAPTIONS))
+        loss = code.pooled.float().square().mean() + code.tokens.float().square().mean()
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in enc.parameters() if p.grad is not None)
+    assert enc.embed.weight.grad.abs().sum() > 0
