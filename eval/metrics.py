@@ -1,0 +1,659 @@
+"""A registry of named metrics (as StyleGAN's metric_main), each returning a dict of numbers.
+
+    values = eval.metrics.compute(["fid", "alignment"], model, tokenizer, dataset, num=1000)
+
+Protocol (COCO FID-30k style): image i is generated from prompt i and seed `seed + i`, where
+the prompts are the reference set's captions in order (one image per caption), or a prompt
+list cycled to `num`. Images stream through in batches: one generation pass feeds every
+frozen network the chosen metrics need (Inception features, the attribute probe, CLIP), so
+scoring N images never holds N images in memory.
+
+Metrics:
+- fid, kid: clean-fid's FID and KID against cached reference statistics (`eval.fid`).
+- lpips_diversity: mean pairwise LPIPS between seeds of the same prompt (`eval.lpips`).
+- alignment: R-precision and cosine of a contrastive scorer trained on the reference set's
+  real pairs, beside the same on held-out real pairs (`eval.alignment`).
+- attributes: probe accuracy per attribute on the shapes domain (`eval.attributes`).
+- clip_score: CLIPScore (100 * max(cos, 0)) with user-supplied open_clip weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from eval import cache
+
+
+class MetricError(ValueError):
+    """A metric cannot run with what it was given; the message names the option or file."""
+
+
+# ----------------------------------------------------------------------------------------
+# Generation.
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: Sequence[str], seeds: Sequence[int], *, batch: int = 32,
+             device: str | torch.device = "cpu", psi: float = 1.0, noise_mode: str = "const") -> Iterator[torch.Tensor]:
+    """Image i from (prompts[i], seeds[i]), in batches: yields uint8 [b, 3, R, R] on the CPU.
+
+    model: gan.model.TextToImage (eval mode); z of seed s is `seed_latents([s])` (N(0, I) from
+    torch.Generator().manual_seed(s), the sampling pipeline's rule), so an image depends on its
+    prompt and seed only."""
+    from data import to_uint8
+    from gan.pipeline import seed_latents
+
+    if len(prompts) != len(seeds):
+        raise ValueError(f"generate: {len(prompts)} prompts but {len(seeds)} seeds")
+    if batch < 1:
+        raise ValueError(f"--batch must be >= 1, got {batch}")
+    z_dim = int(model.generator.z_dim)
+    for lo in range(0, len(prompts), batch):
+        tokens = tokenizer(list(prompts[lo : lo + batch])).to(device)
+        code = model.encoder(tokens)
+        z = seed_latents(seeds[lo : lo + batch], z_dim).to(device)  # [b, z_dim]
+        img = model.generator(z, code, psi=psi, noise_mode=noise_mode)  # [b, 3, R, R] float ~[-1, 1]
+        yield to_uint8(img).cpu()
+
+
+# ----------------------------------------------------------------------------------------
+# Options and the shared context of one evaluation.
+
+
+@dataclass
+class MetricOptions:
+    """What every metric of one evaluation shares."""
+
+    num: int = 1000  # Images generated (image i: prompt i, seed `seed + i`).
+    seed: int = 0  # First seed.
+    batch: int = 32  # Images per generator / feature-network call.
+    device: str = "cpu"  # Where the networks run.
+    prompts: list[str] | None = None  # Prompts cycled to `num`; None = the reference captions.
+    psi: float = 1.0  # Truncation psi (1 = none).
+    num_ref: int | None = None  # Reference images for FID/KID; None = `num`.
+    cache_dir: str | None = None  # Cache of reference stats, scorers, probes; None = $SPIKEGAN_CACHE or ~/.cache/spikegan.
+    lpips_backbone: str | None = None  # AlexNet trunk file for LPIPS; None = torchvision cache / $SPIKEGAN_LPIPS_BACKBONE.
+    lpips_prompts: int = 32  # Prompts for lpips_diversity (the first ones).
+    lpips_seeds: int = 4  # Seeds per prompt for lpips_diversity.
+    lpips_min_size: int = 64  # Smaller images are upsampled (bilinear) for AlexNet.
+    scorer: str | None = None  # Trained alignment scorer folder; None = the cached one (trained on demand).
+    scorer_num: int = 2000  # Real pairs the on-demand scorer trains on (20 % held out).
+    scorer_text: str = "auto"  # Scorer text features: "minilm", "tower", "auto".
+    probe: str | None = None  # Trained attribute probe folder; None = the cached one (trained on demand).
+    clip_weights: str | None = None  # open_clip checkpoint for clip_score.
+    clip_arch: str = "ViT-B-32"  # open_clip architecture of those weights.
+    extractor: Any = None  # Image features uint8 [B,3,H,W] -> [B,D]; None = InceptionFeatures (tests inject stand-ins).
+    text_embedder: Any = None  # Frozen sentence embedder captions -> [N,384]; None = MiniLM when needed.
+    log: Callable[[str], None] | None = None  # Progress messages.
+
+
+class Context:
+    """One model scored against one reference set: lazily built shared pieces, weights used."""
+
+    def __init__(self, model, tokenizer, dataset, opts: MetricOptions):
+        if opts.num < 2:
+            raise MetricError(f"--num must be >= 2, got {opts.num}")
+        self.model, self.tokenizer, self.dataset, self.opts = model, tokenizer, dataset, opts
+        self.resolution = int(model.cfg.resolution)
+        self.weights: dict[str, dict] = {}  # name -> {"file", "sha256"}
+        self.seconds: dict[str, float] = {}
+        self._items: list[dict] | None = None
+        self._prompts: list[str] | None = None
+        self._extractor = None
+        self.generated: dict[str, Any] = {}  # consumer name -> result of the generation pass
+
+    def log(self, msg: str) -> None:
+        if self.opts.log is not None:
+            self.opts.log(msg)
+
+    # -- prompts -----------------------------------------------------------------------------
+
+    def reference_items(self, num: int) -> list[dict]:
+        """Text and attributes of the first `num` reference items (cycled if the set is smaller)."""
+        if self._items is None or len(self._items) < num:
+            n = len(self.dataset)
+            if n == 0:
+                raise MetricError("the reference set (--data) is empty")
+            self._items = [{k: v for k, v in self.dataset[i % n].items() if k in ("text", "attributes")}
+                           for i in range(num)]
+        return self._items[:num]
+
+    def prompts(self) -> list[str]:
+        """Prompt of each generated image: [num] strings."""
+        if self._prompts is None:
+            if self.opts.prompts is not None:
+                if not self.opts.prompts:
+                    raise MetricError("--prompts: the file has no prompts")
+                self._prompts = [self.opts.prompts[i % len(self.opts.prompts)] for i in range(self.opts.num)]
+            else:
+                self._prompts = [it["text"] for it in self.reference_items(self.opts.num)]
+        return self._prompts
+
+    def seeds(self) -> list[int]:
+        return [self.opts.seed + i for i in range(self.opts.num)]
+
+    def prompt_attributes(self) -> list[dict]:
+        if self.opts.prompts is not None:
+            raise MetricError("attributes: prompts from --prompts have no known scenes; use --data shapes "
+                              "without --prompts")
+        items = self.reference_items(self.opts.num)
+        if any("attributes" not in it for it in items):
+            raise MetricError("attributes: the reference set has no ground-truth attributes; use --data shapes")
+        return [it["attributes"] for it in items]
+
+    # -- frozen networks -----------------------------------------------------------------------
+
+    @property
+    def extractor(self):
+        if self._extractor is None:
+            if self.opts.extractor is not None:
+                self._extractor = self.opts.extractor
+            else:
+                from eval.features import InceptionFeatures
+
+                self._extractor = InceptionFeatures(self.opts.device, batch=self.opts.batch)
+            self.record("inception", self._extractor)
+        return self._extractor
+
+    def record(self, name: str, obj, file_attr: str = "weights_file", sha_attr: str = "weights_sha256") -> None:
+        """Note a weights file used (objects without one, e.g. test stand-ins, are named by class)."""
+        f = getattr(obj, file_attr, None)
+        sha = getattr(obj, sha_attr, None)
+        if f is not None and sha is None and Path(f).is_file():
+            sha = sha256_file(f)
+        self.weights[name] = {"file": str(f) if f is not None else f"<{type(obj).__qualname__}>", "sha256": sha}
+
+    def reference_stats(self, num: int):
+        from eval.fid import reference_stats
+
+        t = time.perf_counter()
+        ref = reference_stats(self.dataset, self.resolution, num, self.extractor, self.opts.cache_dir,
+                              batch=self.opts.batch)
+        self.seconds["reference"] = self.seconds.get("reference", 0.0) + time.perf_counter() - t
+        return ref
+
+    # -- the generation pass -------------------------------------------------------------------
+
+    def run_generation(self, consumers: dict[str, "Consumer"]) -> None:
+        """One pass over (prompt, seed) pairs feeding each consumer's batches; results land in
+        self.generated[name]."""
+        todo = {k: c for k, c in consumers.items() if k not in self.generated}
+        if not todo:
+            return
+        t = time.perf_counter()
+        prompts, seeds = self.prompts(), self.seeds()
+        self.log(f"generating {len(prompts)} images for {', '.join(todo)}")
+        states = {k: c.start(self) for k, c in todo.items()}
+        for images in generate(self.model, self.tokenizer, prompts, seeds, batch=self.opts.batch,
+                               device=self.opts.device, psi=self.opts.psi):
+            for k, c in todo.items():
+                c.update(states[k], images)
+        for k, c in todo.items():
+            self.generated[k] = c.finish(states[k])
+        self.seconds["generation_pass"] = time.perf_counter() - t
+
+
+@dataclass
+class Consumer:
+    """What a metric needs from the generated images, accumulated batch by batch."""
+
+    start: Callable[[Context], Any]
+    update: Callable[[Any, torch.Tensor], None]
+    finish: Callable[[Any], Any]
+
+
+def _inception_consumer() -> Consumer:
+    def start(ctx):
+        return {"ctx": ctx, "feats": []}
+
+    def update(state, images):
+        state["feats"].append(np.asarray(state["ctx"].extractor(images), dtype=np.float32))
+
+    return Consumer(start, update, lambda s: np.concatenate(s["feats"]))
+
+
+def _probe_consumer() -> Consumer:
+    def start(ctx):
+        return {"probe": ctx_probe(ctx), "pred": []}
+
+    def update(state, images):
+        state["pred"].append(state["probe"].predict(images))
+
+    return Consumer(start, update, lambda s: torch.cat(s["pred"]))
+
+
+def _clip_consumer() -> Consumer:
+    def start(ctx):
+        return {"clip": ctx_clip(ctx), "ctx": ctx, "scores": [], "offset": 0}
+
+    def update(state, images):
+        clip, prompts = state["clip"], state["ctx"].prompts()
+        lo = state["offset"]
+        state["scores"].append(clip.score(images, prompts[lo : lo + len(images)]))
+        state["offset"] += len(images)
+
+    return Consumer(start, update, lambda s: torch.cat(s["scores"]))
+
+
+CONSUMERS: dict[str, Callable[[], Consumer]] = {
+    "inception": _inception_consumer, "probe": _probe_consumer, "clip": _clip_consumer}
+
+
+# ----------------------------------------------------------------------------------------
+# The registry.
+
+
+@dataclass
+class Metric:
+    fn: Callable[[Context], dict]
+    needs: tuple[str, ...]  # Generation-pass consumers (CONSUMERS keys) it reads.
+    doc: str = ""
+
+
+_REGISTRY: dict[str, Metric] = {}
+
+
+def register(name: str, *, needs: tuple[str, ...] = ()):
+    def wrap(fn):
+        _REGISTRY[name] = Metric(fn=fn, needs=needs, doc=(fn.__doc__ or "").strip().split("\n")[0])
+        return fn
+    return wrap
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def needs_features(metric_names: Sequence[str]) -> bool:
+    """Whether any of the metrics reads Inception features of images."""
+    return any("inception" in _REGISTRY[m].needs for m in metric_names if m in _REGISTRY)
+
+
+def check_names(metric_names: Sequence[str]) -> list[str]:
+    """Validate metric names (errors name the option and the known metrics)."""
+    out = [m.strip() for m in metric_names if m.strip()]
+    if not out:
+        raise MetricError(f"--metrics: no metric given; known: {', '.join(_REGISTRY)}")
+    unknown = [m for m in out if m not in _REGISTRY]
+    if unknown:
+        raise MetricError(f"--metrics: unknown metric(s) {', '.join(unknown)}; known: {', '.join(_REGISTRY)}")
+    return list(dict.fromkeys(out))
+
+
+@register("fid", needs=("inception",))
+def fid(ctx: Context) -> dict:
+    """Frechet Inception distance to the reference set (clean-fid)."""
+    from eval.fid import FeatureStats, frechet_distance
+
+    ref = ctx.reference_stats(ctx.opts.num_ref or ctx.opts.num)
+    gen = ctx.generated["inception"]
+    stats = FeatureStats(gen.shape[1])
+    stats.update(gen)
+    return {"fid": frechet_distance(stats.mean(), stats.cov(), ref.mu, ref.sigma)}
+
+
+@register("kid", needs=("inception",))
+def kid(ctx: Context) -> dict:
+    """Kernel Inception distance (clean-fid's unbiased estimate) and its spread over subsets."""
+    from eval.fid import kid as kid_fn
+
+    ref = ctx.reference_stats(ctx.opts.num_ref or ctx.opts.num)
+    mean, std = kid_fn(ctx.generated["inception"], ref.features, seed=ctx.opts.seed)
+    return {"kid": mean, "kid_std": std}
+
+
+@register("lpips_diversity")
+def lpips_diversity(ctx: Context) -> dict:
+    """Mean pairwise LPIPS between seeds of the same prompt (low = mode collapse)."""
+    from data import to_float
+    from eval.lpips import LPIPS, lpips_diversity as diversity
+
+    opts = ctx.opts
+    if opts.lpips_seeds < 2:
+        raise MetricError(f"lpips_diversity needs >= 2 seeds per prompt, got {opts.lpips_seeds}")
+    try:
+        net = LPIPS(opts.lpips_backbone).to(opts.device)
+    except FileNotFoundError as e:
+        raise MetricError(str(e)) from e
+    ctx.record("lpips_backbone", net, "backbone_file", "backbone_sha256")
+    ctx.weights["lpips_heads"] = {"file": net.heads_file, "sha256": sha256_file(net.heads_file)}
+    prompts = list(dict.fromkeys(ctx.prompts()))[: opts.lpips_prompts]
+    seeds = [opts.seed + j for j in range(opts.lpips_seeds)]
+    groups = []
+    for p in prompts:
+        images = torch.cat(list(generate(ctx.model, ctx.tokenizer, [p] * len(seeds), seeds, batch=opts.batch,
+                                         device=opts.device, psi=opts.psi)))
+        x = to_float(images)  # [S, 3, R, R] in [-1, 1], quantised like saved PNGs
+        if x.shape[-1] < opts.lpips_min_size:  # AlexNet's pooling needs >= ~32 px
+            x = F.interpolate(x, size=(opts.lpips_min_size,) * 2, mode="bilinear", align_corners=False)
+        groups.append(x)
+    return {"lpips_diversity": diversity(groups, net, batch=opts.batch)}
+
+
+@register("alignment", needs=("inception",))
+def alignment(ctx: Context) -> dict:
+    """R-precision and cosine of the domain scorer; *_real = on held-out real pairs (the ceiling)."""
+    from eval.alignment import score
+
+    scorer = ctx_scorer(ctx)
+    out = score(scorer, torch.from_numpy(ctx.generated["inception"]), ctx.prompts(), seed=ctx.opts.seed)
+    held = scorer.info.get("report", {}).get("heldout", {})
+    return {"r_precision": out["r_precision"], "cosine": out["cosine"],
+            "r_precision_real": held.get("r_precision"), "cosine_real": held.get("cosine"),
+            "candidates": out["candidates"]}
+
+
+@register("attributes", needs=("probe",))
+def attributes(ctx: Context) -> dict:
+    """Probe accuracy per attribute vs the prompt's scene (shapes); probe_* = on real images."""
+    from eval.attributes import REPORTED, accuracy
+
+    acc = accuracy(ctx.generated["probe"], ctx.prompt_attributes())
+    real = ctx_probe(ctx).info.get("report", {}).get("heldout", {})
+    out: dict[str, float | None] = {f"attr_{k}": acc[k] for k in REPORTED}
+    out["attr_mean"] = _mean(acc.values())
+    out.update({f"probe_{k}": real.get(k) for k in REPORTED})
+    out["probe_mean"] = _mean(real.get(k) for k in REPORTED)
+    return out
+
+
+@register("clip_score", needs=("clip",))
+def clip_score(ctx: Context) -> dict:
+    """CLIPScore (torchmetrics' definition: 100 * max(cosine, 0)) with user-supplied open_clip weights."""
+    return {"clip_score": float(ctx.generated["clip"].double().mean())}
+
+
+def _mean(values) -> float | None:
+    vals = [v for v in values if v is not None]
+    return float(np.mean(vals)) if vals else None
+
+
+# ----------------------------------------------------------------------------------------
+# Cached trained scorers and probes.
+
+
+def sha256_file(path: str | Path) -> str:
+    from eval.inception import sha256_file as _sha
+
+    return _sha(path)
+
+
+def _extractor_id(extractor) -> str:
+    return getattr(extractor, "weights_sha256", None) or type(extractor).__qualname__
+
+
+def _publish_dir(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place; if another process got there first, keep theirs."""
+    try:
+        os.replace(tmp, final)
+    except OSError:
+        if not final.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def scorer_cache_key(dataset, resolution: int, num: int, extractor, cfg) -> tuple[str, int]:
+    """(key, count) of the scorer trained on the first `num` pairs of `dataset`: it changes with
+    the images' content, the resolution, the count, the image network and the scorer config."""
+    from eval.alignment import FORMAT
+
+    count = min(num, len(dataset))
+    content = cache.dataset_fingerprint(dataset, count, resolution=resolution)
+    key = cache.make_key(kind=FORMAT, content=content, resolution=resolution, num=count,
+                         network=_extractor_id(extractor), config=json.dumps(cfg.to_dict(), sort_keys=True))
+    return key, count
+
+
+def fit_scorer(dataset, resolution: int, num: int, extractor, *, cfg=None, cache_dir: str | None = None,
+               out: str | Path | None = None, device: str = "cpu", batch: int = 32, text_embedder=None,
+               log: Callable[[str], None] | None = None):
+    """The alignment scorer of a reference set: loaded from the cache (or `out`) when its key
+    matches, else trained on the first `num` real pairs (image features from `extractor`, the
+    cached FID reference features) and saved there. Returns (scorer, folder)."""
+    from eval.alignment import AlignmentScorer, ScorerConfig, resolve_text_backend, train_scorer
+    from eval.fid import reference_stats
+
+    cfg = cfg or ScorerConfig()
+    cfg = dataclasses.replace(cfg, text=resolve_text_backend(cfg.text))
+    key, count = scorer_cache_key(dataset, resolution, num, extractor, cfg)
+    folder = Path(out) if out is not None else cache.cache_path("alignment", f"scorer-r{resolution}-n{count}-{key}",
+                                                                   cache_dir=cache_dir)
+    if (folder / "scorer.json").is_file() and json.loads((folder / "scorer.json").read_text()).get("info", {}).get("key") == key:
+        return AlignmentScorer.load(folder, device=device, text_embedder=text_embedder), folder
+    ref = reference_stats(dataset, resolution, count, extractor, cache_dir, batch=batch)
+    n = len(dataset)
+    captions = [dataset[i % n]["text"] for i in range(count)]
+    scorer, report = train_scorer(torch.from_numpy(ref.features), captions, cfg, text_embedder=text_embedder,
+                                  device=device, log=log)
+    info = {"key": key, "num": count, "resolution": resolution, "network": _extractor_id(extractor), "report": report}
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    scorer.save(tmp, info=info)
+    if out is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, folder / f.name)
+        tmp.rmdir()
+    else:
+        _publish_dir(tmp, folder)
+    scorer.info = info
+    return scorer, folder
+
+
+def ctx_scorer(ctx: Context):
+    if "scorer" not in ctx.generated:
+        from eval.alignment import AlignmentScorer, ScorerConfig
+
+        opts = ctx.opts
+        t = time.perf_counter()
+        if opts.scorer is not None:
+            if not (Path(opts.scorer) / "scorer.json").is_file():
+                raise MetricError(f"--scorer {opts.scorer}: no scorer.json there (make one with `python -m eval train-scorer`)")
+            scorer = AlignmentScorer.load(opts.scorer, device=opts.device, text_embedder=opts.text_embedder)
+            folder = Path(opts.scorer)
+            if scorer.info.get("resolution") not in (None, ctx.resolution):
+                raise MetricError(f"--scorer {opts.scorer}: trained on {scorer.info['resolution']} px images, the "
+                                  f"model makes {ctx.resolution} px; retrain with train-scorer --resolution {ctx.resolution}")
+            if scorer.info.get("network") not in (None, _extractor_id(ctx.extractor)):
+                raise MetricError(f"--scorer {opts.scorer}: trained on features of network {scorer.info['network']}, "
+                                  f"but this run extracts {_extractor_id(ctx.extractor)}")
+        else:
+            ctx.log(f"alignment scorer: {opts.scorer_num} real pairs")
+            scorer, folder = fit_scorer(ctx.dataset, ctx.resolution, opts.scorer_num, ctx.extractor,
+                                        cfg=ScorerConfig(text=opts.scorer_text), cache_dir=opts.cache_dir,
+                                        device=opts.device, batch=opts.batch, text_embedder=opts.text_embedder,
+                                        log=ctx.log)
+        ctx.weights["alignment_scorer"] = {"file": str(folder / "scorer.safetensors"),
+                                           "sha256": sha256_file(folder / "scorer.safetensors")}
+        if scorer.text_embedder is not None:
+            ctx.record("minilm", scorer.text_embedder)
+        ctx.seconds["scorer"] = time.perf_counter() - t
+        ctx.generated["scorer"] = scorer
+    return ctx.generated["scorer"]
+
+
+def probe_cache_key(cfg) -> str:
+    """Changes with the probe config, the heads, and the renderer (a hash of rendered images)."""
+    from data.shapes import ShapesDataset
+    from eval.attributes import HEADS
+
+    rendered = cache.dataset_fingerprint(ShapesDataset(cfg.resolution, size=64, seed=cfg.data_seed), 64,
+                                         resolution=cfg.resolution)
+    from eval.attributes import FORMAT
+
+    return cache.make_key(kind=FORMAT, config=json.dumps(cfg.to_dict(), sort_keys=True),
+                          heads=json.dumps(HEADS), rendered=rendered)
+
+
+def fit_probe(cfg, *, cache_dir: str | None = None, out: str | Path | None = None, device: str = "cpu",
+              log: Callable[[str], None] | None = None):
+    """The attribute probe for `cfg` (resolution, ...): from the cache or `out` when the key
+    matches, else trained and saved there. Returns (probe, folder)."""
+    from eval.attributes import AttributeProbe, train_probe
+
+    key = probe_cache_key(cfg)
+    folder = Path(out) if out is not None else cache.cache_path("attributes", f"probe-r{cfg.resolution}-{key}",
+                                                                   cache_dir=cache_dir)
+    if (folder / "probe.json").is_file() and json.loads((folder / "probe.json").read_text()).get("info", {}).get("key") == key:
+        return AttributeProbe.load(folder, device=device), folder
+    probe, report = train_probe(cfg, device=device, log=log)
+    info = {"key": key, "report": report}
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    probe.save(tmp, info=info)
+    if out is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in tmp.iterdir():
+            os.replace(f, folder / f.name)
+        tmp.rmdir()
+    else:
+        _publish_dir(tmp, folder)
+    probe.info = info
+    return probe, folder
+
+
+def ctx_probe(ctx: Context):
+    if "probe_net" not in ctx.generated:
+        from eval.attributes import AttributeProbe, ProbeConfig
+
+        opts = ctx.opts
+        t = time.perf_counter()
+        if opts.probe is not None:
+            probe, folder = AttributeProbe.load(opts.probe, device=opts.device), Path(opts.probe)
+            if probe.cfg.resolution != ctx.resolution:
+                raise MetricError(f"--probe {opts.probe}: trained at {probe.cfg.resolution} px, the model makes "
+                                  f"{ctx.resolution} px images")
+        else:
+            ctx.log(f"attribute probe at {ctx.resolution} px")
+            probe, folder = fit_probe(ProbeConfig(resolution=ctx.resolution), cache_dir=opts.cache_dir,
+                                      device=opts.device, log=ctx.log)
+        ctx.weights["attribute_probe"] = {"file": str(folder / "probe.safetensors"),
+                                          "sha256": sha256_file(folder / "probe.safetensors")}
+        ctx.seconds["probe"] = time.perf_counter() - t
+        ctx.generated["probe_net"] = probe
+    return ctx.generated["probe_net"]
+
+
+# ----------------------------------------------------------------------------------------
+# CLIP score (optional extra).
+
+
+class ClipScorer:
+    """open_clip model from a local checkpoint: score(uint8 images [B,3,H,W], B prompts) ->
+    [B] CLIPScore = 100 * max(cosine, 0)."""
+
+    def __init__(self, weights: str | Path, *, arch: str, device: str):
+        try:
+            import open_clip
+        except ImportError as e:
+            raise MetricError("clip_score needs the optional extra open_clip_torch (`pip install open_clip_torch`) "
+                              "and a local checkpoint given with --clip-weights PATH") from e
+        if not Path(weights).is_file():
+            raise MetricError(f"--clip-weights {weights}: no such file")
+        self.model, _, self.preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights), device=device)
+        self.model.eval()
+        self.tokenize = open_clip.get_tokenizer(arch)
+        self.device = device
+        self.weights_file = str(weights)
+        self.weights_sha256 = sha256_file(weights)
+
+    @torch.no_grad()
+    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        from PIL import Image
+
+        pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
+        x = torch.stack([self.preprocess(p) for p in pil]).to(self.device)
+        img = F.normalize(self.model.encode_image(x).float(), dim=-1)
+        txt = F.normalize(self.model.encode_text(self.tokenize(list(prompts)).to(self.device)).float(), dim=-1)
+        return (100 * (img * txt).sum(-1).clamp_min(0)).cpu()
+
+
+def ctx_clip(ctx: Context) -> ClipScorer:
+    if "clip_net" not in ctx.generated:
+        if ctx.opts.clip_weights is None:
+            raise MetricError("clip_score needs open_clip weights: pass --clip-weights PATH (a local open_clip "
+                              "checkpoint; nothing is downloaded) and install the optional extra open_clip_torch")
+        clip = ClipScorer(ctx.opts.clip_weights, arch=ctx.opts.clip_arch, device=ctx.opts.device)
+        ctx.record("clip", clip)
+        ctx.generated["clip_net"] = clip
+    return ctx.generated["clip_net"]
+
+
+# ----------------------------------------------------------------------------------------
+# Entry points.
+
+
+@dataclass
+class EvalResult:
+    """The outcome of scoring one model."""
+
+    values: dict[str, float | int | None]  # Flat: metric value name -> number.
+    num_images: int  # Images generated for the main pass.
+    seeds: dict  # {"first": s, "count": n}: image i used seed first + i.
+    weights: dict[str, dict]  # Weight files used: name -> {"file", "sha256"}.
+    seconds: dict[str, float] = field(default_factory=dict)  # Time per stage and metric, and "total".
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def evaluate(metric_names: Sequence[str], model, tokenizer, dataset, opts: MetricOptions) -> EvalResult:
+    """Run the named metrics on one model (gan.model.TextToImage in eval mode) against the
+    reference `dataset` (items {"image": uint8 [3,R,R], "text", ...} at the model's resolution)."""
+    t0 = time.perf_counter()
+    metric_names = check_names(metric_names)
+    model.eval()
+    ctx = Context(model, tokenizer, dataset, opts)
+    # Build what the generation pass feeds first (so a missing file fails before generating).
+    needs = list(dict.fromkeys(n for m in metric_names for n in _REGISTRY[m].needs))
+    if "clip" in needs:
+        ctx_clip(ctx)
+    if "probe" in needs:
+        ctx.prompt_attributes()
+        ctx_probe(ctx)
+    if "alignment" in metric_names:
+        ctx_scorer(ctx)
+    ctx.run_generation({n: CONSUMERS[n]() for n in needs})
+    values: dict[str, Any] = {}
+    for name in metric_names:
+        t = time.perf_counter()
+        ctx.log(f"metric {name}")
+        values.update(_REGISTRY[name].fn(ctx))
+        ctx.seconds[name] = time.perf_counter() - t
+    ctx.seconds["total"] = time.perf_counter() - t0
+    return EvalResult(values=values, num_images=opts.num, seeds={"first": opts.seed, "count": opts.num},
+                      weights=ctx.weights, seconds=ctx.seconds)
+
+
+def compute(metric_names: Sequence[str], model, tokenizer, dataset, *, num: int = 1000, seed: int = 0,
+            batch: int = 32, device: str = "cpu", **options) -> dict:
+    """The named metrics' values as one flat dict of numbers (what the training loop logs at
+    snapshots). `options` are further MetricOptions fields (cache_dir, lpips_backbone, ...)."""
+    opts = MetricOptions(num=num, seed=seed, batch=batch, device=device, **options)
+    return evaluate(metric_names, model, tokenizer, dataset, opts).values
+
+
+def snapshot_callback(metric_names: Sequence[str], dataset, **compute_kwargs) -> Callable[[Path, float], dict]:
+    """A `metrics_callback(model_dir, kimg) -> dict` for gan.training.train: loads the exported
+    snapshot model and runs `compute` on it (only numbers are returned; None values are dropped)."""
+    metric_names = check_names(metric_names)
+
+    def callback(model_dir: Path, kimg: float) -> dict:
+        from gan.model import load_model
+
+        model, tokenizer = load_model(model_dir, device=compute_kwargs.get("device", "cpu"))
+        values = compute(metric_names, model, tokenizer, dataset, **compute_kwargs)
+        return {k: v for k, v in values.items() if v is not None}
+
+    return callback
