@@ -27,6 +27,7 @@ from gan.grid import image_grid, to_pil
 Truncation = Literal["prompt", "global"]
 NoiseMode = Literal["const", "random", "none"]
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+TRUNCATION_SAMPLES = 256  # latents per prompt mean w, as gan.generator.MappingNetwork's default
 
 
 class ModelDirError(RuntimeError):
@@ -137,8 +138,9 @@ class Pipeline:
         """
         if isinstance(prompts, str):
             prompts = [prompts]
-        codes = [self.encoder(self.tokenizer([p]).to(self.device)) for p in prompts]
-        return SpikeCode.cat(codes)
+        unique = list(dict.fromkeys(prompts))
+        codes = SpikeCode.cat([self.encoder(self.tokenizer([p]).to(self.device)) for p in unique])
+        return codes if len(unique) == len(prompts) else codes.index([unique.index(p) for p in prompts])
 
     def latents(self, seeds: Sequence[int]) -> torch.Tensor:
         """[S, z_dim] on the device, one row per seed (see seed_latents)."""
@@ -186,11 +188,20 @@ class Pipeline:
         P, S = len(prompts), len(seeds)
         rows = torch.arange(P).repeat_interleave(S).tolist()           # prompt of each image
         code = codes.index(rows)                                       # [P*S]
-        ws = self.mapping(z.repeat(P, 1), code, psi=psi, truncation=truncation)  # [P*S, num_ws, w_dim]
+        _check_truncation(psi, truncation)
+        ws = self.mapping(z.repeat(P, 1), code)                        # [P*S, num_ws, w_dim], untruncated
+        if psi != 1.0:
+            # G.mapping would average 256 latents per image for its prompt's mean w; the mean
+            # depends on the prompt only, so compute it once per prompt and truncate here.
+            if truncation == "prompt":
+                target = self.generator.prompt_mean_w(codes.pooled, num=TRUNCATION_SAMPLES)[rows]  # [P*S, w_dim]
+            else:
+                target = self.generator.w_avg[None].expand(P * S, -1)
+            ws = torch.lerp(target[:, None, :].to(ws.dtype).expand_as(ws), ws, psi)
         return Latents(ws=ws, code=code)
 
     @torch.no_grad()
-    def prompt_w_stats(self, code: SpikeCode, *, num: int = 256) -> tuple[torch.Tensor, float]:
+    def prompt_w_stats(self, code: SpikeCode, *, num: int = TRUNCATION_SAMPLES) -> tuple[torch.Tensor, float]:
         """code with batch 1 -> (mean w [1, num_ws, w_dim], spread of w).
 
         The mean is the generator's prompt_mean_w over `num` fixed latents (with num=256 the

@@ -79,6 +79,14 @@ def test_image_independent_of_batch_composition(pipe):
     assert torch.allclose(other[1], a[4], atol=1e-5)
 
 
+def test_repeated_prompts_share_one_code(pipe):
+    code = pipe.encode(["a red circle", "a blue square", "a red circle"])
+    assert code.batch_size == 3
+    assert torch.equal(code.pooled[0], code.pooled[2]) and torch.equal(code.tokens[0], code.tokens[2])
+    alone = pipe.encode(["a blue square"])
+    assert torch.allclose(code.pooled[1], alone.pooled[0], atol=1e-6)
+
+
 def test_pil_output_matches_tensor(pipe):
     images = pipe(PROMPTS[0], [5, 6])
     assert len(images) == 2 and all(isinstance(im, PIL.Image.Image) and im.size == (16, 16) for im in images)
@@ -118,6 +126,11 @@ def test_truncation(pipe):
     full = pipe.prepare([PROMPTS[0]], [4], psi=1.0).ws
     half = pipe.prepare([PROMPTS[0]], [4], psi=0.5).ws
     assert torch.allclose(half, (full + mean) / 2, atol=1e-5)
+    # The same as the generator's own truncation inside its mapping network.
+    for mode in ("prompt", "global"):
+        lat = pipe.prepare(PROMPTS, [0, 5], psi=0.7, truncation=mode)
+        ref = pipe.generator.mapping(pipe.latents([0, 5]).repeat(2, 1), lat.code.pooled, psi=0.7, truncation=mode)
+        assert torch.allclose(lat.ws, ref, atol=1e-5), mode
     with pytest.raises(ValueError, match="truncation"):
         pipe(PROMPTS[0], 0, truncation="local")
     with pytest.raises(ValueError, match="psi"):
