@@ -97,6 +97,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.interpolate and len(args.prompt_list) * len(args.seed_list) < 2:
         parser.error("--interpolate: needs at least two keyframes (two --prompt or two --seeds)")
     args.mode = "grid" if args.grid else "interpolate" if args.interpolate else "style-mix" if args.style_mix else "images"
+    if args.mode == "images" and Path(args.out).suffix.lower() in (".png", ".gif", ".jpg", ".jpeg"):
+        parser.error(f"--out: {args.out} names a file, but one PNG per image goes into a folder; "
+                     "add --grid for one grid PNG, or give a folder")
     return args
 
 

@@ -136,6 +136,7 @@ def test_cli_parses_prompts_seeds_and_modes(tmp_path):
     (["--refine", "5", "--alignment-scorer", "s", "--grid"], "--refine"),
     (["--interpolate", "--seeds", "0"], "--interpolate"),
     (["--noise-mode", "loud"], "--noise-mode"),
+    (["--out", "grid.png"], "--grid"),
     (["--style-mix", "--col-seeds", "a"], "--col-seeds"),
 ])
 def test_cli_errors_name_the_flag(argv, flag, capsys):
