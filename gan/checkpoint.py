@@ -32,7 +32,7 @@ EMA_FILE = "ema.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(ValueError):
     """A resume target that does not exist or is not a complete state."""
 
 

@@ -43,11 +43,30 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # Tests and smoke runs: a few steps of the 16 px networks.
     "tiny": dict(kimg=0.128, batch=16, snap=0.064, tick=0.032, ema_kimg=0.01, ema_rampup=None,
                  loss=dict(r1_gamma=0.1, r1_interval=4), augment=dict(interval=2, speed_kimg=1.0),
-                 grid_seeds=4, workers=0),
+                 grid_seeds=4, grid_rows=4, workers=0),
     # The CPU main job (README command one): 32 px shapes in about 20 minutes on 2 cores.
     "shapes32": dict(kimg=60.0, batch=32, snap=10.0, tick=1.0, g_lr=0.0025, d_lr=0.0025,
                      ema_kimg=2.0, ema_rampup=0.05, loss=dict(r1_gamma=0.1, r1_interval=16, match_weight=1.0),
-                     augment=dict(mode="ada", target=0.6, speed_kimg=20.0), workers=1),
+                     augment=dict(mode="ada", target=0.6, speed_kimg=20.0), workers=1,
+                     # Narrower G and D than the network preset: ~6x less compute per image, so
+                     # the main job sees ~60 kimg in 20 minutes on 2 CPU cores.
+                     model=dict(generator=dict(channel_base=1024, channel_max=64),
+                                discriminator=dict(channel_base=1024, channel_max=64)),
+                     # Rows that vary one thing at a time: position, colour, shape, relation.
+                     grid_prompts=(
+                         "a large red circle on the left on a white background",
+                         "a large red circle on the right on a white background",
+                         "a large blue square at the top on a white background",
+                         "a large blue square at the bottom on a white background",
+                         "a large green triangle in the centre on a black background",
+                         "a large yellow star in the centre on a black background",
+                         "a large purple cross in the centre on a grey background",
+                         "a large orange circle in the centre on a grey background",
+                         "a large cyan square on the left on a black background",
+                         "a large pink triangle on the right on a grey background",
+                         "a red circle left of a blue square",
+                         "a yellow star above a green cross",
+                     )),
     "emoji64": dict(kimg=2000.0, batch=64, snap=50.0, tick=4.0, ema_kimg=10.0, loss=dict(r1_gamma=0.5)),
     "custom64": dict(kimg=5000.0, batch=64, snap=50.0, tick=4.0, ema_kimg=20.0, loss=dict(r1_gamma=0.5)),
     "custom128": dict(kimg=10000.0, batch=64, snap=50.0, tick=4.0, ema_kimg=20.0, loss=dict(r1_gamma=2.0)),
@@ -304,22 +323,11 @@ def _flat_hparams(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def grid_prompts(cfg: TrainConfig, dataset) -> list[str]:
+def grid_prompts(cfg: TrainConfig, captions: list[str]) -> list[str]:
     """The fixed prompts of the sample grid: cfg.grid_prompts or the first distinct captions."""
     if cfg.grid_prompts:
         return list(cfg.grid_prompts)
-    seen: dict[str, None] = {}
-    for text in dataset.captions(limit=64 * cfg.grid_rows) if _has_limit(dataset) else dataset.captions():
-        seen.setdefault(text, None)
-        if len(seen) == cfg.grid_rows:
-            break
-    return list(seen)
-
-
-def _has_limit(dataset) -> bool:
-    import inspect
-
-    return "limit" in inspect.signature(dataset.captions).parameters
+    return list(dict.fromkeys(captions))[: cfg.grid_rows]
 
 
 @torch.no_grad()
@@ -335,11 +343,9 @@ def render_grid(model: nn.Module, tokenizer, prompts: list[str], seeds: list[int
     model.eval()
     z_dim = model.generator.z_dim
     z = torch.cat([torch.randn(1, z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
-    rows = []
-    for prompt in prompts:
-        tokens = tokenizer([prompt] * len(seeds)).to(device)
-        code = model.encoder(tokens)
-        rows.extend(to_pil(model.generator(z, code, noise_mode="const").float()))
+    tokens = tokenizer([p for p in prompts for _ in seeds]).to(device)  # row-major: prompt, then seed
+    img = model.generator(z.repeat(len(prompts), 1), model.encoder(tokens), noise_mode="const")
+    rows = to_pil(img.float())
     model.train(was_training)
     scale = 2 if rows[0].size[0] <= 32 else 1
     if scale > 1:
@@ -362,7 +368,8 @@ def _peak_rss_mb() -> float:
 # ---------------------------------------------------------------------------------------------
 
 def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess):
-    """(dataset, model TextToImage, D, tokenizer, model_cfg) for a fresh, resumed or fine-tuned run."""
+    """(dataset, its captions, model TextToImage, D, tokenizer, model_cfg) for a fresh, resumed or
+    fine-tuned run."""
     from data import open_dataset
     from encoders import load_tokenizer, make_tokenizer
     from gan.config import ModelConfig
@@ -372,13 +379,15 @@ def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess)
     if resume_dir is not None:
         model_cfg = ModelConfig.from_dict(read_trainer(resume_dir)["model_config"])
         dataset = open_dataset(cfg.data, resolution=model_cfg.resolution, seed=cfg.seed)
+        captions = dataset.captions()
         tokenizer = load_tokenizer(resume_dir / TOKENIZER_FILE)
         model = TextToImage(model_cfg)
     elif cfg.init_from is not None:
         model, tokenizer = load_model(cfg.init_from, device="cpu")
         dataset = open_dataset(cfg.data, resolution=model.cfg.resolution, seed=cfg.seed)
         old_size = len(tokenizer)
-        added = tokenizer.extend(dataset.captions())
+        captions = dataset.captions()
+        added = tokenizer.extend(captions)
         model.encoder.resize_vocab(len(tokenizer))
         model_cfg = model.cfg.replace(vocab_size=len(tokenizer))
         model.cfg = model_cfg
@@ -387,10 +396,11 @@ def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess)
     else:
         model_cfg = model_config(cfg)
         dataset = open_dataset(cfg.data, resolution=model_cfg.resolution, seed=cfg.seed)
-        tokenizer = make_tokenizer(model_cfg.encoder, dataset.captions())
+        captions = dataset.captions()
+        tokenizer = make_tokenizer(model_cfg.encoder, captions)
         model_cfg = model_cfg.replace(vocab_size=len(tokenizer))
         model = TextToImage(model_cfg)
-    return dataset, model, Discriminator(model_cfg.discriminator), tokenizer, model_cfg
+    return dataset, captions, model, Discriminator(model_cfg.discriminator), tokenizer, model_cfg
 
 
 def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] | None = None) -> TrainResult:
@@ -417,7 +427,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     main = MainProcess(accelerator, out)
 
     set_seed(cfg.seed)  # identical initialisation on every process
-    dataset, model, D, tokenizer, model_cfg = build_networks(cfg, resume_dir, main)
+    dataset, captions, model, D, tokenizer, model_cfg = build_networks(cfg, resume_dir, main)
     device = accelerator.device
     model.to(device)
     D.to(device)
@@ -448,7 +458,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
                 "batch_gpu": batch_gpu, "accumulation": accum}
     main.write_json("config.json", resolved)
     accelerator.init_trackers("tensorboard", config=_flat_hparams(resolved))
-    prompts = grid_prompts(cfg, dataset)
+    prompts = grid_prompts(cfg, captions)
 
     loader = make_loader(dataset, batch_gpu=batch_gpu, rank=rank, world=world, seed=cfg.seed,
                          start=state.step * batch_gpu * accum, workers=cfg.workers)

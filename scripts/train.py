@@ -78,6 +78,10 @@ def build_config(args: argparse.Namespace):
     if args.data != "shapes":
         if not Path(args.data).exists():
             raise ValueError(f"--data {args.data}: no such file or directory (or use 'shapes')")
+    if args.resume is not None:
+        from gan.checkpoint import resolve_resume
+
+        resolve_resume(args.resume, cfg.out)  # raises naming --resume
     if args.init_from is not None:
         if not (Path(args.init_from) / "config.json").is_file():
             raise ValueError(f"--init-from {args.init_from}: not a model directory (no config.json)")

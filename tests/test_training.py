@@ -1,0 +1,198 @@
+"""The training loop on the tiny preset (CPU, a few steps): exact resume, fine-tuning, non-finite
+losses, signals, the run directory, and the command line's errors."""
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from gan.checkpoint import list_states
+from gan.loss import GANLoss
+from gan.training import (NonFiniteLossError, StreamSampler, TrainConfig, resolve_config, split_batch,
+                          train)
+from scripts.train import main as train_main
+
+# Augmentation on and p rising (rt > target always), so resume must restore p and its RNG use.
+TINY = dict(threads=1, augment={"mode": "ada", "target": -1.0, "speed_kimg": 0.5, "interval": 2})
+
+
+def tiny(out, **kw) -> TrainConfig:
+    return resolve_config("tiny", out=str(out), **{**TINY, **kw})
+
+
+def weights(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same(a, b, atol=1e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=0, msg=k)
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """0.128 kimg of the tiny preset in one go (8 steps of 16 images)."""
+    out = tmp_path_factory.mktemp("full")
+    return train(tiny(out, kimg=0.128))
+
+
+def test_exact_resume_equals_one_go(full_run, tmp_path):
+    first = train(tiny(tmp_path, kimg=0.064))
+    assert first.state.nimg == 64
+    resumed = train(tiny(tmp_path, kimg=0.128, resume="latest"))
+    assert resumed.state.nimg == full_run.state.nimg == 128
+    assert resumed.state.augment_p == full_run.state.augment_p > 0
+    assert_same(weights(resumed.model), weights(full_run.model))
+    assert_same(weights(resumed.discriminator), weights(full_run.discriminator))
+    assert_same(weights(resumed.ema), weights(full_run.ema))
+    # The resumed run appended to log.jsonl: ticks 0.032 .. 0.128 once each.
+    kimgs = [json.loads(line)["kimg"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert kimgs == [0.032, 0.064, 0.096, 0.128]
+
+
+def test_run_directory(full_run):
+    out = full_run.out
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["train"]["kimg"] == 0.128 and cfg["model"]["name"] == "tiny" and cfg["model"]["vocab_size"] > 0
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    for key in ("kimg", "loss/G", "loss/D", "augment_p", "sec_per_kimg", "spikes/firing_rate", "nonfinite_total"):
+        assert key in records[-1], key
+    assert sorted(p.name for p in (out / "samples").iterdir()) == ["grid-0000.064.png", "grid-0000.128.png"]
+    assert [p.name for p in list_states(out / "checkpoints")] == ["state-0000000064", "state-0000000128"]
+    assert not list((out / "checkpoints").glob(".tmp-*"))
+    assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
+    from gan.model import load_model
+
+    model, tokenizer = load_model(out / "model")
+    assert_same(weights(model), weights(full_run.ema))
+    assert len(tokenizer) == len(full_run.tokenizer)
+
+
+def test_stream_sampler_deals_disjoint_shards_and_resumes():
+    def take(sampler, n):
+        it = iter(sampler)
+        return [next(it) for _ in range(n)]
+
+    a = take(StreamSampler(size=10, rank=0, world=2, seed=3), 10)
+    b = take(StreamSampler(size=10, rank=1, world=2, seed=3), 10)
+    assert sorted(a[:5] + b[:5]) == list(range(10))  # one epoch split between the ranks
+    assert take(StreamSampler(size=10, rank=1, world=2, seed=3, start=4), 6) == b[4:]
+
+
+def test_split_batch_names_flags():
+    assert split_batch(32, None, 2) == (16, 1)
+    assert split_batch(32, 4, 2) == (4, 4)
+    with pytest.raises(ValueError, match=r"--batch 30 is not a multiple of processes \(2\) x --batch-gpu \(4\) = 8"):
+        split_batch(30, 4, 2)
+
+
+def test_init_from_extends_vocabulary_keeping_old_words(full_run, tmp_path):
+    data = tmp_path / "zoo"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    with open(data / "metadata.jsonl", "w") as f:
+        for i, text in enumerate(["a striped zebra", "a grey elephant", "a red circle", "a tall giraffe"] * 2):
+            PIL.Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(data / f"{i}.png")
+            f.write(json.dumps({"file_name": f"{i}.png", "text": text}) + "\n")
+    old = full_run.tokenizer
+    old_words = {w: old([w]).ids[0, 0].item() for w in ("red", "circle", "left")}
+    result = train(tiny(tmp_path / "ft", data=str(data), kimg=0.032, init_from=str(full_run.out / "model")))
+    new = result.tokenizer
+    assert len(new) > len(old)
+    assert {w: new([w]).ids[0, 0].item() for w in old_words} == old_words
+    assert new(["zebra"]).ids[0, 0].item() >= len(old)  # a new word, appended
+    assert result.ema.encoder.vocab_size == len(new) == result.ema.cfg.vocab_size
+    from gan.model import load_model
+
+    model, tokenizer = load_model(tmp_path / "ft" / "model")
+    assert len(tokenizer) == len(new)
+
+
+def test_nonfinite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = GANLoss.g_main
+
+    def flaky(self, **kw):
+        loss, stats = original(self, **kw)
+        calls["n"] += 1
+        return (loss * float("nan"), stats) if calls["n"] in (2, 3) else (loss, stats)
+
+    monkeypatch.setattr(GANLoss, "g_main", flaky)
+    result = train(tiny(tmp_path, kimg=0.064))
+    assert result.state.nonfinite_total == 2 and result.state.nonfinite_streak == 0
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert sum(r["nonfinite_skips"] for r in records) == 2 and records[-1]["nonfinite_total"] == 2
+    assert all(torch.isfinite(v).all() for v in weights(result.model).values())
+
+
+def test_repeated_nonfinite_stops_with_last_state_whole(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = GANLoss.d_main
+
+    def broken_after_snapshot(self, **kw):
+        loss, stats = original(self, **kw)
+        calls["n"] += 1
+        return (loss * float("inf"), stats) if calls["n"] > 4 else (loss, stats)
+
+    monkeypatch.setattr(GANLoss, "d_main", broken_after_snapshot)
+    with pytest.raises(NonFiniteLossError, match="not finite in 3 consecutive steps"):
+        train(tiny(tmp_path, kimg=0.128, max_nonfinite=3))
+    states = list_states(tmp_path / "checkpoints")
+    assert [p.name for p in states] == ["state-0000000064"]
+    resumed = train(tiny(tmp_path, kimg=0.080, resume="latest"))  # the state loads and training goes on
+    assert resumed.state.nimg == 80
+
+
+def test_sigterm_writes_state_and_returns(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = GANLoss.d_main
+
+    def signal_on_third(self, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, **kw)
+
+    monkeypatch.setattr(GANLoss, "d_main", signal_on_third)
+    result = train(tiny(tmp_path, kimg=0.128))
+    assert result.interrupted and result.state.nimg == 48
+    assert [p.name for p in list_states(tmp_path / "checkpoints")] == ["state-0000000048"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["--batch", "0"], "--batch"),
+    (["--kimg", "-1"], "--kimg"),
+    (["--snap", "0"], "--snap"),
+    (["--gamma", "-0.5"], "--gamma"),
+    (["--batch", "16", "--batch-gpu", "3"], "--batch-gpu"),
+    (["--preset", "huge"], "--preset"),
+    (["--data", "/no/such/dir"], "--data"),
+    (["--init-from", "/no/such/model"], "--init-from"),
+    (["--resume", "latest"], "--resume"),
+    (["--resume", "latest", "--init-from", "x"], "--resume"),
+])
+def test_bad_options_name_the_flag(argv, flag, tmp_path, capsys):
+    base = ["--out", str(tmp_path / "run")] + ([] if "--preset" in argv else ["--preset", "tiny"])
+    code = train_main(base + argv)
+    assert code != 0
+    assert flag in capsys.readouterr().err
+
+
+def test_argparse_choices_name_the_flag(capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--mixed-precision", "fp8"])
+    assert "--mixed-precision" in capsys.readouterr().err
+
+
+def test_dry_run_prints_resolved_config(capsys):
+    assert train_main(["--preset", "tiny", "--kimg", "0.5", "--lr", "0.001", "--gamma", "2", "--dry-run"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["train"]["kimg"] == 0.5 and cfg["train"]["g_lr"] == cfg["train"]["d_lr"] == 0.001
+    assert cfg["train"]["loss"]["r1_gamma"] == 2 and cfg["train"]["batch"] == 16  # the preset's default
+    assert cfg["model"]["resolution"] == 16
