@@ -381,7 +381,8 @@ class Pipeline:
         return image, words, maps_t
 
     def attention_panel(self, prompt: str, seed: int, **gen) -> PIL.Image.Image:
-        """The image followed by one panel per word: its cross-attention map over the image."""
+        """The image followed by one panel per word: its cross-attention map over the image
+        (each map on its own colour scale; the title gives the word's mean attention share)."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
@@ -390,15 +391,17 @@ class Pipeline:
         image, words, maps = self.attention_maps(prompt, seed, **gen)
         rgb = to_pil(image)[0]
         gray = rgb.convert("L")
-        vmax = float(maps.max()) or 1.0
         n = len(words) + 1
         fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 2.0), squeeze=False)
         axes[0, 0].imshow(rgb, interpolation="nearest")
         axes[0, 0].set_title(f"seed {seed}", fontsize=8)
         for ax, word, m in zip(axes[0, 1:], words, maps):
+            # Each word's map on its own scale (as DAAM shows them); the title gives its share
+            # of the attention, averaged over the image.
             ax.imshow(gray, cmap="gray", interpolation="nearest")
-            ax.imshow(m.cpu().numpy(), cmap="jet", alpha=0.55, vmin=0.0, vmax=vmax, interpolation="bilinear")
-            ax.set_title(word, fontsize=8)
+            ax.imshow(m.cpu().numpy(), cmap="jet", alpha=0.55, vmin=float(m.min()), vmax=float(m.max()) + 1e-8,
+                      interpolation="bilinear")
+            ax.set_title(f"{word} {float(m.mean()):.2f}", fontsize=8)
         for ax in axes[0]:
             ax.axis("off")
         fig.suptitle(prompt, fontsize=8)
