@@ -1,0 +1,228 @@
+"""The eval CLI end to end on the tiny preset, with a small stand-in for the Inception network."""
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from data.shapes import ShapesDataset
+from eval import cli, metrics
+from eval.attributes import ProbeConfig
+
+pytestmark = pytest.mark.filterwarnings("ignore:Matrix is singular")  # FID of 12 images in 48-d
+
+ALEXNET = cli.Path(__file__).resolve().parents[2] / "shared" / "weights" / "alexnet-features.safetensors"
+
+
+class TinyFeatures:
+    """Stand-in for InceptionFeatures: uint8 [B,3,H,W] -> [B,48] (4x4 average colours)."""
+
+    dim = 48
+
+    def __call__(self, images):
+        assert images.dtype == torch.uint8
+        return F.adaptive_avg_pool2d(images.float() / 255, 4).flatten(1)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from encoders import make_tokenizer
+    from gan.config import preset
+    from gan.model import TextToImage, save_model
+
+    cfg = preset("tiny")
+    tok = make_tokenizer(cfg.encoder, ShapesDataset(16).captions(limit=512))
+    cfg = dataclasses.replace(cfg, vocab_size=len(tok))
+    out = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    save_model(out / "a", TextToImage(cfg), tok)
+    torch.manual_seed(1)
+    save_model(out / "b", TextToImage(cfg), tok)
+    return out / "a", out / "b"
+
+
+@pytest.fixture(scope="module")
+def scorer_and_probe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    rc = cli.main(["train-scorer", "--data", "shapes", "--out", str(root / "scorer"), "--resolution", "16",
+                   "--num", "64", "--steps", "5", "--text", "tower", "--device", "cpu",
+                   "--cache-dir", str(root / "cache")], extractor=TinyFeatures())
+    assert rc == 0
+    metrics.fit_probe(ProbeConfig(resolution=16, channels=4, hidden=8, train_images=64, steps=2, heldout_images=16),
+                      out=root / "probe")
+    return root / "scorer", root / "probe"
+
+
+def _run(argv, capsys):
+    rc = cli.main(argv, extractor=TinyFeatures())
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+VALUE_KEYS = {
+    "fid", "kid", "kid_std", "r_precision", "cosine", "r_precision_real", "cosine_real", "candidates",
+    *(f"{p}_{k}" for p in ("attr", "probe") for k in ("count", "background", "shape", "colour", "size",
+                                                     "position", "relation", "mean")),
+}
+
+
+def test_cli_end_to_end_and_schema(tiny_model, scorer_and_probe, tmp_path, capsys):
+    scorer, probe = scorer_and_probe
+    out = tmp_path / "scores.json"
+    argv = ["--model", str(tiny_model[0]), "--model", str(tiny_model[1]), "--data", "shapes",
+            "--metrics", "fid,kid,alignment,attributes", "--num", "12", "--batch", "5", "--seed", "7",
+            "--scorer", str(scorer), "--probe", str(probe), "--cache-dir", str(tmp_path / "cache"),
+            "--json", str(out), "--device", "cpu", "--quiet"]
+    rc, stdout, stderr = _run(argv, capsys)
+    assert rc == 0, stderr
+    payload = json.loads(out.read_text())
+    # The stable schema.
+    assert tuple(payload) == cli.TOP_KEYS and payload["schema"] == "spikegan-eval/1"
+    assert payload["metrics"] == ["fid", "kid", "alignment", "attributes"]
+    assert payload["settings"]["seed"] == 7 and payload["data"] == {"path": "shapes", "num_ref": 12}
+    assert len(payload["rows"]) == 2
+    for row, model in zip(payload["rows"], tiny_model):
+        assert tuple(row) == cli.ROW_KEYS
+        assert row["model"] == str(model) and row["resolution"] == 16 and row["num_images"] == 12
+        assert row["seeds"] == {"first": 7, "count": 12}
+        assert set(row["values"]) == VALUE_KEYS
+        assert set(row["weights"]) == {"inception", "alignment_scorer", "attribute_probe"}
+        assert row["weights"]["alignment_scorer"]["sha256"] == metrics.sha256_file(scorer / "scorer.safetensors")
+        assert len(row["model_sha256"]) == 64 and row["seconds"]["total"] > 0
+        assert row["values"]["fid"] > 0 and 0 <= row["values"]["r_precision"] <= 1
+    # Two different models, two different scores; the table has one line per model.
+    assert payload["rows"][0]["values"]["fid"] != payload["rows"][1]["values"]["fid"]
+    lines = stdout.splitlines()
+    assert lines[0].split()[:3] == ["model", "fid", "kid"]
+    assert lines[2].startswith(str(tiny_model[0])) and lines[3].startswith(str(tiny_model[1]))
+
+    # Deterministic: the same command gives the same values (reference stats now from the cache).
+    rc, _, _ = _run(argv, capsys)
+    again = json.loads(out.read_text())
+    assert [r["values"] for r in again["rows"]] == [r["values"] for r in payload["rows"]]
+
+
+def test_compute_matches_cli_and_generation_is_per_seed(tiny_model, tmp_path):
+    from gan.model import load_model
+
+    model, tok = load_model(tiny_model[0])
+    ds = ShapesDataset(16)
+    values = metrics.compute(["fid"], model, tok, ds, num=6, seed=0, batch=4, cache_dir=str(tmp_path),
+                             extractor=TinyFeatures())
+    assert set(values) == {"fid"}
+    values2 = metrics.compute(["fid"], model, tok, ds, num=6, seed=0, batch=6, cache_dir=str(tmp_path),
+                              extractor=TinyFeatures())
+    assert values2["fid"] == pytest.approx(values["fid"], rel=1e-6)
+    prompts = [ds[i]["text"] for i in range(4)]
+    together = torch.cat(list(metrics.generate(model, tok, prompts, [10, 11, 12, 13], batch=4)))
+    alone = torch.cat([next(metrics.generate(model, tok, [p], [s])) for p, s in zip(prompts, [10, 11, 12, 13])])
+    assert together.dtype == torch.uint8 and together.shape == (4, 3, 16, 16)
+    assert (together.int() - alone.int()).abs().max() <= 1  # batch composition changes nothing
+    other = next(metrics.generate(model, tok, prompts[:1], [99]))
+    assert not torch.equal(other, alone[:1])
+
+
+def test_snapshot_callback(tiny_model, tmp_path):
+    cb = metrics.snapshot_callback(["fid", "kid"], ShapesDataset(16), num=4, batch=4, cache_dir=str(tmp_path),
+                                   extractor=TinyFeatures())
+    out = cb(tiny_model[0], 0.5)
+    assert set(out) == {"fid", "kid", "kid_std"} and all(isinstance(v, float) for v in out.values())
+
+
+def test_scorer_cache_key_follows_the_data():
+    from eval.alignment import ScorerConfig
+
+    cfg = ScorerConfig(text="tower")
+    ex = TinyFeatures()
+    key, count = metrics.scorer_cache_key(ShapesDataset(16, seed=0), 16, 8, ex, cfg)
+    assert count == 8
+    assert key == metrics.scorer_cache_key(ShapesDataset(16, seed=0), 16, 8, ex, cfg)[0]
+    assert key != metrics.scorer_cache_key(ShapesDataset(16, seed=1), 16, 8, ex, cfg)[0]  # other images
+    assert key != metrics.scorer_cache_key(ShapesDataset(16, seed=0), 16, 9, ex, cfg)[0]  # count
+    assert key != metrics.scorer_cache_key(ShapesDataset(32, seed=0), 32, 8, ex, cfg)[0]  # resolution
+    assert key != metrics.scorer_cache_key(ShapesDataset(16, seed=0), 16, 8, ex, dataclasses.replace(cfg, steps=3))[0]
+
+
+def test_fit_scorer_caches(tmp_path):
+    from eval.alignment import ScorerConfig
+
+    cfg = ScorerConfig(text="tower", steps=3, batch=8, embed_dim=8, hidden_dim=16, tower_dim=8)
+    s1, f1 = metrics.fit_scorer(ShapesDataset(16), 16, 24, TinyFeatures(), cfg=cfg, cache_dir=tmp_path)
+    stamp = (f1 / "scorer.safetensors").stat().st_mtime_ns
+    s2, f2 = metrics.fit_scorer(ShapesDataset(16), 16, 24, TinyFeatures(), cfg=cfg, cache_dir=tmp_path)
+    assert f1 == f2 and (f2 / "scorer.safetensors").stat().st_mtime_ns == stamp
+    assert s2.info["report"]["heldout"] == s1.info["report"]["heldout"]
+    _, f3 = metrics.fit_scorer(ShapesDataset(16, seed=5), 16, 24, TinyFeatures(), cfg=cfg, cache_dir=tmp_path)
+    assert f3 != f1
+
+
+@pytest.mark.skipif(not ALEXNET.is_file(), reason="shared AlexNet trunk not present")
+def test_lpips_subcommand_and_diversity(tiny_model, tmp_path, capsys):
+    from eval.lpips import distance_between_files
+
+    rng = np.random.default_rng(0)
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(a)
+    Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(b)
+    rc, out, err = _run(["lpips", str(a), str(a), "--lpips-backbone", str(ALEXNET)], capsys)
+    assert rc == 0 and out.strip() == "Distance: 0.000"
+    rc, out, err = _run(["lpips", str(a), str(b), "--lpips-backbone", str(ALEXNET)], capsys)
+    expected = distance_between_files(a, b, backbone=ALEXNET)
+    assert rc == 0 and out.strip() == f"Distance: {expected:.3f}" and expected > 0.05
+    rc, out, err = _run(["lpips", str(a), str(tmp_path / "missing.png")], capsys)
+    assert rc == 2 and "missing.png" in err
+
+    rc, out, err = _run(["--model", str(tiny_model[0]), "--data", "shapes", "--metrics", "lpips_diversity",
+                         "--num", "4", "--lpips-prompts", "2", "--lpips-seeds", "2", "--quiet",
+                         "--lpips-backbone", str(ALEXNET), "--json", str(tmp_path / "l.json"), "--device", "cpu"], capsys)
+    assert rc == 0, err
+    row = json.loads((tmp_path / "l.json").read_text())["rows"][0]
+    assert set(row["values"]) == {"lpips_diversity"} and row["values"]["lpips_diversity"] > 0
+    assert row["weights"]["lpips_backbone"]["file"] == str(ALEXNET)
+
+
+def _folder_dataset(root):
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    with open(root / "metadata.jsonl", "w") as f:
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(root / f"{i}.png")
+            f.write(json.dumps({"file_name": f"{i}.png", "text": f"a red circle number {i}"}) + "\n")
+    return root
+
+
+def test_errors_name_the_option_or_file(tiny_model, tmp_path, capsys):
+    base = ["--model", str(tiny_model[0]), "--data", "shapes", "--num", "4", "--quiet", "--device", "cpu",
+            "--cache-dir", str(tmp_path / "c")]
+    cases = [
+        (["--model", str(tmp_path / "nope"), "--data", "shapes"], "--model"),
+        ([*base, "--metrics", "fid,bogus"], "bogus"),
+        ([*base, "--prompts", str(tmp_path / "none.txt")], "none.txt"),
+        (["--model", str(tiny_model[0]), "--data", str(tmp_path / "nodata")], "--data"),
+        ([*base, "--metrics", "clip_score"], "--clip-weights"),
+        ([*base, "--metrics", "clip_score", "--clip-weights", str(tmp_path / "w.pt")], "open_clip"),
+        ([*base, "--metrics", "attributes", "--prompts", str(tmp_path / "p.txt")], "--prompts"),
+        ([*base, "--metrics", "attributes", "--data", str(_folder_dataset(tmp_path / "folder"))], "--data shapes"),
+        ([*base, "--metrics", "alignment", "--scorer", str(tmp_path)], "--scorer"),
+    ]
+    (tmp_path / "p.txt").write_text("a red circle\n\n")
+    for argv, needle in cases:
+        rc, out, err = _run(argv, capsys)
+        assert rc == 2 and needle in err, (argv, err)
+        assert err.startswith("error: ")
+
+
+def test_prompts_file_and_folder_data(tiny_model, tmp_path, capsys):
+    folder = _folder_dataset(tmp_path / "folder")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\na blue square\n")
+    rc, out, err = _run(["--model", str(tiny_model[0]), "--data", str(folder), "--metrics", "fid,kid",
+                         "--num", "6", "--prompts", str(prompts), "--quiet", "--device", "cpu",
+                         "--cache-dir", str(tmp_path / "c"), "--json", str(tmp_path / "o.json")], capsys)
+    assert rc == 0, err
+    payload = json.loads((tmp_path / "o.json").read_text())
+    assert payload["settings"]["prompts"] == str(prompts)
+    assert payload["rows"][0]["values"]["fid"] > 0
