@@ -418,6 +418,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     probe = int(os.environ.get("WORLD_SIZE", "1"))
     batch_gpu, accum = split_batch(cfg.batch, cfg.batch_gpu, probe)
     accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),  # without it, torchrun on CPUs starts N single-process runs
         mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out),
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False))
     world, rank = accelerator.num_processes, accelerator.process_index
