@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -124,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, NonFiniteLossError) as e:
         print(f"spikegan-train: error: {e}", file=sys.stderr)
         return 1
-    print(f"{'stopped' if result.interrupted else 'done'} at {result.state.nimg / 1000:.3f} kimg: "
-          f"model in {result.out / 'model'}, state in {result.out / 'checkpoints'}")
+    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
+        print(f"{'stopped' if result.interrupted else 'done'} at {result.state.nimg / 1000:.3f} kimg: "
+              f"model in {result.out / 'model'}, state in {result.out / 'checkpoints'}")
     return 0
 
 
