@@ -3,7 +3,8 @@ machine's conv3x3 peak, all measured in this run, plus peak memory while streami
 
     python scripts/bench_eval.py --batch 16 --repeats 5 --stream 256 --json bench_eval.json
 
-Reports (medians over interleaved repeats, so load from other processes hits both sides alike):
+Reports (medians over interleaved repeats, so load from other processes hits every case alike;
+each figure both from wall time and from process CPU time / threads, see `Timer`):
 - conv3x3 peak: best median GFLOP/s of a 3x3 conv (channels-last, fp32) over a few layer shapes;
 - Inception network only: images/s and achieved GFLOP/s (FLOPs from torch.utils.flop_counter),
   as a fraction of that peak; the TorchScript's images/s at the same batch and the speed-up;
@@ -15,13 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
@@ -45,31 +46,45 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+class Timer:
+    """Wall seconds and process CPU seconds of calls, by name.
+
+    On a shared machine other processes steal cores, which inflates wall time; the process's
+    CPU time divided by the thread count estimates the wall time an idle machine would show
+    (OpenMP spin-waits still inflate it a little). Both are reported; ratios use one kind."""
+
+    def __init__(self, threads: int):
+        self.threads = threads
+        self.wall: dict[str, list[float]] = {}
+        self.cpu: dict[str, list[float]] = {}
+
+    def __call__(self, name: str, fn) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        fn()
+        self.wall.setdefault(name, []).append(time.perf_counter() - wall)
+        self.cpu.setdefault(name, []).append((time.process_time() - cpu) / self.threads)
+
+    def median(self, name: str, kind: str) -> float:
+        return statistics.median((self.wall if kind == "wall" else self.cpu)[name])
 
 
-@torch.no_grad()
-def conv3x3_peak(batch: int, repeats: int) -> tuple[float, list[dict]]:
-    """Best median GFLOP/s of F.conv2d 3x3 (pad 1) over PEAK_SHAPES at this batch."""
-    rows = []
-    for cin, cout, hw in PEAK_SHAPES:
-        x = torch.randn(batch, cin, hw, hw).contiguous(memory_format=torch.channels_last)
-        w = torch.randn(cout, cin, 3, 3)
-        b = torch.randn(cout)
-        F.conv2d(x, w, b, padding=1)  # warm-up (oneDNN primitive creation)
-        seconds = statistics.median(timed(lambda: F.conv2d(x, w, b, padding=1)) for _ in range(repeats))
-        gflops = 2 * batch * cout * cin * 9 * hw * hw / seconds / 1e9
-        rows.append({"shape": [cin, cout, hw], "gflops": round(gflops, 2)})
-    return max(r["gflops"] for r in rows), rows
+def conv3x3_case(batch: int, cin: int, cout: int, hw: int):
+    """A padded 3x3 conv at this batch, eager F.conv2d (oneDNN, channels-last): -> (fn, flops)."""
+    x = torch.randn(batch, cin, hw, hw).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(cout, cin, 3, 3)
+    b = torch.randn(cout)
+    fn = lambda: F.conv2d(x, w, b, padding=1)  # noqa: E731
+    fn()  # warm-up (oneDNN primitive creation)
+    return fn, 2 * batch * cout * cin * 9 * hw * hw
 
 
 def inception_flops(model: torch.nn.Module) -> float:
-    """FLOPs of one 299x299 image through the network (2 per multiply-add)."""
+    """FLOPs of one 299x299 image through the network (2 per multiply-add).
+
+    Counted on the eager aten.convolution path (oneDNN off): the flop counter has no formula
+    for the fused oneDNN op, and both compute the same convolutions."""
     x = torch.zeros(1, 3, INPUT_SIZE, INPUT_SIZE).contiguous(memory_format=torch.channels_last)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
+    with FlopCounterMode(display=False) as counter, torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
         model(x)
     return float(counter.get_total_flops())
 
@@ -105,40 +120,43 @@ def main() -> None:
     model = extractor.model
     torchscript = load_torchscript(extractor.weights_file)
     flops = inception_flops(model)
-    peak, peak_rows = conv3x3_peak(args.batch, args.repeats)
+    threads = torch.get_num_threads()
+    timer = Timer(threads)
 
     x = (torch.rand(args.batch, 3, INPUT_SIZE, INPUT_SIZE) * 2 - 1).contiguous(memory_format=torch.channels_last)
     x_dense = x.contiguous()
     images = torch.randint(0, 256, (args.batch, 3, args.resolution, args.resolution), dtype=torch.uint8)
     with torch.no_grad():
+        convs = {f"{cin}x{cout}@{hw}": conv3x3_case(args.batch, cin, cout, hw) for cin, cout, hw in PEAK_SHAPES}
         model(x), torchscript(x_dense), extractor(images)  # warm-up
-        times = {"plain": [], "torchscript": [], "end_to_end": []}
-        for _ in range(args.repeats):  # interleaved so load from other processes hits all alike
-            times["torchscript"].append(timed(lambda: torchscript(x_dense)))
-            times["plain"].append(timed(lambda: model(x)))
-            times["end_to_end"].append(timed(lambda: extractor(images)))
-    med = {k: statistics.median(v) for k, v in times.items()}
-    ips = {k: args.batch / v for k, v in med.items()}
-    achieved = flops * ips["plain"] / 1e9
-    result = {
-        "threads": torch.get_num_threads(),
-        "batch": args.batch,
-        "repeats": args.repeats,
-        "weights": extractor.weights_file,
-        "gflop_per_image": round(flops / 1e9, 3),
-        "conv3x3_peak_gflops": peak,
-        "conv3x3_shapes": peak_rows,
-        "plain_images_per_s": round(ips["plain"], 2),
-        "plain_ms_per_image": round(1000 / ips["plain"], 1),
-        "plain_gflops": round(achieved, 2),
-        "plain_fraction_of_peak": round(achieved / peak, 3),
-        "torchscript_images_per_s": round(ips["torchscript"], 2),
-        "torchscript_ms_per_image": round(1000 / ips["torchscript"], 1),
-        "torchscript_gflops": round(flops * ips["torchscript"] / 1e9, 2),
-        "speedup_vs_torchscript": round(ips["plain"] / ips["torchscript"], 2),
-        "end_to_end_images_per_s": round(ips["end_to_end"], 2),
-        "end_to_end_source_resolution": args.resolution,
-    }
+        for _ in range(args.repeats):  # interleaved: load from other processes hits every case alike
+            for name, (fn, _) in convs.items():
+                timer(name, fn)
+            timer("torchscript", lambda: torchscript(x_dense))
+            timer("plain", lambda: model(x))
+            timer("end_to_end", lambda: extractor(images))
+
+    result = {"threads": threads, "batch": args.batch, "repeats": args.repeats, "weights": extractor.weights_file,
+              "gflop_per_image": round(flops / 1e9, 3), "load_average": list(os.getloadavg())}
+    for kind in ("wall", "cpu"):
+        conv_gflops = {name: conv_flops / timer.median(name, kind) / 1e9 for name, (_, conv_flops) in convs.items()}
+        peak = max(conv_gflops.values())
+        ips = {k: args.batch / timer.median(k, kind) for k in ("plain", "torchscript", "end_to_end")}
+        achieved = flops * ips["plain"] / 1e9
+        result[kind] = {
+            "conv3x3_gflops": {k: round(v, 2) for k, v in conv_gflops.items()},
+            "conv3x3_peak_gflops": round(peak, 2),
+            "plain_images_per_s": round(ips["plain"], 2),
+            "plain_ms_per_image": round(1000 / ips["plain"], 1),
+            "plain_gflops": round(achieved, 2),
+            "plain_fraction_of_peak": round(achieved / peak, 3),
+            "torchscript_images_per_s": round(ips["torchscript"], 2),
+            "torchscript_ms_per_image": round(1000 / ips["torchscript"], 1),
+            "torchscript_fraction_of_peak": round(flops * ips["torchscript"] / 1e9 / peak, 3),
+            "speedup_vs_torchscript": round(ips["plain"] / ips["torchscript"], 2),
+            "end_to_end_images_per_s": round(ips["end_to_end"], 2),
+        }
+    result["end_to_end_source_resolution"] = args.resolution
     del torchscript
 
     if args.stream:
