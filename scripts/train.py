@@ -90,17 +90,22 @@ def build_config(args: argparse.Namespace):
 
 
 def metrics_callback(names: str, cfg, num_images: int):
-    """Build the snapshot metrics hook from eval/ (imported here only, so gan/ never imports eval)."""
-    metric_names = [n.strip() for n in names.split(",") if n.strip()]
+    """The snapshot metrics hook, built from eval/ (imported only here: gan/ never imports eval).
+    Unknown metric names raise naming --metrics."""
+    import eval.metrics
+
+    metric_names = eval.metrics.check_names(names.split(","))
+    built = {}
 
     def run(model_dir, kimg: float) -> dict:
-        import eval.metrics
-        from data import open_dataset
-        from gan.model import load_model
+        if "callback" not in built:  # the reference set needs the model's resolution
+            from data import open_dataset
+            from gan.model import load_config
 
-        model, tokenizer = load_model(model_dir, device="cpu")
-        reference = open_dataset(cfg.data, resolution=model.cfg.resolution, seed=cfg.seed + 1)
-        return eval.metrics.compute(metric_names, model, tokenizer, reference, num_images=num_images)
+            resolution = load_config(model_dir).resolution
+            reference = open_dataset(cfg.data, resolution=resolution, seed=cfg.seed + 1)
+            built["callback"] = eval.metrics.snapshot_callback(metric_names, reference, num=num_images)
+        return built["callback"](model_dir, kimg)
 
     return run
 
@@ -119,7 +124,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from gan.training import NonFiniteLossError, train
 
-    callback = metrics_callback(args.metrics, cfg, args.metrics_images) if args.metrics else None
+    try:
+        callback = metrics_callback(args.metrics, cfg, args.metrics_images) if args.metrics else None
+    except ValueError as e:
+        print(f"spikegan-train: error: {e}", file=sys.stderr)
+        return 2
     try:
         result = train(cfg, metrics_callback=callback)
     except (ValueError, NonFiniteLossError) as e:

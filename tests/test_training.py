@@ -176,6 +176,7 @@ def test_sigterm_writes_state_and_returns(tmp_path, monkeypatch):
     (["--init-from", "/no/such/model"], "--init-from"),
     (["--resume", "latest"], "--resume"),
     (["--resume", "latest", "--init-from", "x"], "--resume"),
+    (["--metrics", "fid,bogus"], "--metrics"),
 ])
 def test_bad_options_name_the_flag(argv, flag, tmp_path, capsys):
     base = ["--out", str(tmp_path / "run")] + ([] if "--preset" in argv else ["--preset", "tiny"])
