@@ -40,7 +40,12 @@ class DiscriminatorBlock(nn.Module):
 
 
 class MinibatchStd(nn.Module):
-    """Append the std of features across a group of samples as extra channels (StyleGAN)."""
+    """Append the std of features across a group of samples as extra channels (StyleGAN).
+
+    Groups are runs of consecutive samples (StyleGAN2-ADA strides them instead), so a batch
+    made by concatenating fakes and reals, each a multiple of the group size, never mixes the
+    two inside a group: D can score both in one call.
+    """
 
     def __init__(
         self,
@@ -55,10 +60,10 @@ class MinibatchStd(nn.Module):
         B, C, H, W = x.shape
         G = max(g for g in range(1, min(self.group_size, B) + 1) if B % g == 0)
         F_ = self.num_channels
-        y = x.reshape(G, B // G, F_, C // F_, H, W)  # (G, M, F, c, H, W)
-        y = (y - y.mean(dim=0)).square().mean(dim=0)  # variance over the group (M, F, c, H, W)
+        y = x.reshape(B // G, G, F_, C // F_, H, W)  # (M groups, G members, F, c, H, W)
+        y = (y - y.mean(dim=1, keepdim=True)).square().mean(dim=1)  # variance within each group (M, F, c, H, W)
         y = (y + 1e-8).sqrt().mean(dim=(2, 3, 4))  # (M, F)
-        y = y.reshape(-1, F_, 1, 1).repeat(G, 1, H, W)  # (B, F, H, W)
+        y = y.repeat_interleave(G, dim=0).reshape(B, F_, 1, 1).expand(B, F_, H, W)  # (B, F, H, W)
         return torch.cat([x, y.to(x.dtype)], dim=1)
 
 

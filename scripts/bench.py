@@ -12,11 +12,14 @@ channel_max 256, 2 mapping layers, 256-d conditioning code, no cross-attention: 
 StyleGAN2-ADA networks the targets refer to).
 
   python scripts/bench.py [--json PATH] [--reps 5] [--batch 32] [--compile] [--device cuda]
+                          [--amp bf16|fp16] [--channels-last on|off] [--fused-modconv] [--joint-d]
+  python scripts/bench.py --params      parameter counts of G, D and encoder per preset
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -26,14 +29,19 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+# On a shared machine OpenMP's default spin-waiting makes every parallel region wait for a
+# descheduled sibling thread (measured here: G forward 7x slower under load). Must be set
+# before torch loads OpenMP; export OMP_WAIT_POLICY=ACTIVE to measure the spinning default.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from encoders.code import SpikeCode
-from gan.config import DiscriminatorConfig, GeneratorConfig, preset
-from gan.discriminator import Discriminator
-from gan.generator import Generator
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+from encoders.code import SpikeCode  # noqa: E402
+from gan.config import DiscriminatorConfig, GeneratorConfig, preset  # noqa: E402
+from gan.discriminator import Discriminator  # noqa: E402
+from gan.generator import Generator  # noqa: E402
 
 
 def reference_configs() -> tuple[GeneratorConfig, DiscriminatorConfig]:
@@ -99,8 +107,13 @@ def make_code(B: int, c_dim: int, *, device: torch.device, L: int = 16, requires
 
 def bench_networks(
     gcfg: GeneratorConfig, dcfg: DiscriminatorConfig, *, batch: int, device: torch.device, warmup: int, reps: int,
-    compile: bool = False, autocast: torch.dtype | None = None,
+    compile: bool = False, autocast: torch.dtype | None = None, joint_d: bool = False,
 ) -> dict[str, float]:
+    """G forward and training-step timings of one G/D pair (see the module docstring).
+
+    joint_d: score fakes and reals in one D call on the concatenated batch (the minibatch-std
+    groups never mix the halves), instead of two calls.
+    """
     torch.manual_seed(0)
     G, D = Generator(gcfg).to(device), Discriminator(dcfg).to(device)
     Gc, Dc = (torch.compile(G), torch.compile(D)) if compile else (G, D)
@@ -118,7 +131,11 @@ def bench_networks(
         code = make_code(batch, gcfg.c_dim, device=device, requires_grad=True)
         with amp:
             fake = Gc(z, code)
-            loss = F.softplus(Dc(fake, code.pooled)).mean() + F.softplus(-Dc(reals, code.pooled)).mean()
+            if joint_d:
+                logits = Dc(torch.cat([fake, reals]), torch.cat([code.pooled, code.pooled]))
+                loss = F.softplus(logits[:batch]).mean() + F.softplus(-logits[batch:]).mean()
+            else:
+                loss = F.softplus(Dc(fake, code.pooled)).mean() + F.softplus(-Dc(reals, code.pooled)).mean()
         loss.backward()
         G.zero_grad(set_to_none=True)
         D.zero_grad(set_to_none=True)
@@ -155,8 +172,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none", help="autocast dtype")
     ap.add_argument("--channels-last", choices=["on", "off"], default="on", help="NHWC activations in G and D")
     ap.add_argument("--fused-modconv", action="store_true", help="use the grouped-conv modulation")
+    ap.add_argument("--joint-d", action="store_true", help="score fakes and reals in one D call")
     ap.add_argument("--configs", default="reference,shapes32", help="comma list: reference, and/or preset names")
+    ap.add_argument("--params", action="store_true", help="print parameter counts of every preset and exit")
     args = ap.parse_args(argv)
+    if args.params:
+        from gan.config import main as print_parameter_counts
+
+        print_parameter_counts()
+        return {}
     if args.reps < 1 or args.warmup < 0 or args.batch < 1:
         ap.error("--reps and --batch must be >= 1, --warmup >= 0")
     if args.threads:
@@ -165,9 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
 
     results: dict = {
-        "device": args.device, "threads": torch.get_num_threads(), "batch": args.batch, "torch": torch.__version__,
+        "device": args.device, "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "batch": args.batch, "torch": torch.__version__,
         "compile": args.compile, "amp": args.amp, "channels_last": args.channels_last == "on",
-        "fused_modconv": args.fused_modconv,
+        "fused_modconv": args.fused_modconv, "joint_d": args.joint_d,
     }
     peak = conv_peak(device=device, batch=args.peak_batch, warmup=args.warmup, reps=args.reps)
     results["conv_peak_by_format"] = peak
@@ -185,7 +209,7 @@ def main(argv: list[str] | None = None) -> dict:
         dcfg = replace(dcfg, channels_last=cl)
         r = bench_networks(
             gcfg, dcfg, batch=args.batch, device=device, warmup=args.warmup, reps=args.reps, compile=args.compile,
-            autocast=amp,
+            autocast=amp, joint_d=args.joint_d,
         )
         r["train_step_of_peak"] = r["train_step_gflops"] / results["conv_peak_gflops"]
         results[name] = r

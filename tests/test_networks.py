@@ -208,3 +208,34 @@ def test_discriminator_matching_aware_use(nets):
         mismatched = D(img, code.pooled[torch.tensor([1, 2, 3, 0])])
     assert matched.shape == mismatched.shape == (4,)
     assert not torch.allclose(matched, mismatched)
+
+
+def test_minibatch_std_groups_consecutive_samples():
+    from gan.discriminator import MinibatchStd
+
+    x = torch.randn(8, 6, 4, 4, dtype=torch.float64)
+    out = MinibatchStd(4, num_channels=2)(x)
+    assert out.shape == (8, 8, 4, 4) and torch.equal(out[:, :6], x)
+    for i in range(8):
+        group = x[(i // 4) * 4 : (i // 4) * 4 + 4]  # (4, 6, 4, 4)
+        std = group.var(dim=0, unbiased=False).add(1e-8).sqrt()  # (6, 4, 4)
+        expected = std.reshape(2, 3, 4, 4).mean(dim=(1, 2, 3))
+        torch.testing.assert_close(out[i, 6:, 0, 0], expected)
+        assert (out[i, 6:] == out[i, 6:, :1, :1]).all()
+    # Fakes and reals scored in one call equal two separate calls.
+    a, b = x[:4], x[4:]
+    torch.testing.assert_close(MinibatchStd(4)(x), torch.cat([MinibatchStd(4)(a), MinibatchStd(4)(b)]))
+    assert MinibatchStd(4)(x[:6]).shape == (6, 7, 4, 4)  # group of 3 for a batch of 6
+
+
+def test_autocast_bf16_runs_and_tracks_fp32(nets):
+    G, D = nets
+    code, z = make_code(4, requires_grad=True), torch.randn(4, 12)
+    ref = G(z, code, noise_mode="const")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        img = G(z, code, noise_mode="const")
+        logits = D(img, code.pooled)
+    assert img.dtype == torch.bfloat16 and torch.isfinite(img).all()
+    assert (img.float() - ref).abs().max() < 0.1 * ref.abs().max()
+    logits.float().sum().backward()
+    assert torch.isfinite(code.pooled.grad).all() and code.pooled.grad.abs().sum() > 0
