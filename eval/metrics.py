@@ -648,12 +648,18 @@ def snapshot_callback(metric_names: Sequence[str], dataset, **compute_kwargs) ->
     """A `metrics_callback(model_dir, kimg) -> dict` for gan.training.train: loads the exported
     snapshot model and runs `compute` on it (only numbers are returned; None values are dropped)."""
     metric_names = check_names(metric_names)
+    kwargs = dict(compute_kwargs)
+    device = kwargs.get("device", "cpu")
 
     def callback(model_dir: Path, kimg: float) -> dict:
         from gan.model import load_model
 
-        model, tokenizer = load_model(model_dir, device=compute_kwargs.get("device", "cpu"))
-        values = compute(metric_names, model, tokenizer, dataset, **compute_kwargs)
+        if kwargs.get("extractor") is None and needs_features(metric_names):
+            from eval.features import InceptionFeatures
+
+            kwargs["extractor"] = InceptionFeatures(device, batch=kwargs.get("batch", 32))  # loaded once, reused
+        model, tokenizer = load_model(model_dir, device=device)
+        values = compute(metric_names, model, tokenizer, dataset, **kwargs)
         return {k: v for k, v in values.items() if v is not None}
 
     return callback
