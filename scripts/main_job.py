@@ -1,0 +1,74 @@
+"""The main job: train shapes32 on the built-in shapes domain, then sample a grid and score it.
+
+    python scripts/main_job.py [--out runs/shapes32] [--kimg K] [--num N]
+
+Run twice, it resumes from the last checkpoint instead of starting over.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from scripts import sample, train  # noqa: E402
+
+PROMPTS = (
+    "a large red circle",
+    "a large blue square",
+    "a large green triangle",
+    "a large yellow star",
+    "a large purple cross",
+    "a small orange circle on the left",
+    "a small cyan square on the right",
+    "a small pink star at the top",
+    "a large blue circle at the bottom",
+    "a red circle left of a blue square",
+    "a yellow star above a green cross",
+    "a purple triangle right of an orange circle",
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="main_job", description=__doc__.split("\n")[0])
+    p.add_argument("--out", default="runs/shapes32", help="run directory")
+    p.add_argument("--kimg", type=float, default=None, help="training length (default: the preset's)")
+    p.add_argument("--num", type=int, default=500, help="images generated for the scores")
+    p.add_argument("--metrics", default="attributes,fid,kid", help="eval metrics (lpips_diversity is added "
+                   "when an AlexNet backbone is found: $SPIKEGAN_LPIPS_BACKBONE or ../shared/weights)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+
+    train_args = ["--data", "shapes", "--preset", "shapes32", "--out", str(out)]
+    if args.kimg is not None:
+        train_args += ["--kimg", str(args.kimg)]
+    if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+        train_args += ["--resume", "latest"]
+    if (rc := train.main(train_args)) != 0:
+        return rc
+
+    prompts = out / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    grid = out / "final-grid.png"
+    if (rc := sample.main(["--model", str(out / "model"), "--prompts", str(prompts), "--seeds", "0-7",
+                           "--grid", "--out", str(grid)])) != 0:
+        return rc
+    print(f"sample grid: {grid}")
+
+    from eval import cli
+
+    metrics, extra = args.metrics, []
+    backbone = Path(__file__).resolve().parents[2] / "shared" / "weights" / "alexnet-features.safetensors"
+    if "lpips" not in metrics and (os.environ.get("SPIKEGAN_LPIPS_BACKBONE") or backbone.is_file()):
+        metrics += ",lpips_diversity"
+        if not os.environ.get("SPIKEGAN_LPIPS_BACKBONE"):
+            extra = ["--lpips-backbone", str(backbone)]
+    return cli.main(["--model", str(out / "model"), "--data", "shapes", "--metrics", metrics, *extra,
+                     "--num", str(args.num), "--json", str(out / "scores.json")])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
