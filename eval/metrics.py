@@ -112,6 +112,7 @@ class Context:
         self._prompts: list[str] | None = None
         self._extractor = None
         self.generated: dict[str, Any] = {}  # consumer name -> result of the generation pass
+        self.nets: dict[str, Any] = {}  # trained / loaded networks: "scorer", "probe", "clip"
 
     def log(self, msg: str) -> None:
         if self.opts.log is not None:
@@ -452,7 +453,7 @@ def fit_scorer(dataset, resolution: int, num: int, extractor, *, cfg=None, cache
 
 
 def ctx_scorer(ctx: Context):
-    if "scorer" not in ctx.generated:
+    if "scorer" not in ctx.nets:
         from eval.alignment import AlignmentScorer, ScorerConfig
 
         opts = ctx.opts
@@ -479,8 +480,8 @@ def ctx_scorer(ctx: Context):
         if scorer.text_embedder is not None:
             ctx.record("minilm", scorer.text_embedder)
         ctx.seconds["scorer"] = time.perf_counter() - t
-        ctx.generated["scorer"] = scorer
-    return ctx.generated["scorer"]
+        ctx.nets["scorer"] = scorer
+    return ctx.nets["scorer"]
 
 
 def probe_cache_key(cfg) -> str:
@@ -524,7 +525,7 @@ def fit_probe(cfg, *, cache_dir: str | None = None, out: str | Path | None = Non
 
 
 def ctx_probe(ctx: Context):
-    if "probe_net" not in ctx.generated:
+    if "probe" not in ctx.nets:
         from eval.attributes import AttributeProbe, ProbeConfig
 
         opts = ctx.opts
@@ -541,8 +542,8 @@ def ctx_probe(ctx: Context):
         ctx.weights["attribute_probe"] = {"file": str(folder / "probe.safetensors"),
                                           "sha256": sha256_file(folder / "probe.safetensors")}
         ctx.seconds["probe"] = time.perf_counter() - t
-        ctx.generated["probe_net"] = probe
-    return ctx.generated["probe_net"]
+        ctx.nets["probe"] = probe
+    return ctx.nets["probe"]
 
 
 # ----------------------------------------------------------------------------------------
@@ -580,14 +581,14 @@ class ClipScorer:
 
 
 def ctx_clip(ctx: Context) -> ClipScorer:
-    if "clip_net" not in ctx.generated:
+    if "clip" not in ctx.nets:
         if ctx.opts.clip_weights is None:
             raise MetricError("clip_score needs open_clip weights: pass --clip-weights PATH (a local open_clip "
                               "checkpoint; nothing is downloaded) and install the optional extra open_clip_torch")
         clip = ClipScorer(ctx.opts.clip_weights, arch=ctx.opts.clip_arch, device=ctx.opts.device)
         ctx.record("clip", clip)
-        ctx.generated["clip_net"] = clip
-    return ctx.generated["clip_net"]
+        ctx.nets["clip"] = clip
+    return ctx.nets["clip"]
 
 
 # ----------------------------------------------------------------------------------------
