@@ -37,7 +37,15 @@ class SpikeCode:
         return SpikeCode(self.pooled[idx], self.tokens[idx], self.mask[idx], stats)
 
     def lerp(self, other: SpikeCode, t: float) -> SpikeCode:
-        """Linear interpolation between two codes; token sequences are padded to one length."""
+        """Linear interpolation between two codes; token sequences are padded to one length.
+
+        The ends are exact (t = 0 gives self, t = 1 gives other); in between, a token position
+        real in either code is attended to.
+        """
+        if t == 0:
+            return self
+        if t == 1:
+            return other
         a, b = _pad_tokens(self, other.tokens.shape[1]), _pad_tokens(other, self.tokens.shape[1])
         return SpikeCode(
             torch.lerp(a.pooled, b.pooled, t),
