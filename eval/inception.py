@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections import OrderedDict
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -63,12 +63,13 @@ class ConvReLU(nn.Module):
             self._packed = (tag, packed)
         return self._packed[1]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, relu: bool = True) -> torch.Tensor:
         if _use_onednn(x, self.weight):
             return torch.ops.mkldnn._convolution_pointwise(
                 x, self._packed_weight(x), self.bias, list(self.padding), [self.stride] * 2, [1, 1], 1,
-                "relu", [None], None)
-        return F.relu(F.conv2d(x, self.weight, self.bias, self.stride, self.padding))
+                "relu" if relu else "none", [None] if relu else [], None)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding)
+        return F.relu(y) if relu else y
 
 
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -88,11 +89,22 @@ def _avg3(x: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
 
 
-class AvgPool3x3(nn.Module):
-    """3x3 stride-1 average pool, TF 'SAME' padding (borders average the valid pixels only)."""
+class PooledConv(nn.Module):
+    """`relu(conv1x1(avgpool3x3(x)))`, the pool branch of the A, C and first E blocks, computed as
+    `relu(avgpool3x3(conv1x1(x)))`: a 1x1 conv (bias included) commutes with a per-channel
+    average, and pooling after the conv averages 4-7x fewer channels. Exact up to float rounding."""
+
+    def __init__(self, *, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = _conv(in_channels, out_channels, 1)  # the TorchScript's `tower_2.conv` / `tower_2_conv`
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _avg3(x)
+        return _avg_pool_conv(self.conv, x)
+
+
+def _avg_pool_conv(conv: "ConvReLU", x: torch.Tensor) -> torch.Tensor:
+    """relu(conv(avgpool3x3(x))) for a 1x1 `conv`, evaluated as relu(avgpool3x3(conv(x)))."""
+    return _avg3(conv(x, relu=False)).relu_()
 
 
 def _tower(*convs: ConvReLU) -> nn.Sequential:
@@ -108,7 +120,7 @@ class InceptionA(nn.Module):
         self.conv = _conv(in_channels, 64, 1)
         self.tower = _tower(_conv(in_channels, 48, 1), _conv(48, 64, 5, pad=2))
         self.tower_1 = _tower(_conv(in_channels, 64, 1), _conv(64, 96, 3, pad=1), _conv(96, 96, 3, pad=1))
-        self.tower_2 = nn.Sequential(OrderedDict(pool=AvgPool3x3(), conv=_conv(in_channels, pool_channels, 1)))
+        self.tower_2 = PooledConv(in_channels=in_channels, out_channels=pool_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.conv(x), self.tower(x), self.tower_1(x), self.tower_2(x)], 1)
@@ -138,7 +150,7 @@ class InceptionC(nn.Module):
             _conv(768, c, 1),
             _conv(c, c, (7, 1), pad=(3, 0)), _conv(c, c, (1, 7), pad=(0, 3)),
             _conv(c, c, (7, 1), pad=(3, 0)), _conv(c, 192, (1, 7), pad=(0, 3)))
-        self.tower_2 = nn.Sequential(OrderedDict(pool=AvgPool3x3(), conv=_conv(768, 192, 1)))
+        self.tower_2 = PooledConv(in_channels=768, out_channels=192)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.conv(x), self.tower(x), self.tower_1(x), self.tower_2(x)], 1)
@@ -180,12 +192,15 @@ class InceptionE(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a = self.tower_conv(x)
         b = self.tower_1_conv_1(self.tower_1_conv(x))
-        pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg3(x)
+        if self.max_pool:
+            pooled = self.tower_2_conv(F.max_pool2d(x, 3, stride=1, padding=1))
+        else:
+            pooled = _avg_pool_conv(self.tower_2_conv, x)
         return torch.cat([
             self.conv(x),
             self.tower_mixed_conv(a), self.tower_mixed_conv_1(a),
             self.tower_1_mixed_conv(b), self.tower_1_mixed_conv_1(b),
-            self.tower_2_conv(pooled),
+            pooled,
         ], 1)
 
 

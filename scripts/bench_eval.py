@@ -1,7 +1,7 @@
 """Benchmark FID feature extraction: the plain-module Inception against the TorchScript and the
 machine's conv3x3 peak, all measured in this run, plus peak memory while streaming images.
 
-    python scripts/bench_eval.py --batch 16 --repeats 5 --stream 256 --json bench_eval.json
+    python scripts/bench_eval.py --batch 32 --repeats 3 --stream 256 --json bench_eval.json
 
 Reports (medians over interleaved repeats, so load from other processes hits every case alike;
 each figure both from wall time and from process CPU time / threads, see `Timer`):
@@ -106,7 +106,7 @@ class RandomImages(torch.utils.data.Dataset):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=16, help="images per network call")
+    parser.add_argument("--batch", type=int, default=32, help="images per network call")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing repeats (medians)")
     parser.add_argument("--resolution", type=int, default=64, help="source image size for the end-to-end run")
     parser.add_argument("--stream", type=int, default=256, help="images streamed for the memory measurement (0 = skip)")

@@ -61,6 +61,22 @@ def test_conv_relu_fast_path_equals_eager_and_repacks_after_weight_change():
         conv.weight.mul_(-1)  # an in-place edit must invalidate the packed copy
         torch.testing.assert_close(conv(x), reference(), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(conv(x.contiguous()), reference(), atol=1e-5, rtol=1e-5)
+        linear = torch.nn.functional.conv2d(x, conv.weight, conv.bias, 2, (0, 1))
+        torch.testing.assert_close(conv(x, relu=False), linear, atol=1e-5, rtol=1e-5)
+        assert (linear < 0).any()  # the no-ReLU path really keeps negatives
+
+
+def test_pooled_conv_equals_conv_of_pooled_input():
+    from eval.inception import PooledConv
+    torch.manual_seed(1)
+    branch = PooledConv(in_channels=6, out_channels=4)
+    with torch.no_grad():
+        branch.conv.weight.normal_()
+        branch.conv.bias.normal_()
+        x = torch.randn(2, 6, 7, 5).contiguous(memory_format=torch.channels_last)
+        pooled = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+        expected = torch.relu(torch.nn.functional.conv2d(pooled, branch.conv.weight, branch.conv.bias))
+        torch.testing.assert_close(branch(x), expected, atol=1e-5, rtol=1e-5)
     # With gradients on, the eager path runs and gradients flow to the input.
     xg = x.clone().requires_grad_(True)
     conv(xg).sum().backward()
