@@ -64,6 +64,10 @@ def test_conv_relu_fast_path_equals_eager_and_repacks_after_weight_change():
         linear = torch.nn.functional.conv2d(x, conv.weight, conv.bias, 2, (0, 1))
         torch.testing.assert_close(conv(x, relu=False), linear, atol=1e-5, rtol=1e-5)
         assert (linear < 0).any()  # the no-ReLU path really keeps negatives
+    # With gradients on, the eager path runs and gradients flow to the input.
+    xg = x.clone().requires_grad_(True)
+    conv(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
 
 
 def test_pooled_conv_equals_conv_of_pooled_input():
@@ -77,7 +81,3 @@ def test_pooled_conv_equals_conv_of_pooled_input():
         pooled = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
         expected = torch.relu(torch.nn.functional.conv2d(pooled, branch.conv.weight, branch.conv.bias))
         torch.testing.assert_close(branch(x), expected, atol=1e-5, rtol=1e-5)
-    # With gradients on, the eager path runs and gradients flow to the input.
-    xg = x.clone().requires_grad_(True)
-    conv(xg).sum().backward()
-    assert xg.grad is not None and xg.grad.abs().sum() > 0
