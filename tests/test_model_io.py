@@ -126,3 +126,30 @@ def test_vocab_size_must_match_tokenizer(saved, tmp_path):
         save_model(tmp_path, model, bigger)
     with pytest.raises(ValueError, match="vocab_size"):
         TextToImage(model.cfg.replace(vocab_size=0))
+
+
+@pytest.mark.parametrize("name", ["tiny", "shapes32", "custom256"])
+def test_config_json_roundtrip(name):
+    cfg = preset(name).replace(vocab_size=123)
+    again = type(cfg).from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    assert isinstance(again.generator.attn_resolutions, tuple)
+
+
+def test_config_mismatch_errors_name_the_option():
+    cfg = preset("tiny")
+    with pytest.raises(ValueError, match="c_dim"):
+        cfg.replace(generator=cfg.generator.__class__(resolution=16, c_dim=cfg.encoder.code_dim + 1))
+    with pytest.raises(ValueError, match="resolution"):
+        cfg.replace(resolution=32)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("huge")
+
+
+def test_gradients_reach_the_encoder_weights(saved):
+    _, model, tok = saved
+    model.zero_grad()
+    z = torch.randn(len(CAPTIONS), model.cfg.generator.z_dim)
+    model(z, tok(CAPTIONS)).square().mean().backward()  # eval mode: state (w_avg) untouched
+    grads = [p.grad for p in model.encoder.parameters() if p.requires_grad]
+    assert grads and sum(g.abs().sum() for g in grads if g is not None) > 0
