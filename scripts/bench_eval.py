@@ -160,7 +160,7 @@ def main() -> None:
     del torchscript
 
     if args.stream:
-        stats = FeatureStats(extractor.dim)
+        stats = FeatureStats(extractor.dim, keep_features=True)  # as reference_stats keeps them for KID
         rss_after_first = None
         start = time.perf_counter()
         for batch in iterate_batches(RandomImages(args.stream, args.resolution), args.batch):
