@@ -29,6 +29,7 @@ class EncoderConfig:
     max_length: int = 16  # tokens per prompt (word tokens, or WordPiece tokens for transformer)
     min_freq: int = 1  # word tokenizer: occurrences a word needs to enter the vocabulary
     seed: int = 0  # frozen rate-coding noise in eval mode (deterministic codes)
+    code_norm: bool = True  # standardise each pooled-code feature across prompts (CodeNorm)
     feature_cache: int = 4096  # transformer: prompts whose frozen MiniLM features are memoised, 0 = none
 
     def __post_init__(self) -> None:

@@ -35,6 +35,36 @@ class Readout(nn.Module):
         return self.linear(self.norm(x))
 
 
+class CodeNorm(nn.Module):
+    """Standardises each feature of the pooled code across prompts: BatchNorm without the
+    affine part, safe at batch 1.
+
+    A readout averaged over a prompt's steps is dominated by what all prompts share: at
+    initialisation two different shapes captions have pooled cosine 0.97 (measured on 256
+    captions), so the mapping network and D's projection see almost one code and the
+    condition is ignored. Standardised, the same codes have cosine ~0. Training batches of
+    two or more prompts use (and track) batch statistics; eval mode and single prompts use
+    the running statistics, so a trained model codes each prompt on its own.
+    """
+
+    def __init__(self, *, features: int, momentum: float = 0.05, eps: float = 1e-5) -> None:
+        super().__init__()  # features: code width; momentum: running-statistics update rate
+        self.momentum, self.eps = momentum, eps
+        self.register_buffer("running_mean", torch.zeros(features))
+        self.register_buffer("running_var", torch.ones(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C] -> [B, C] with zero mean and unit variance per feature."""
+        if self.training and x.shape[0] > 1:
+            mean, var = x.mean(dim=0), x.var(dim=0, unbiased=False)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+                self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
+        else:
+            mean, var = self.running_mean, self.running_var
+        return (x - mean.to(x.dtype)) * torch.rsqrt(var.to(x.dtype) + self.eps)
+
+
 class SpikingTextEncoder(nn.Module):
     """Shared body of the three encoders; subclasses supply `token_features`."""
 
@@ -48,6 +78,7 @@ class SpikingTextEncoder(nn.Module):
                                   learn_beta=cfg.learn_beta, slstm_threshold=cfg.slstm_threshold)
         self.pooled_head = Readout(in_features=3 * cfg.hidden, out_features=cfg.code_dim)
         self.token_head = Readout(in_features=2 * cfg.hidden, out_features=cfg.code_dim)
+        self.code_norm = CodeNorm(features=cfg.code_dim) if cfg.code_norm else nn.Identity()
 
     @property
     def code_dim(self) -> int:
@@ -88,7 +119,7 @@ class SpikingTextEncoder(nn.Module):
         last = (lengths * K - 1).clamp(min=0)  # [B] index of each prompt's last real step
         final_mem = mem[last, torch.arange(B, device=mem.device)] * (lengths > 0).unsqueeze(-1)  # [B, H]
         pooled_in = torch.cat([(spk * m).sum(0) / n_steps, (mem * m).sum(0) / n_steps, final_mem], dim=-1)
-        pooled = self.pooled_head(pooled_in)  # [B, C]
+        pooled = self.code_norm(self.pooled_head(pooled_in))  # [B, C]
 
         windows = torch.cat([spk.view(L, K, B, H).mean(dim=1), mem.view(L, K, B, H).mean(dim=1)], dim=-1)  # [L, B, 2H]
         tokens = self.token_head(windows.transpose(0, 1)) * mask.unsqueeze(-1)  # [B, L, C]
