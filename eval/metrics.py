@@ -438,18 +438,24 @@ def fit_scorer(dataset, resolution: int, num: int, extractor, *, cfg=None, cache
     scorer, report = train_scorer(torch.from_numpy(ref.features), captions, cfg, text_embedder=text_embedder,
                                   device=device, log=log)
     info = {"key": key, "num": count, "resolution": resolution, "network": _extractor_id(extractor), "report": report}
+    _save_atomically(scorer, folder, info=info, into_existing=out is not None)
+    return scorer, folder
+
+
+def _save_atomically(net, folder: Path, *, info: dict, into_existing: bool) -> None:
+    """net.save(...) into a temporary sibling, then move it into place: a user's `--out` folder
+    file by file (it may hold other files), a cache folder as a whole."""
     tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    scorer.save(tmp, info=info)
-    if out is not None:
+    net.save(tmp, info=info)
+    if into_existing:
         folder.mkdir(parents=True, exist_ok=True)
         for f in tmp.iterdir():
             os.replace(f, folder / f.name)
         tmp.rmdir()
     else:
         _publish_dir(tmp, folder)
-    scorer.info = info
-    return scorer, folder
+    net.info = info
 
 
 def ctx_scorer(ctx: Context):
@@ -509,18 +515,7 @@ def fit_probe(cfg, *, cache_dir: str | None = None, out: str | Path | None = Non
     if (folder / "probe.json").is_file() and json.loads((folder / "probe.json").read_text()).get("info", {}).get("key") == key:
         return AttributeProbe.load(folder, device=device), folder
     probe, report = train_probe(cfg, device=device, log=log)
-    info = {"key": key, "report": report}
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    probe.save(tmp, info=info)
-    if out is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, folder / f.name)
-        tmp.rmdir()
-    else:
-        _publish_dir(tmp, folder)
-    probe.info = info
+    _save_atomically(probe, folder, info={"key": key, "report": report}, into_existing=out is not None)
     return probe, folder
 
 
@@ -558,7 +553,7 @@ class ClipScorer:
         try:
             import open_clip
         except ImportError as e:
-            raise MetricError("clip_score needs the optional extra open_clip_torch (`pip install open_clip_torch`) "
+            raise MetricError("clip_score needs the optional extra open_clip_torch (`pip install spikegan[clip]`) "
                               "and a local checkpoint given with --clip-weights PATH") from e
         if not Path(weights).is_file():
             raise MetricError(f"--clip-weights {weights}: no such file")
