@@ -158,11 +158,17 @@ _PRESETS: dict[str, dict[str, Any]] = {
         g=dict(z_dim=32, w_dim=32, channel_base=256, channel_max=32, attn_resolutions=(8,), attn_heads=2),
         d=dict(channel_base=256, channel_max=32),
     ),
-    # The CPU main job: 32 px shapes, trains in ~20 minutes on 2 cores.
+    # The CPU main job: 32 px shapes, trains in ~20 minutes on 2 cores. Narrow networks (~25
+    # CPU-seconds per kimg); mapping lr multipliers raised from StyleGAN2's 0.01 so that G's
+    # mapping and D's projection learn to read the code within a short run (measured: the
+    # real/mismatch score gap at 33 kimg was 0.5 with these, 0.16 with 0.01). Latency coding
+    # is deterministic: with rate coding two encodings of one prompt differed as much as two
+    # prompts did.
     "shapes32": dict(
-        resolution=32, encoder_kind="recurrent", code_dim=128,
-        g=dict(z_dim=64, w_dim=128, channel_base=4096, channel_max=128, attn_resolutions=(8, 16), attn_heads=4),
-        d=dict(channel_base=4096, channel_max=128),
+        resolution=32, encoder_kind="recurrent", code_dim=128, encoder=dict(coding="latency"),
+        g=dict(z_dim=64, w_dim=128, channel_base=1024, channel_max=64, attn_resolutions=(8, 16), attn_heads=4,
+               mapping_lr_mult=0.1),
+        d=dict(channel_base=1024, channel_max=64, mapping_lr_mult=1.0),
     ),
     "emoji64": dict(
         resolution=64, encoder_kind="transformer", code_dim=256,
@@ -200,7 +206,7 @@ def preset(name: str) -> ModelConfig:
     return ModelConfig(
         name=name,
         resolution=res,
-        encoder=EncoderConfig(kind=p["encoder_kind"], code_dim=code_dim),
+        encoder=EncoderConfig(kind=p["encoder_kind"], code_dim=code_dim, **p.get("encoder", {})),
         generator=GeneratorConfig(resolution=res, c_dim=code_dim, **p["g"]),
         discriminator=DiscriminatorConfig(resolution=res, c_dim=code_dim, **p["d"]),
     )

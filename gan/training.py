@@ -52,15 +52,6 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
                      # colour / translation augmentation would only blur the colours and positions
                      # the prompts ask for: no augmentation here (user datasets keep ADA).
                      augment=dict(mode="off"), workers=1,
-                     model=dict(
-                         # Narrower G and D than the network preset: ~6x less compute per image.
-                         generator=dict(channel_base=1024, channel_max=64),
-                         discriminator=dict(channel_base=1024, channel_max=64),
-                         # Latency coding is deterministic: with rate coding the Bernoulli noise
-                         # between two encodings of one prompt (mean |diff| 0.126 in the pooled
-                         # code) was as large as the difference between prompts (0.131), which
-                         # hid the caption from G and D. Latency: 0 noise, 0.095 between prompts.
-                         encoder=dict(coding="latency")),
                      # Rows that vary one thing at a time: position, colour, shape, relation.
                      grid_prompts=(
                          "a large red circle on the left on a white background",
@@ -96,6 +87,7 @@ class TrainConfig:
     batch_gpu: int | None = None  # Images per process per micro-batch; None = batch / processes.
     g_lr: float = 0.0025  # Adam learning rate of G (generator + text encoder).
     d_lr: float = 0.0025  # Adam learning rate of D.
+    encoder_lr_mult: float = 0.01  # Text encoder's learning rate relative to g_lr (0 = frozen).
     loss: LossConfig = field(default_factory=LossConfig)  # R1 gamma/interval, matching-aware weight.
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # Differentiable augmentation + ADA.
     ema_kimg: float = 10.0  # EMA half-life in kimg.
@@ -175,6 +167,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.batch >= 1, f"--batch must be >= 1, got {cfg.batch}")
     need(cfg.batch_gpu is None or cfg.batch_gpu >= 1, f"--batch-gpu must be >= 1, got {cfg.batch_gpu}")
     need(cfg.g_lr > 0 and cfg.d_lr > 0, f"--lr must be > 0, got G {cfg.g_lr}, D {cfg.d_lr}")
+    need(cfg.encoder_lr_mult >= 0, f"--encoder-lr-mult must be >= 0, got {cfg.encoder_lr_mult}")
     need(cfg.mixed_precision in MIXED_PRECISION,
          f"--mixed-precision must be one of {MIXED_PRECISION}, got {cfg.mixed_precision!r}")
     need(cfg.encoder in (None, "embedding", "recurrent", "transformer"),
@@ -449,8 +442,13 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
 
     # Lazy R1 steps D's Adam r1_interval / (r1_interval + 1) times as often (StyleGAN2's mb_ratio).
     mb = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1) if cfg.loss.r1_gamma > 0 else 1.0
-    g_opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.g_lr, betas=(0.0, 0.99),
-                             eps=1e-8)
+    # The text encoder learns slower than G: at G's rate its spiking layers drift into saturation
+    # within a few kimg (firing rate 0.06 -> 0.28) and the codes of different prompts collapse
+    # before D has learnt to read them (measured on shapes32).
+    g_groups = [{"params": [p for p in model.generator.parameters() if p.requires_grad], "lr": cfg.g_lr},
+                {"params": [p for p in model.encoder.parameters() if p.requires_grad],
+                 "lr": cfg.g_lr * cfg.encoder_lr_mult}]
+    g_opt = torch.optim.Adam([g for g in g_groups if g["params"]], betas=(0.0, 0.99), eps=1e-8)
     d_opt = torch.optim.Adam(D.parameters(), lr=cfg.d_lr * mb, betas=(0.0, 0.99**mb), eps=1e-8)
     G_step, D_ddp, g_opt, d_opt = accelerator.prepare(GeneratorStep(model), D, g_opt, d_opt)
     G_raw, D_raw = accelerator.unwrap_model(G_step), accelerator.unwrap_model(D_ddp)
@@ -478,7 +476,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         from data import to_float
 
         b = next(batches)
-        return MicroBatch(real=to_float(b["image"]).to(device), tokens=tokenizer(b["text"]).to(device),
+        return MicroBatch(real=to_float(b["image"]).to(device), tokens=tokenizer(b["text"], emphasis=False).to(device),
                           index=b["index"])
 
     stop = {"signal": None}

@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, default=None, help="global batch size")
     p.add_argument("--batch-gpu", type=int, default=None, help="images per process per micro-batch")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate of G and D")
+    p.add_argument("--encoder-lr-mult", type=float, default=None,
+                   help="text encoder learning rate relative to --lr (0 = frozen)")
     p.add_argument("--gamma", type=float, default=None, help="R1 regularisation weight")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
     p.add_argument("--seed", type=int, default=None)
@@ -65,6 +67,7 @@ def build_config(args: argparse.Namespace):
     overrides: dict[str, Any] = dict(
         data=args.data, encoder=args.encoder, out=args.out or f"runs/{args.preset}", kimg=args.kimg,
         batch=args.batch, batch_gpu=args.batch_gpu, g_lr=args.lr, d_lr=args.lr,
+        encoder_lr_mult=args.encoder_lr_mult,
         mixed_precision=args.mixed_precision, seed=args.seed, snap=args.snap, resume=args.resume,
         init_from=args.init_from, workers=args.workers, threads=args.threads)
     if args.gamma is not None:
