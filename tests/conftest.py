@@ -11,6 +11,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 # Tests import the packages from this checkout, whatever else is installed.
@@ -25,3 +26,12 @@ def emoji_dir() -> Path:
     if not (EMOJI_DIR / "metadata.jsonl").is_file():
         pytest.skip(f"real dataset not found at {EMOJI_DIR} (needs the shared/ checkout beside the repo)")
     return EMOJI_DIR
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors run faster on one thread (no OpenMP hand-offs); restores the count after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -20,13 +20,7 @@ CAPTIONS = ["a red circle", "a blue square left of a green triangle", "a big yel
 PROMPTS = ["a (red:1.4) circle", "a blue square left of a green triangle"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids OpenMP spin-waits on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model_dir(path: Path, seed: int = 0) -> Path:

@@ -162,13 +162,10 @@ def test_cli_prompts_file_errors(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tmp_path_factory, one_thread):
     from tests.test_pipeline import make_model_dir
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: avoid OpenMP spin-waits on a shared machine
-    yield make_model_dir(tmp_path_factory.mktemp("model"))
-    torch.set_num_threads(n)
+    return make_model_dir(tmp_path_factory.mktemp("model"))
 
 
 def test_cli_folder_of_pngs(model_dir, tmp_path, capsys):
