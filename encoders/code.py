@@ -54,9 +54,10 @@ class SpikeCode:
         )
 
     def to(self, *args, **kwargs) -> SpikeCode:
+        """Like Tensor.to for the float tensors; the bool mask only follows the device."""
+        pooled = self.pooled.to(*args, **kwargs)
         stats = {k: v.to(*args, **kwargs) for k, v in self.stats.items()}
-        mask = self.mask.to(device=self.pooled.to(*args, **kwargs).device)
-        return SpikeCode(self.pooled.to(*args, **kwargs), self.tokens.to(*args, **kwargs), mask, stats)
+        return SpikeCode(pooled, self.tokens.to(*args, **kwargs), self.mask.to(device=pooled.device), stats)
 
     def detach(self) -> SpikeCode:
         stats = {k: v.detach() for k, v in self.stats.items()}
