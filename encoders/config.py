@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 KINDS = ("embedding", "recurrent", "transformer")
 CODINGS = ("rate", "latency")
+RATE_NOISES = ("fresh", "frozen")
 RECURRENT_CELLS = ("rleaky", "slstm")
 
 
@@ -20,6 +21,7 @@ class EncoderConfig:
     num_layers: int = 2  # spiking layers (recurrent: the first is the recurrent one)
     steps_per_token: int = 4  # time steps in each token's window
     coding: str = "rate"  # "rate" (Bernoulli) or "latency" (one spike, larger value fires earlier)
+    rate_noise: str = "fresh"  # rate coding in training: "fresh" Bernoulli noise each step, or "frozen" (eval's draw)
     beta: float = 0.9  # membrane decay per step
     threshold: float = 1.0  # firing threshold
     learn_beta: bool = False  # train the decay too
@@ -39,6 +41,7 @@ class EncoderConfig:
 
         check(self.kind in KINDS, "kind", f"must be one of {KINDS}")
         check(self.coding in CODINGS, "coding", f"must be one of {CODINGS}")
+        check(self.rate_noise in RATE_NOISES, "rate_noise", f"must be one of {RATE_NOISES}")
         check(self.recurrent_cell in RECURRENT_CELLS, "recurrent_cell", f"must be one of {RECURRENT_CELLS}")
         for name in ("code_dim", "embed_dim", "hidden", "num_layers", "steps_per_token", "max_length", "min_freq"):
             check(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "must be an int >= 1")

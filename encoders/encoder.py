@@ -72,7 +72,7 @@ class SpikingTextEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.coder = SpikeCoder(coding=cfg.coding, steps_per_token=cfg.steps_per_token, seed=cfg.seed,
-                                latency_sigma=cfg.latency_sigma)
+                                latency_sigma=cfg.latency_sigma, rate_noise=cfg.rate_noise)
         self.stack = SpikingStack(in_features=cfg.embed_dim, hidden=cfg.hidden, num_layers=cfg.num_layers,
                                   first_neuron=first_neuron, beta=cfg.beta, threshold=cfg.threshold,
                                   learn_beta=cfg.learn_beta, slstm_threshold=cfg.slstm_threshold)

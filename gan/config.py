@@ -161,11 +161,12 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # The CPU main job: 32 px shapes, trains in ~20 minutes on 2 cores. Narrow networks (~25
     # CPU-seconds per kimg); mapping lr multipliers raised from StyleGAN2's 0.01 so that G's
     # mapping and D's projection learn to read the code within a short run (measured: the
-    # real/mismatch score gap at 33 kimg was 0.5 with these, 0.16 with 0.01). Latency coding
-    # is deterministic: with rate coding two encodings of one prompt differed as much as two
-    # prompts did.
+    # real/mismatch score gap at 33 kimg was 0.5 with these, 0.16 with 0.01). Rate coding with
+    # frozen noise: deterministic codes (fresh Bernoulli noise made two encodings of one prompt
+    # differ as much as two prompts do) that keep what the words say (a linear probe reads a
+    # one-object caption's colour from the pooled code with accuracy 0.98; latency coding 0.52).
     "shapes32": dict(
-        resolution=32, encoder_kind="recurrent", code_dim=128, encoder=dict(coding="latency"),
+        resolution=32, encoder_kind="recurrent", code_dim=128, encoder=dict(coding="rate", rate_noise="frozen"),
         g=dict(z_dim=64, w_dim=128, channel_base=1024, channel_max=64, attn_resolutions=(8, 16), attn_heads=4,
                mapping_lr_mult=0.1),
         d=dict(channel_base=1024, channel_max=64, mapping_lr_mult=1.0),

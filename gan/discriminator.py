@@ -1,7 +1,8 @@
 """Residual StyleGAN2 discriminator with projection conditioning on the pooled spike code.
 
-D(img, pooled) -> one logit per image. Matching-aware training needs no extra API: call D
-with the pooled codes of other prompts (e.g. `pooled[perm]`) to score mismatched pairs.
+D(img, pooled) -> one logit per image. D(img, pooled, pairs=True) -> a [B, B] matrix scoring
+every image under every prompt of the batch (row i: image i; the diagonal is D(img, pooled)),
+at the cost of one forward: what the matching-aware and contrastive loss terms read.
 """
 from __future__ import annotations
 
@@ -92,8 +93,9 @@ class Discriminator(nn.Module):
         if cfg.channels_last:  # conv weights in NHWC too, else every conv call converts them
             self.to(memory_format=torch.channels_last)
 
-    def forward(self, img: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
-        """img [B, 3, R, R] in [-1, 1], pooled [B, c_dim] -> logits [B]."""
+    def forward(self, img: torch.Tensor, pooled: torch.Tensor, *, pairs: bool = False) -> torch.Tensor:
+        """img [B, 3, R, R] in [-1, 1], pooled [B, c_dim] -> logits [B] (pairs=True: [B, B],
+        entry [i, j] scores image i under prompt j)."""
         B = img.shape[0]
         R = self.cfg.resolution
         assert img.shape == (B, 3, R, R), (img.shape, R)
@@ -104,4 +106,6 @@ class Discriminator(nn.Module):
         x = self.conv(self.mbstd(x))
         x = self.out(self.fc(x.flatten(1)))  # [B, cmap_dim]
         cmap = self.cmap(None, pooled).to(x.dtype)  # [B, cmap_dim]
+        if pairs:
+            return x @ cmap.T / math.sqrt(self.cmap_dim)
         return (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)

@@ -2,24 +2,30 @@
 
 Phases the training loop calls:
   Gmain  non-saturating logistic loss for G (and, through G's use of the code, the text
-         encoder): softplus(-D(aug(G(z, c)), c)).
+         encoder): softplus(-D(aug(G(z, c)), c)), plus contrastive_weight * the contrastive
+         term on fakes (below).
   Dmain  softplus(D(aug(fake), c)) + softplus(-D(aug(real), c))
-         + match_weight * softplus(D(aug(real), c_mismatched))   (matching-aware: a real
-         image under another image's caption counts as fake, so D must read the caption).
+         + match_weight * mean over i != j of softplus(D(aug(real_i), c_j))   (matching-aware:
+         a real image under another image's caption counts as fake, so D must read the caption)
+         + contrastive_weight * the contrastive term on reals.
   Dreg   lazy R1 on reals: gamma / 2 * ||grad_x D(aug(x), c)||^2, multiplied by
          r1_interval because it runs only every r1_interval steps.
 
-How the text encoder trains: it sits inside G (one module with G's optimiser) and learns
-through its surrogate gradients from the Gmain loss, via the mapping network and the
-cross-attention that read the code. D always receives a *detached* pooled code: if the G
-loss could also move the code inside D's projection head, the encoder would win the G loss
-by shifting codes toward what D calls real instead of by changing images, a shortcut that
-chases D and does not improve samples. D's view of a caption is therefore whatever the
-encoder currently says, and the matching-aware term keeps D conditioning on it.
+The matching-aware and contrastive terms score every image of the batch under every caption
+of the batch from one D forward (`D(img, pooled, pairs=True)`, a [B, B] matrix whose diagonal
+is the usual logit), so B - 1 mismatched captions per real image cost no extra D pass. Pairs
+whose captions code identically are neither mismatches nor negatives.
+
+Contrastive term (XMC-GAN's image-text contrastive loss, on D's own projection scores):
+cross-entropy of each image's row of scores against its own caption, -log softmax_j(D(x_i,
+c_j))[i]. On reals it teaches D's projection to tell the captions apart; on fakes it gives G a
+gradient toward *its* caption and away from the batch's others, a conditioning signal that
+does not wait for D's realism verdict to depend on the caption (the GAN term alone left
+shapes32's colours at chance after 50 kimg).
 
 Callables the loss runs (the loop hands in DDP-wrapped or plain modules per phase):
   G(z [B, z_dim], batch) -> (img [B, 3, R, R], code SpikeCode)
-  D(img [B, 3, R, R], pooled [B, C]) -> logits [B]
+  D(img [B, 3, R, R], pooled [B, C], pairs=False) -> logits [B]  (pairs=True: [B, B])
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ class LossConfig:
     r1_gamma: float = 1.0  # R1 weight gamma; 0 = no R1.
     r1_interval: int = 16  # Lazy regularisation: R1 every this many steps (scaled up to match).
     match_weight: float = 1.0  # Weight of the matching-aware (mismatched caption) term in D.
+    contrastive_weight: float = 0.0  # Weight of the image-caption contrastive term (D on reals, G on fakes).
 
     def __post_init__(self) -> None:
         if self.r1_gamma < 0:
@@ -49,19 +56,25 @@ class LossConfig:
             raise ValueError(f"loss.r1_interval must be >= 1, got {self.r1_interval}")
         if self.match_weight < 0:
             raise ValueError(f"loss.match_weight must be >= 0, got {self.match_weight}")
+        if self.contrastive_weight < 0:
+            raise ValueError(f"loss.contrastive_weight must be >= 0, got {self.contrastive_weight}")
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def mismatch_permutation(pooled: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pair each prompt with its neighbour's (a roll by one) and flag the pairs whose codes
-    actually differ (two identical captions are no mismatch). pooled: [B, C] ->
-    (perm [B] long, differs [B] bool)."""
-    B = pooled.shape[0]
-    perm = torch.roll(torch.arange(B, device=pooled.device), 1)
-    differs = (pooled - pooled[perm]).abs().amax(dim=1) > 1e-6
-    return perm, differs
+def distinct_pairs(pooled: torch.Tensor) -> torch.Tensor:
+    """[B, C] codes -> [B, B] bool, True where prompts i and j code differently (the diagonal,
+    and two identical captions, are no mismatch)."""
+    return (pooled[:, None, :] - pooled[None, :, :]).abs().amax(dim=2) > 1e-6
+
+
+def contrastive_loss(pair_logits: torch.Tensor, distinct: torch.Tensor) -> torch.Tensor:
+    """Mean over rows of -log softmax(row)[i] over the row's own caption and its distinct
+    captions (an identical caption elsewhere in the batch is left out, not a negative)."""
+    keep = distinct | torch.eye(len(distinct), dtype=torch.bool, device=distinct.device)
+    logits = pair_logits.float().masked_fill(~keep, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 
 class GANLoss:
@@ -76,9 +89,13 @@ class GANLoss:
         self.cfg = cfg
         self.augment = augment
 
-    def run_D(self, D: Callable, img: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+    def run_D(self, D: Callable, img: torch.Tensor, pooled: torch.Tensor, *, pairs: bool = False) -> torch.Tensor:
         if self.augment is not None:
             img = self.augment(img)
+        if pairs:
+            logits = D(img, pooled, pairs=True)
+            assert logits.shape == (img.shape[0], pooled.shape[0]), logits.shape
+            return logits
         logits = D(img, pooled)
         assert logits.shape == (img.shape[0],), logits.shape
         return logits
@@ -95,9 +112,16 @@ class GANLoss:
 
     def g_main(self, *, G: Callable, D: Callable, z: torch.Tensor, batch: Any):
         img, code = G(z, batch)
-        logits = self.run_D(D, img, code.pooled.detach())
+        pooled = code.pooled.detach()
+        contrastive = self.cfg.contrastive_weight > 0
+        scores = self.run_D(D, img, pooled, pairs=contrastive)
+        logits = scores.diagonal() if contrastive else scores
         loss = F.softplus(-logits).mean()
         stats = {"loss/G": loss.detach(), "scores/fake_G": logits.detach().mean()}
+        if contrastive:
+            loss_con = contrastive_loss(scores, distinct_pairs(pooled))
+            loss = loss + self.cfg.contrastive_weight * loss_con
+            stats["loss/G_contrastive"] = loss_con.detach()
         # The encoder's spike statistics (firing rate, spikes and synaptic operations per prompt).
         stats.update({f"spikes/{k}": v.detach().float().mean() for k, v in code.stats.items()})
         return loss, stats
@@ -106,8 +130,10 @@ class GANLoss:
         with torch.no_grad():
             fake, code = G(z, batch)
         pooled = code.pooled.detach()
+        pairs = self.cfg.match_weight > 0 or self.cfg.contrastive_weight > 0
         fake_logits = self.run_D(D, fake.detach(), pooled)
-        real_logits = self.run_D(D, real, pooled)
+        real_scores = self.run_D(D, real, pooled, pairs=pairs)
+        real_logits = real_scores.diagonal() if pairs else real_scores
         loss_fake = F.softplus(fake_logits).mean()
         loss_real = F.softplus(-real_logits).mean()
         loss = loss_fake + loss_real
@@ -120,14 +146,18 @@ class GANLoss:
             "ada/sign_sum": real_logits.detach().sign().sum(),
             "ada/count": torch.tensor(float(real.shape[0]), device=real.device),
         }
+        distinct = distinct_pairs(pooled) if pairs else None
         if self.cfg.match_weight > 0:
-            perm, differs = mismatch_permutation(pooled)
-            mis_logits = self.run_D(D, real, pooled[perm])
-            w = differs.to(mis_logits.dtype)
-            loss_mis = (F.softplus(mis_logits) * w).sum() / w.sum().clamp(min=1)
+            w = distinct.to(real_scores.dtype)
+            n = w.sum().clamp(min=1)
+            loss_mis = (F.softplus(real_scores) * w).sum() / n
             loss = loss + self.cfg.match_weight * loss_mis
             stats["loss/D_mismatch"] = loss_mis.detach()
-            stats["scores/mismatch"] = ((mis_logits * w).sum() / w.sum().clamp(min=1)).detach()
+            stats["scores/mismatch"] = ((real_scores * w).sum() / n).detach()
+        if self.cfg.contrastive_weight > 0:
+            loss_con = contrastive_loss(real_scores, distinct)
+            loss = loss + self.cfg.contrastive_weight * loss_con
+            stats["loss/D_contrastive"] = loss_con.detach()
         stats["loss/D"] = loss.detach()
         return loss, stats
 

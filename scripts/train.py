@@ -35,6 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder-lr-mult", type=float, default=None,
                    help="text encoder learning rate relative to --lr (0 = frozen)")
     p.add_argument("--gamma", type=float, default=None, help="R1 regularisation weight")
+    p.add_argument("--match-weight", type=float, default=None,
+                   help="weight of the matching-aware term (real image, other caption = fake)")
+    p.add_argument("--contrastive-weight", type=float, default=None,
+                   help="weight of the image-caption contrastive term (D on reals, G on fakes)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--snap", type=float, default=None, help="kimg between snapshots")
@@ -60,8 +64,10 @@ def build_config(args: argparse.Namespace):
     for flag, value in (("--batch", args.batch), ("--batch-gpu", args.batch_gpu), ("--threads", args.threads)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
-    if args.gamma is not None and args.gamma < 0:
-        raise ValueError(f"--gamma must be >= 0, got {args.gamma}")
+    for flag, value in (("--gamma", args.gamma), ("--match-weight", args.match_weight),
+                        ("--contrastive-weight", args.contrastive_weight)):
+        if value is not None and value < 0:
+            raise ValueError(f"{flag} must be >= 0, got {value}")
     if args.workers is not None and args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     overrides: dict[str, Any] = dict(
@@ -70,8 +76,9 @@ def build_config(args: argparse.Namespace):
         encoder_lr_mult=args.encoder_lr_mult,
         mixed_precision=args.mixed_precision, seed=args.seed, snap=args.snap, resume=args.resume,
         init_from=args.init_from, workers=args.workers, threads=args.threads)
-    if args.gamma is not None:
-        overrides["loss"] = {"r1_gamma": args.gamma}
+    loss = {"r1_gamma": args.gamma, "match_weight": args.match_weight, "contrastive_weight": args.contrastive_weight}
+    if loss := {k: v for k, v in loss.items() if v is not None}:
+        overrides["loss"] = loss
     if args.augment is not None:
         overrides["augment"] = {"mode": args.augment}
     try:

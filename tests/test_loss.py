@@ -8,7 +8,7 @@ from torch import nn
 
 from encoders.code import SpikeCode
 from gan.ema import EMA, ema_beta
-from gan.loss import GANLoss, LossConfig, mismatch_permutation
+from gan.loss import GANLoss, LossConfig, contrastive_loss, distinct_pairs
 
 
 class TinyG(nn.Module):
@@ -33,8 +33,10 @@ class TinyD(nn.Module):
         self.feat = nn.Linear(48, 4)
         self.out = nn.Linear(4, 1)
 
-    def forward(self, img, pooled):
+    def forward(self, img, pooled, pairs=False):
         h = torch.relu(self.feat(img.flatten(1)))
+        if pairs:
+            return self.out(h) + h @ pooled.T  # [B, B]
         return self.out(h)[:, 0] + (h * pooled).sum(1)  # projection discriminator
 
 
@@ -44,11 +46,38 @@ def nets():
     return TinyG(), TinyD()
 
 
-def test_mismatch_permutation_skips_identical_captions():
+def test_distinct_pairs_skips_identical_captions():
     pooled = torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0], [2.0, 2.0]])
-    perm, differs = mismatch_permutation(pooled)
-    assert perm.tolist() == [3, 0, 1, 2]
-    assert differs.tolist() == [True, False, True, True]
+    assert distinct_pairs(pooled).tolist() == [
+        [False, False, True, True],
+        [False, False, True, True],
+        [True, True, False, True],
+        [True, True, True, False],
+    ]
+
+
+def test_contrastive_loss_matches_naive_softmax_over_distinct_captions():
+    scores = torch.randn(4, 4)
+    distinct = distinct_pairs(torch.tensor([[1.0, 0], [1.0, 0], [0, 1.0], [2.0, 2.0]]))
+    want = []
+    for i in range(4):
+        cols = [j for j in range(4) if j == i or distinct[i, j]]
+        want.append(-(scores[i, i] - torch.logsumexp(scores[i, cols], dim=0)))
+    torch.testing.assert_close(contrastive_loss(scores, distinct), torch.stack(want).mean())
+
+
+def test_g_main_contrastive_term(nets):
+    G, D = nets
+    z, ids = torch.randn(4, 3), torch.tensor([0, 1, 1, 3])
+    loss, stats = GANLoss(cfg=LossConfig(contrastive_weight=0.5), augment=None)("Gmain", G=G, D=D, z=z, batch=ids)
+    img, code = G(z, ids)
+    p = code.pooled.detach()
+    scores = torch.stack([torch.stack([D(img[i:i + 1], p[j:j + 1])[0] for j in range(4)]) for i in range(4)])
+    want = F.softplus(-scores.diagonal()).mean() + 0.5 * contrastive_loss(scores, distinct_pairs(p))
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(stats["loss/G_contrastive"], contrastive_loss(scores, distinct_pairs(p)).detach())
+    loss.backward()
+    assert G.to_img.weight.grad.abs().sum() > 0
 
 
 def test_g_main_is_nonsaturating_and_d_code_is_detached(nets):
@@ -71,25 +100,29 @@ def test_g_main_is_nonsaturating_and_d_code_is_detached(nets):
     assert set(stats) == {"loss/G", "scores/fake_G"}
 
 
-def test_d_main_matches_formula_with_matching_aware_term(nets):
+def test_d_main_matches_formula_with_matching_aware_and_contrastive_terms(nets):
     G, D = nets
     z, ids = torch.randn(4, 3), torch.tensor([0, 0, 2, 3])  # prompts 0 and 1 identical
     real = torch.rand(4, 3, 4, 4) * 2 - 1
-    loss_fn = GANLoss(cfg=LossConfig(match_weight=0.5), augment=None)
+    loss_fn = GANLoss(cfg=LossConfig(match_weight=0.5, contrastive_weight=0.25), augment=None)
     loss, stats = loss_fn("Dmain", G=G, D=D, z=z, batch=ids, real=real)
     with torch.no_grad():
         fake, code = G(z, ids)
         p = code.pooled
-        mis = D(real, p[[3, 0, 1, 2]])
-        w = torch.tensor([1.0, 0.0, 1.0, 1.0])  # row 1's neighbour has the same caption
+        # Naive: score every real image under every caption, one pair at a time.
+        scores = torch.stack([torch.stack([D(real[i:i + 1], p[j:j + 1])[0] for j in range(4)]) for i in range(4)])
+        mis = [scores[i, j] for i in range(4) for j in range(4) if ids[i] != ids[j]]  # 10 mismatched pairs
+        assert len(mis) == 10
         want = (F.softplus(D(fake, p)).mean() + F.softplus(-D(real, p)).mean()
-                + 0.5 * (F.softplus(mis) * w).sum() / 3)
+                + 0.5 * F.softplus(torch.stack(mis)).mean()
+                + 0.25 * contrastive_loss(scores, distinct_pairs(p)))
     torch.testing.assert_close(loss.detach(), want)
     loss.backward()
     assert G.embed.weight.grad is None and G.to_img.weight.grad is None  # G untouched by D loss
     assert D.feat.weight.grad.abs().sum() > 0
     assert stats["ada/count"].item() == 4
     assert stats["ada/sign_sum"].item() == D(real, p).sign().sum().item()
+    assert {"loss/D_mismatch", "loss/D_contrastive"} <= set(stats)
 
 
 def test_d_reg_is_lazy_r1_scaled_by_interval(nets):
@@ -115,6 +148,8 @@ def test_unknown_phase_and_bad_config():
         GANLoss(cfg=LossConfig(), augment=None)("Greg")
     with pytest.raises(ValueError, match="loss.r1_interval"):
         LossConfig(r1_interval=0)
+    with pytest.raises(ValueError, match="loss.contrastive_weight"):
+        LossConfig(contrastive_weight=-1.0)
 
 
 def test_ema_beta_ramp_up():

@@ -210,6 +210,19 @@ def test_discriminator_matching_aware_use(nets):
     assert not torch.allclose(matched, mismatched)
 
 
+def test_discriminator_pairs_scores_every_image_under_every_caption(nets):
+    _, D = nets
+    code = make_code(4)
+    img = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        pairs = D(img, code.pooled, pairs=True)
+        assert pairs.shape == (4, 4)
+        for k in range(4):  # one call per shift of the captions: entry [i, i - k]
+            shifted = D(img, code.pooled.roll(k, dims=0))
+            torch.testing.assert_close(pairs[torch.arange(4), (torch.arange(4) - k) % 4], shifted,
+                                       atol=1e-5, rtol=1e-5)
+
+
 def test_minibatch_std_groups_consecutive_samples():
     from gan.discriminator import MinibatchStd
 

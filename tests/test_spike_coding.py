@@ -1,9 +1,10 @@
 """Spike coding (rate, latency) and LIF dynamics against closed forms and snntorch stepping."""
+import pytest
 import snntorch as snn
 import torch
 from snntorch import spikegen
 
-from encoders import SpikeCoder
+from encoders import EncoderConfig, SpikeCoder
 from encoders.spiking import LeakyIntegrate, SpikingLayer
 
 
@@ -43,6 +44,26 @@ def test_eval_rate_noise_is_frozen_and_shared_by_positions():
     w0, w1, w2 = s[:4], s[4:8], s[8:]
     assert torch.equal(w0, w1) and torch.equal(w1, w2)  # a token's window depends on the token only
     assert torch.equal(s, coder(p, torch.ones(1, 3), torch.ones(1, 3, dtype=torch.bool)))
+
+
+def test_frozen_rate_noise_trains_on_eval_codes_with_gradients():
+    p = intensities(2, 3, 8).requires_grad_(True)
+    w, m = torch.ones(2, 3), torch.ones(2, 3, dtype=torch.bool)
+    frozen = SpikeCoder(coding="rate", steps_per_token=4, seed=3, rate_noise="frozen").train()
+    a, b = frozen(p, w, m), frozen(p, w, m)
+    assert torch.equal(a, b)  # deterministic in training
+    assert torch.equal(a, frozen.eval()(p, w, m))  # and the codes eval gives
+    fresh = SpikeCoder(coding="rate", steps_per_token=4, seed=3).train()
+    assert not torch.equal(fresh(p, w, m), fresh(p, w, m))
+    frozen.train()(p, w, m).sum().backward()
+    assert p.grad.abs().sum() > 0  # straight-through gradients still reach the intensities
+
+
+def test_bad_rate_noise_is_refused():
+    with pytest.raises(ValueError, match="rate_noise"):
+        SpikeCoder(coding="rate", steps_per_token=4, rate_noise="sometimes")
+    with pytest.raises(ValueError, match="EncoderConfig.rate_noise"):
+        EncoderConfig(rate_noise="sometimes")
 
 
 def test_latency_matches_snntorch_spikegen_and_larger_fires_earlier():
