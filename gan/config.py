@@ -35,6 +35,7 @@ class GeneratorConfig:
     embed_dim: int | None = None  # Width of the embedded pooled code; None = w_dim.
     mapping_layers: int = 2  # Fully connected layers in the mapping network.
     mapping_lr_mult: float = 0.01  # Learning-rate multiplier of the mapping network.
+    code_in_w: int = 0  # Features of w that embed the code directly, bypassing the mapping MLP (StyleGAN-T); 0 = none.
     w_avg_beta: float = 0.995  # EMA decay of the tracked mean w (updated in training mode).
     channel_base: int = 4096  # Feature width is min(channel_base // res, channel_max).
     channel_max: int = 128  # Widest feature map.
@@ -52,6 +53,8 @@ class GeneratorConfig:
             raise ValueError(f"generator.attn_resolutions {bad} must be powers of two in [4, {self.resolution}]")
         if self.mapping_layers < 1:
             raise ValueError(f"generator.mapping_layers must be >= 1, got {self.mapping_layers}")
+        if not 0 <= self.code_in_w < self.w_dim:
+            raise ValueError(f"generator.code_in_w must lie in [0, w_dim={self.w_dim}), got {self.code_in_w}")
 
     def channels(self, res: int) -> int:
         return channels_at(res, self.channel_base, self.channel_max)

@@ -15,8 +15,12 @@ TRUNCATIONS = ("prompt", "global")
 class MappingNetwork(nn.Module):
     """[normalised z, normalised embed(c)] -> MLP (equalised lr, lr multiplier) -> w.
 
-    With `z_dim == 0` it maps the code alone (the discriminator's projection `cmap`). When
-    `w_avg_beta` is set it tracks the running mean of w in the buffer `w_avg`.
+    With `code_in_w > 0` the last `code_in_w` features of w are a second, normalised
+    embedding of c that bypasses the MLP, w = [mlp(z, c), embed'(c)], as StyleGAN-T appends
+    its text embedding to the mapping output: every style then reads the prompt through one
+    full-rate linear layer instead of the slow (lr-multiplied) MLP. With `z_dim == 0` it maps
+    the code alone (the discriminator's projection `cmap`). When `w_avg_beta` is set it tracks
+    the running mean of w in the buffer `w_avg`.
     """
 
     def __init__(
@@ -30,14 +34,17 @@ class MappingNetwork(nn.Module):
         embed_dim: int | None = None,  # Width of the embedded code, None = w_dim.
         lr_mult: float = 0.01,  # Learning-rate multiplier of the MLP.
         w_avg_beta: float | None = 0.995,  # EMA decay of the tracked mean w, None = do not track.
+        code_in_w: int = 0,  # Features of w that embed c directly, bypassing the MLP (0 = none).
     ) -> None:
         super().__init__()
         assert z_dim > 0 or c_dim > 0
+        assert 0 <= code_in_w < w_dim and (c_dim or not code_in_w), (code_in_w, w_dim, c_dim)
         self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
         self.w_avg_beta = w_avg_beta
         embed_dim = embed_dim or w_dim
         self.embed = EqualLinear(c_dim, embed_dim) if c_dim else None
-        widths = [z_dim + (embed_dim if c_dim else 0)] + [w_dim] * num_layers
+        self.code_to_w = EqualLinear(c_dim, code_in_w) if code_in_w else None
+        widths = [z_dim + (embed_dim if c_dim else 0)] + [w_dim] * (num_layers - 1) + [w_dim - code_in_w]
         self.layers = nn.Sequential(
             *[EqualLinear(a, b, lr_mult=lr_mult, activation=True) for a, b in zip(widths[:-1], widths[1:])]
         )
@@ -55,6 +62,13 @@ class MappingNetwork(nn.Module):
             parts.append(normalize_2nd_moment(self.embed(c)))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
+    def map(self, z: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
+        """z [B, z_dim], c [B, c_dim] -> w [B, w_dim], untruncated."""
+        x = self.layers(self.embed_inputs(z, c))
+        if self.code_to_w is None:
+            return x
+        return torch.cat([x, normalize_2nd_moment(self.code_to_w(c))], dim=1)
+
     def forward(
         self,
         z: torch.Tensor | None,  # Latents [B, z_dim].
@@ -66,7 +80,7 @@ class MappingNetwork(nn.Module):
         update_w_avg: bool | None = None,  # Update w_avg from this batch; None = in training mode.
     ) -> torch.Tensor:
         """-> ws [B, num_ws, w_dim] (or [B, w_dim] when num_ws is None)."""
-        x = self.layers(self.embed_inputs(z, c))  # [B, w_dim]
+        x = self.map(z, c)  # [B, w_dim]
         if update_w_avg is None:
             update_w_avg = self.training
         if update_w_avg and self.w_avg_beta is not None:
@@ -92,12 +106,12 @@ class MappingNetwork(nn.Module):
         The conditional truncation target of StyleGAN-T: truncating toward it keeps the prompt.
         """
         if not self.z_dim:
-            return self.layers(self.embed_inputs(None, c))
+            return self.map(None, c)
         B = c.shape[0]
         gen = torch.Generator(device=c.device).manual_seed(seed)
         z = torch.randn(num, self.z_dim, generator=gen, device=c.device, dtype=c.dtype)
-        cz = self.embed_inputs(z.repeat(B, 1), c.repeat_interleave(num, dim=0))  # [B*num, in]
-        return self.layers(cz).reshape(B, num, self.w_dim).mean(dim=1)
+        w = self.map(z.repeat(B, 1), c.repeat_interleave(num, dim=0))  # [B*num, w_dim]
+        return w.reshape(B, num, self.w_dim).mean(dim=1)
 
 
 class SynthesisBlock(nn.Module):
@@ -207,6 +221,7 @@ class Generator(nn.Module):
         self.mapping = MappingNetwork(
             z_dim=cfg.z_dim, c_dim=cfg.c_dim, w_dim=cfg.w_dim, num_ws=self.num_ws, num_layers=cfg.mapping_layers,
             embed_dim=cfg.embed_dim, lr_mult=cfg.mapping_lr_mult, w_avg_beta=cfg.w_avg_beta,
+            code_in_w=cfg.code_in_w,
         )
 
     @property

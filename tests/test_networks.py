@@ -91,8 +91,10 @@ def test_presets_build_with_consistent_shapes(name):
         assert D(img, code.pooled).shape == (1,)
 
 
-def test_psi_zero_gives_the_mean(nets):
-    G, _ = nets
+@pytest.mark.parametrize("code_in_w", [0, 8])
+def test_psi_zero_gives_the_mean(code_in_w):
+    torch.manual_seed(0)
+    G = Generator(tiny_cfgs(code_in_w=code_in_w)[0]).eval()
     code, z = make_code(3), torch.randn(3, 12)
     with torch.no_grad():
         G.mapping.w_avg.copy_(torch.randn(24))
@@ -115,6 +117,21 @@ def test_psi_zero_gives_the_mean(nets):
         torch.testing.assert_close(half, 0.5 * (full + target.unsqueeze(1)))
     with pytest.raises(ValueError, match="truncation"):
         G.mapping(z, code.pooled, psi=0.5, truncation="nope")
+
+
+def test_code_in_w_embeds_the_code_past_the_mlp():
+    torch.manual_seed(0)
+    G = Generator(tiny_cfgs(code_in_w=8)[0])
+    code = make_code(2, requires_grad=True)
+    w = G.mapping(torch.randn(2, 12), code.pooled, update_w_avg=False)[:, 0]  # [2, 24]
+    w2 = G.mapping(torch.randn(2, 12), code.pooled, update_w_avg=False)[:, 0]
+    assert w.shape == (2, 24)
+    assert torch.equal(w[:, 16:], w2[:, 16:]) and not torch.allclose(w[:, :16], w2[:, :16])  # z moves the MLP part only
+    assert torch.allclose(w[:, 16:].square().mean(dim=1), torch.ones(2), atol=1e-4)  # normalised like the MLP inputs
+    w[:, 16:].sum().backward()
+    assert code.pooled.grad.abs().sum() > 0 and G.mapping.code_to_w.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="generator.code_in_w"):
+        tiny_cfgs(code_in_w=24)
 
 
 def test_w_avg_tracks_only_in_training_mode():
