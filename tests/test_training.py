@@ -60,7 +60,8 @@ def test_run_directory(full_run):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["kimg"] == 0.128 and cfg["model"]["name"] == "tiny" and cfg["model"]["vocab_size"] > 0
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    for key in ("kimg", "loss/G", "loss/D", "augment_p", "sec_per_kimg", "spikes/firing_rate", "nonfinite_total"):
+    for key in ("kimg", "loss/G", "loss/D", "loss/G_contrastive", "loss/D_contrastive", "loss/D_mismatch",
+                "augment_p", "sec_per_kimg", "spikes/firing_rate", "nonfinite_total"):
         assert key in records[-1], key
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["grid-0000.064.png", "grid-0000.128.png"]
     assert [p.name for p in list_states(out / "checkpoints")] == ["state-0000000064", "state-0000000128"]
@@ -170,6 +171,8 @@ def test_sigterm_writes_state_and_returns(tmp_path, monkeypatch):
     (["--kimg", "-1"], "--kimg"),
     (["--snap", "0"], "--snap"),
     (["--gamma", "-0.5"], "--gamma"),
+    (["--contrastive-weight", "-1"], "--contrastive-weight"),
+    (["--match-weight", "-1"], "--match-weight"),
     (["--batch", "16", "--batch-gpu", "3"], "--batch-gpu"),
     (["--preset", "huge"], "--preset"),
     (["--data", "/no/such/dir"], "--data"),
@@ -196,4 +199,7 @@ def test_dry_run_prints_resolved_config(capsys):
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["train"]["kimg"] == 0.5 and cfg["train"]["g_lr"] == cfg["train"]["d_lr"] == 0.001
     assert cfg["train"]["loss"]["r1_gamma"] == 2 and cfg["train"]["batch"] == 16  # the preset's default
+    assert train_main(["--preset", "tiny", "--contrastive-weight", "0.5", "--match-weight", "0", "--dry-run"]) == 0
+    loss = json.loads(capsys.readouterr().out)["train"]["loss"]
+    assert loss["contrastive_weight"] == 0.5 and loss["match_weight"] == 0 and loss["r1_gamma"] == 0.1
     assert cfg["model"]["resolution"] == 16
