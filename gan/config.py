@@ -170,8 +170,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # one-object caption's colour from the pooled code with accuracy 0.98; latency coding 0.52).
     "shapes32": dict(
         resolution=32, encoder_kind="recurrent", code_dim=128, encoder=dict(coding="rate", rate_noise="frozen"),
-        g=dict(z_dim=64, w_dim=128, channel_base=1024, channel_max=64, attn_resolutions=(8, 16), attn_heads=4,
-               mapping_lr_mult=0.1),
+        g=dict(z_dim=64, w_dim=128, code_in_w=64, channel_base=1024, channel_max=64, attn_resolutions=(8, 16),
+               attn_heads=4, mapping_lr_mult=0.1),
         d=dict(channel_base=1024, channel_max=64, mapping_lr_mult=1.0),
     ),
     "emoji64": dict(
