@@ -3,7 +3,7 @@
 Phases the training loop calls:
   Gmain  non-saturating logistic loss for G (and, through G's use of the code, the text
          encoder): softplus(-D(aug(G(z, c)), c)), plus contrastive_weight * the contrastive
-         term on fakes (below).
+         term on fakes and diversity_weight * the mode-seeking term (below).
   Dmain  softplus(D(aug(fake), c)) + softplus(-D(aug(real), c))
          + match_weight * mean over i != j of softplus(D(aug(real_i), c_j))   (matching-aware:
          a real image under another image's caption counts as fake, so D must read the caption)
@@ -23,6 +23,12 @@ gradient toward *its* caption and away from the batch's others, a conditioning s
 does not wait for D's realism verdict to depend on the caption (the GAN term alone left
 shapes32's colours at chance after 50 kimg).
 
+Mode-seeking term (MSGAN, Mao et al. 2019): with diversity_weight > 0 the G phase draws the
+first half of its captions twice, with two latents each, and adds 1 / (mean|G(z1, c) - G(z2, c)|
+/ mean|z1 - z2| + 1e-5): two seeds of one prompt that give one image cost G a lot. Strong
+conditioning pulls a conditional GAN toward one image per prompt (the contrastive term and a
+higher learning rate took shapes32's LPIPS diversity from 0.12 to 0.06 at 20 kimg).
+
 Callables the loss runs (the loop hands in DDP-wrapped or plain modules per phase):
   G(z [B, z_dim], batch) -> (img [B, 3, R, R], code SpikeCode)
   D(img [B, 3, R, R], pooled [B, C], pairs=False) -> logits [B]  (pairs=True: [B, B])
@@ -35,6 +41,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from encoders.tokenizer import TokenBatch
 from gan.augment import AugmentPipe
 
 PHASES = ("Gmain", "Dmain", "Dreg")
@@ -48,6 +55,7 @@ class LossConfig:
     r1_interval: int = 16  # Lazy regularisation: R1 every this many steps (scaled up to match).
     match_weight: float = 1.0  # Weight of the matching-aware (mismatched caption) term in D.
     contrastive_weight: float = 0.0  # Weight of the image-caption contrastive term (D on reals, G on fakes).
+    diversity_weight: float = 0.0  # Weight of the mode-seeking term in G (two latents per caption).
 
     def __post_init__(self) -> None:
         if self.r1_gamma < 0:
@@ -58,6 +66,8 @@ class LossConfig:
             raise ValueError(f"loss.match_weight must be >= 0, got {self.match_weight}")
         if self.contrastive_weight < 0:
             raise ValueError(f"loss.contrastive_weight must be >= 0, got {self.contrastive_weight}")
+        if self.diversity_weight < 0:
+            raise ValueError(f"loss.diversity_weight must be >= 0, got {self.diversity_weight}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -67,6 +77,25 @@ def distinct_pairs(pooled: torch.Tensor) -> torch.Tensor:
     """[B, C] codes -> [B, B] bool, True where prompts i and j code differently (the diagonal,
     and two identical captions, are no mismatch)."""
     return (pooled[:, None, :] - pooled[None, :, :]).abs().amax(dim=2) > 1e-6
+
+
+def paired_rows(batch_size: int) -> list[int]:
+    """Rows for the mode-seeking G batch: the first half twice (an odd last row is kept), so
+    rows i and i + batch_size // 2 share a caption."""
+    half = batch_size // 2
+    return list(range(half)) * 2 + list(range(2 * half, batch_size))
+
+
+def mode_seeking_loss(img: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """1 / (mean|img1 - img2| / mean|z1 - z2| + 1e-5) over the pairs (i, i + B // 2)."""
+    half = img.shape[0] // 2
+    ratio = (img[:half] - img[half:2 * half]).float().abs().mean() / (z[:half] - z[half:2 * half]).abs().mean()
+    return 1 / (ratio + 1e-5)
+
+
+def take_rows(batch: Any, rows: list[int]) -> Any:
+    """Rows of a TokenBatch (or of any tensor batch)."""
+    return batch.index(rows) if isinstance(batch, TokenBatch) else batch[torch.tensor(rows)]
 
 
 def contrastive_loss(pair_logits: torch.Tensor, distinct: torch.Tensor) -> torch.Tensor:
@@ -111,6 +140,9 @@ class GANLoss:
         raise ValueError(f"unknown loss phase {phase!r}; expected one of {PHASES}")
 
     def g_main(self, *, G: Callable, D: Callable, z: torch.Tensor, batch: Any):
+        diversity = self.cfg.diversity_weight > 0 and z.shape[0] >= 2
+        if diversity:
+            batch = take_rows(batch, paired_rows(z.shape[0]))
         img, code = G(z, batch)
         pooled = code.pooled.detach()
         contrastive = self.cfg.contrastive_weight > 0
@@ -122,6 +154,10 @@ class GANLoss:
             loss_con = contrastive_loss(scores, distinct_pairs(pooled))
             loss = loss + self.cfg.contrastive_weight * loss_con
             stats["loss/G_contrastive"] = loss_con.detach()
+        if diversity:
+            loss_div = mode_seeking_loss(img, z)
+            loss = loss + self.cfg.diversity_weight * loss_div
+            stats["loss/G_mode_seeking"] = loss_div.detach()
         # The encoder's spike statistics (firing rate, spikes and synaptic operations per prompt).
         stats.update({f"spikes/{k}": v.detach().float().mean() for k, v in code.stats.items()})
         return loss, stats

@@ -42,7 +42,7 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # Tests and smoke runs: a few steps of the 16 px networks, every loss term on.
     "tiny": dict(kimg=0.128, batch=16, snap=0.064, tick=0.032, ema_kimg=0.01, ema_rampup=None,
-                 loss=dict(r1_gamma=0.1, r1_interval=4, contrastive_weight=1.0),
+                 loss=dict(r1_gamma=0.1, r1_interval=4, contrastive_weight=1.0, diversity_weight=1.0),
                  augment=dict(interval=2, speed_kimg=1.0), grid_seeds=4, grid_rows=4, workers=0),
     # The CPU main job (README command one): 32 px shapes in about 20 minutes on 2 cores
     # (measured ~25 CPU-seconds per kimg with one thread).

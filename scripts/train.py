@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight of the matching-aware term (real image, other caption = fake)")
     p.add_argument("--contrastive-weight", type=float, default=None,
                    help="weight of the image-caption contrastive term (D on reals, G on fakes)")
+    p.add_argument("--diversity-weight", type=float, default=None,
+                   help="weight of the mode-seeking term (two latents per caption in the G phase)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--snap", type=float, default=None, help="kimg between snapshots")
@@ -65,7 +67,8 @@ def build_config(args: argparse.Namespace):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     for flag, value in (("--gamma", args.gamma), ("--match-weight", args.match_weight),
-                        ("--contrastive-weight", args.contrastive_weight)):
+                        ("--contrastive-weight", args.contrastive_weight),
+                        ("--diversity-weight", args.diversity_weight)):
         if value is not None and value < 0:
             raise ValueError(f"{flag} must be >= 0, got {value}")
     if args.workers is not None and args.workers < 0:
@@ -76,7 +79,8 @@ def build_config(args: argparse.Namespace):
         encoder_lr_mult=args.encoder_lr_mult,
         mixed_precision=args.mixed_precision, seed=args.seed, snap=args.snap, resume=args.resume,
         init_from=args.init_from, workers=args.workers, threads=args.threads)
-    loss = {"r1_gamma": args.gamma, "match_weight": args.match_weight, "contrastive_weight": args.contrastive_weight}
+    loss = {"r1_gamma": args.gamma, "match_weight": args.match_weight, "contrastive_weight": args.contrastive_weight,
+            "diversity_weight": args.diversity_weight}
     if loss := {k: v for k, v in loss.items() if v is not None}:
         overrides["loss"] = loss
     if args.augment is not None:

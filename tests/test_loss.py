@@ -8,7 +8,7 @@ from torch import nn
 
 from encoders.code import SpikeCode
 from gan.ema import EMA, ema_beta
-from gan.loss import GANLoss, LossConfig, contrastive_loss, distinct_pairs
+from gan.loss import GANLoss, LossConfig, contrastive_loss, distinct_pairs, mode_seeking_loss, paired_rows
 
 
 class TinyG(nn.Module):
@@ -98,6 +98,27 @@ def test_g_main_is_nonsaturating_and_d_code_is_detached(nets):
     torch.testing.assert_close(g_embed, G.embed.weight.grad)
     assert g_embed.abs().sum() > 0
     assert set(stats) == {"loss/G", "scores/fake_G"}
+
+
+def test_g_main_mode_seeking_pairs_two_latents_per_caption(nets):
+    G, D = nets
+    z, ids = torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 4])
+    assert paired_rows(5) == [0, 1, 0, 1, 4]
+    loss, stats = GANLoss(cfg=LossConfig(diversity_weight=0.5), augment=None)("Gmain", G=G, D=D, z=z, batch=ids)
+    pair_ids = ids[[0, 1, 0, 1, 4]]
+    img, code = G(z, pair_ids)
+    # Naive: per pair, then MSGAN's ratio of mean image distance to mean latent distance.
+    d_img = torch.stack([(img[i] - img[i + 2]).abs().mean() for i in range(2)]).mean()
+    d_z = torch.stack([(z[i] - z[i + 2]).abs().mean() for i in range(2)]).mean()
+    want = F.softplus(-D(img, code.pooled)).mean() + 0.5 / (d_img / d_z + 1e-5)
+    torch.testing.assert_close(loss, want)
+    torch.testing.assert_close(stats["loss/G_mode_seeking"], mode_seeking_loss(img, z).detach())
+    # Identical images for one caption cost the most: the loss falls as the pair differs more.
+    same = torch.zeros(4, 3, 4, 4)
+    apart = torch.cat([torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)])
+    assert mode_seeking_loss(same, z[:4]) > mode_seeking_loss(apart, z[:4])
+    with pytest.raises(ValueError, match="loss.diversity_weight"):
+        LossConfig(diversity_weight=-1.0)
 
 
 def test_d_main_matches_formula_with_matching_aware_and_contrastive_terms(nets):
