@@ -46,8 +46,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
                  augment=dict(interval=2, speed_kimg=1.0), grid_seeds=4, grid_rows=4, workers=0),
     # The CPU main job (README command one): 32 px shapes in about 20 minutes on 2 cores
     # (measured ~25 CPU-seconds per kimg with one thread).
-    # 20-kimg runs scored by the attribute probe picked lr 0.005 and the contrastive term:
-    # mean attribute accuracy 0.46 (lr 0.0025, no contrastive term) -> 0.54, count 0.76 -> 0.90,
+    # 20-kimg runs scored by the attribute probe picked lr 0.005, the contrastive term and
+    # code_in_w: mean attribute accuracy 0.46 (lr 0.0025, neither) -> 0.54, count 0.76 -> 0.90,
     # position 0.63 -> 0.82; but LPIPS diversity fell 0.12 -> 0.06 (one image per prompt), which
     # the mode-seeking term brings back to 0.15 (the issue 5 note lists every run).
     "shapes32": dict(kimg=50.0, batch=32, snap=10.0, tick=1.0, g_lr=0.005, d_lr=0.005, ema_kimg=2.0,
