@@ -81,3 +81,16 @@ def test_pooled_conv_equals_conv_of_pooled_input():
         pooled = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
         expected = torch.relu(torch.nn.functional.conv2d(pooled, branch.conv.weight, branch.conv.bias))
         torch.testing.assert_close(branch(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_stem_equals_one_pass(extractor, monkeypatch):
+    import eval.inception as inception
+
+    x = (torch.rand(5, 3, 299, 299, generator=torch.Generator().manual_seed(0)) * 2 - 1).contiguous(
+        memory_format=torch.channels_last)
+    with torch.no_grad():
+        monkeypatch.setattr(inception, "STEM_CHUNK", 2)  # chunks of 2, 2, 1
+        chunked = extractor.model(x)
+        monkeypatch.setattr(inception, "STEM_CHUNK", 8)  # one pass
+        whole = extractor.model(x)
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
