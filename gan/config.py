@@ -79,6 +79,7 @@ class DiscriminatorConfig:
     cmap_dim: int | None = None  # Width of the projection; None = channels at 4x4.
     mapping_layers: int = 2  # Layers of the code -> cmap mapping.
     mapping_lr_mult: float = 0.01  # Learning-rate multiplier of that mapping.
+    word_classes: int = 0  # Outputs of the word classifier (the vocabulary size; 0 = none).
     mbstd_group: int = 4  # Minibatch-std group size (largest divisor of the batch up to this).
     mbstd_channels: int = 1  # Minibatch-std feature channels.
     channels_last: bool = True  # Run convolutions in NHWC memory format.
@@ -86,6 +87,8 @@ class DiscriminatorConfig:
 
     def __post_init__(self) -> None:
         _check_resolution(self.resolution, "discriminator")
+        if self.word_classes < 0:
+            raise ValueError(f"discriminator.word_classes must be >= 0, got {self.word_classes}")
 
     def channels(self, res: int) -> int:
         return channels_at(res, self.channel_base, self.channel_max)

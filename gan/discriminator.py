@@ -3,6 +3,13 @@
 D(img, pooled) -> one logit per image. D(img, pooled, pairs=True) -> a [B, B] matrix scoring
 every image under every prompt of the batch (row i: image i; the diagonal is D(img, pooled)),
 at the cost of one forward: what the matching-aware and contrastive loss terms read.
+
+With `word_classes` > 0, D also holds a word classifier (AC-GAN's auxiliary classifier, for
+captions: one logit per vocabulary entry, "does the caption of this image contain this word?");
+D(..., words=True) returns (logits, word_logits [B, word_classes]). It is a small CNN of its own
+(`WordNet`) rather than a head on D's features: trained as a plain classifier on real shapes
+images for 10 kimg, shapes32's D trunk with a word head told the 5 shapes apart 30 % of the
+time, a CNN with instance norm and no blur before its strided convs 86 %.
 """
 from __future__ import annotations
 
@@ -68,6 +75,38 @@ class MinibatchStd(nn.Module):
         return torch.cat([x, y.to(x.dtype)], dim=1)
 
 
+class WordNet(nn.Module):
+    """Image -> one logit per vocabulary word: 3x3 conv, instance norm, ReLU stages, halving the
+    resolution (strided conv, no blur) down to 8x8, then an MLP. Instance norm (no batch
+    statistics) lets it read an object's outline whatever its colour against the background."""
+
+    def __init__(
+        self,
+        resolution: int,  # Input resolution R.
+        num_words: int,  # Outputs (vocabulary size).
+        *,
+        channels: int = 16,  # Width at R (doubles per halving, up to 128).
+        hidden: int = 128,  # Width of the MLP's hidden layer.
+    ) -> None:
+        super().__init__()
+
+        def stage(cin: int, cout: int, stride: int) -> list[nn.Module]:
+            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), nn.GroupNorm(cout, cout), nn.ReLU()]
+
+        r, c = resolution, channels
+        layers = stage(3, c, 1) + stage(c, c, 1)
+        while r > 8:
+            cout = min(2 * c, 128)
+            layers += stage(c, cout, 2) + stage(cout, cout, 1)
+            c, r = cout, r // 2
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(c * r * r, hidden), nn.ReLU(), nn.Linear(hidden, num_words))
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        """[B, 3, R, R] -> [B, num_words] logits."""
+        return self.head(self.features(img))
+
+
 class Discriminator(nn.Module):
     """Residual D from R down to 4x4, minibatch std, fc, projection on the pooled code."""
 
@@ -86,6 +125,7 @@ class Discriminator(nn.Module):
         self.conv = EqualConv2d(c4 + cfg.mbstd_channels, c4, 3, conv_clamp=cfg.conv_clamp)
         self.fc = EqualLinear(c4 * 16, c4, activation=True)
         self.out = EqualLinear(c4, self.cmap_dim)
+        self.words = WordNet(R, cfg.word_classes) if cfg.word_classes else None
         self.cmap = MappingNetwork(
             z_dim=0, c_dim=cfg.c_dim, w_dim=self.cmap_dim, num_ws=None, num_layers=cfg.mapping_layers,
             lr_mult=cfg.mapping_lr_mult, w_avg_beta=None,
@@ -93,9 +133,13 @@ class Discriminator(nn.Module):
         if cfg.channels_last:  # conv weights in NHWC too, else every conv call converts them
             self.to(memory_format=torch.channels_last)
 
-    def forward(self, img: torch.Tensor, pooled: torch.Tensor, *, pairs: bool = False) -> torch.Tensor:
+    def forward(
+        self, img: torch.Tensor, pooled: torch.Tensor, *, pairs: bool = False, words: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """img [B, 3, R, R] in [-1, 1], pooled [B, c_dim] -> logits [B] (pairs=True: [B, B],
-        entry [i, j] scores image i under prompt j)."""
+        entry [i, j] scores image i under prompt j); words=True: (logits, word_logits [B, V])."""
+        if words and self.words is None:
+            raise ValueError("this discriminator has no word classifier (discriminator.word_classes = 0)")
         B = img.shape[0]
         R = self.cfg.resolution
         assert img.shape == (B, 3, R, R), (img.shape, R)
@@ -107,5 +151,7 @@ class Discriminator(nn.Module):
         x = self.out(self.fc(x.flatten(1)))  # [B, cmap_dim]
         cmap = self.cmap(None, pooled).to(x.dtype)  # [B, cmap_dim]
         if pairs:
-            return x @ cmap.T / math.sqrt(self.cmap_dim)
-        return (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
+            logits = x @ cmap.T / math.sqrt(self.cmap_dim)
+        else:
+            logits = (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
+        return (logits, self.words(img)) if words else logits

@@ -42,7 +42,8 @@ MIXED_PRECISION = ("no", "bf16", "fp16")
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # Tests and smoke runs: a few steps of the 16 px networks, every loss term on.
     "tiny": dict(kimg=0.128, batch=16, snap=0.064, tick=0.032, ema_kimg=0.01, ema_rampup=None,
-                 loss=dict(r1_gamma=0.1, r1_interval=4, contrastive_weight=1.0, diversity_weight=1.0),
+                 loss=dict(r1_gamma=0.1, r1_interval=4, contrastive_weight=1.0, diversity_weight=1.0,
+                           word_weight=1.0),
                  augment=dict(interval=2, speed_kimg=1.0), grid_seeds=4, grid_rows=4, workers=0),
     # The CPU main job (README command one): 32 px shapes in about 20 minutes on 2 cores
     # (measured ~25 CPU-seconds per kimg with one thread).
@@ -407,6 +408,14 @@ def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess)
         tokenizer = make_tokenizer(model_cfg.encoder, captions)
         model_cfg = model_cfg.replace(vocab_size=len(tokenizer))
         model = TextToImage(model_cfg)
+    if resume_dir is not None and (cfg.loss.word_weight > 0) != (model_cfg.discriminator.word_classes > 0):
+        raise ValueError(f"--word-weight {cfg.loss.word_weight}: the run in {resume_dir} was trained "
+                         f"{'with' if model_cfg.discriminator.word_classes else 'without'} D's word classifier; "
+                         f"resume it with the word weight it started with")
+    if resume_dir is None and cfg.loss.word_weight > 0:  # D's word classifier covers the vocabulary
+        model_cfg = model_cfg.replace(discriminator=dataclasses.replace(model_cfg.discriminator,
+                                                                        word_classes=len(tokenizer)))
+        model.cfg = model_cfg
     return dataset, captions, model, Discriminator(model_cfg.discriminator), tokenizer, model_cfg
 
 

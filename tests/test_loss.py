@@ -8,7 +8,9 @@ from torch import nn
 
 from encoders.code import SpikeCode
 from gan.ema import EMA, ema_beta
-from gan.loss import GANLoss, LossConfig, contrastive_loss, distinct_pairs, mode_seeking_loss, paired_rows
+from encoders.tokenizer import TokenBatch
+from gan.loss import (GANLoss, LossConfig, contrastive_loss, distinct_pairs, mode_seeking_loss, paired_rows,
+                      word_loss, word_targets)
 
 
 class TinyG(nn.Module):
@@ -21,6 +23,8 @@ class TinyG(nn.Module):
         self.register_buffer("w_avg", torch.zeros(4))
 
     def forward(self, z, ids):
+        if isinstance(ids, TokenBatch):  # prompt id = first token
+            ids = ids.ids[:, 0] % 5
         pooled = self.embed(ids)  # [B, 4]
         code = SpikeCode(pooled, pooled[:, None], torch.ones(len(ids), 1, dtype=torch.bool))
         img = torch.tanh(self.to_img(torch.cat([z, pooled], 1))).view(-1, 3, 4, 4)
@@ -32,12 +36,23 @@ class TinyD(nn.Module):
         super().__init__()
         self.feat = nn.Linear(48, 4)
         self.out = nn.Linear(4, 1)
+        self.word_head = nn.Linear(4, VOCAB)
 
-    def forward(self, img, pooled, pairs=False):
+    def forward(self, img, pooled, pairs=False, words=False):
         h = torch.relu(self.feat(img.flatten(1)))
         if pairs:
-            return self.out(h) + h @ pooled.T  # [B, B]
-        return self.out(h)[:, 0] + (h * pooled).sum(1)  # projection discriminator
+            logits = self.out(h) + h @ pooled.T  # [B, B]
+        else:
+            logits = self.out(h)[:, 0] + (h * pooled).sum(1)  # projection discriminator
+        return (logits, self.word_head(h)) if words else logits
+
+
+VOCAB = 7  # word head outputs of TinyD: <pad>, <unk> and five words
+
+
+def tokens(rows):
+    """A TokenBatch of id lists (words and weights are placeholders)."""
+    return TokenBatch.from_lists(rows, [[1.0] * len(r) for r in rows], [["w"] * len(r) for r in rows])
 
 
 @pytest.fixture
@@ -194,3 +209,58 @@ def test_ema_update_matches_naive_and_copies_buffers(nets):
     assert torch.equal(ema.model.w_avg, torch.full((4,), 3.0))
     assert not any(p.requires_grad for p in ema.model.parameters()) and not ema.model.training
     assert math.isclose(ema_beta(batch_size=10, cur_nimg=20, ema_kimg=0.01, ema_rampup=0.25), 0.25)
+
+
+def test_word_targets_and_loss_match_naive():
+    batch = tokens([[2, 3, 3, 1], [4], [6, 2]])  # a repeated word, <unk> (1), padding (0)
+    t = word_targets(batch, VOCAB)
+    assert t.tolist() == [[0, 0, 1, 1, 0, 0, 0], [0, 0, 0, 0, 1, 0, 0], [0, 0, 1, 0, 0, 0, 1]]
+    logits = torch.randn(3, VOCAB)
+    want = []
+    for b in range(3):  # naive: per image, per vocabulary entry
+        bce = [-math.log(torch.sigmoid(logits[b, v])) if t[b, v] else -math.log(1 - torch.sigmoid(logits[b, v]))
+               for v in range(VOCAB)]
+        want.append(sum(bce) / t[b].sum().item())
+    torch.testing.assert_close(word_loss(logits, t), torch.tensor(sum(want) / 3), rtol=1e-5, atol=1e-5)
+    # Logits that agree with the targets cost less than logits that contradict them.
+    assert word_loss(10 * (2 * t - 1), t) < 1e-3 < word_loss(-10 * (2 * t - 1), t)
+
+
+def test_word_term_d_on_reals_g_on_fakes(nets):
+    G, D = nets
+    z, batch = torch.randn(3, 3), tokens([[2, 3], [4, 5, 6], [3]])
+    real = torch.rand(3, 3, 4, 4) * 2 - 1
+    cfg = LossConfig(match_weight=0.0, word_weight=0.5)
+    loss_fn = GANLoss(cfg=cfg, augment=None)
+    t = word_targets(batch, VOCAB)
+    loss, stats = loss_fn("Dmain", G=G, D=D, z=z, batch=batch, real=real)
+    with torch.no_grad():
+        fake, code = G(z, batch)
+        p = code.pooled
+        real_logits, real_words = D(real, p, words=True)
+        want = F.softplus(D(fake, p)).mean() + F.softplus(-real_logits).mean() + 0.5 * word_loss(real_words, t)
+    torch.testing.assert_close(loss.detach(), want)
+    torch.testing.assert_close(stats["loss/D_word"], word_loss(real_words, t))
+    loss.backward()
+    assert D.word_head.weight.grad.abs().sum() > 0
+    D.zero_grad()
+
+    loss, stats = loss_fn("Gmain", G=G, D=D, z=z, batch=batch)
+    img, code = G(z, batch)
+    logits, fake_words = D(img, code.pooled, words=True)
+    torch.testing.assert_close(loss, F.softplus(-logits).mean() + 0.5 * word_loss(fake_words, t))
+    loss.backward()
+    assert G.to_img.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="loss.word_weight"):
+        LossConfig(word_weight=-1.0)
+
+
+def test_d_reg_with_word_head_keeps_r1_and_the_head_in_the_graph(nets):
+    _, D = nets
+    real, pooled = torch.rand(3, 3, 4, 4) * 2 - 1, torch.randn(3, 4)
+    plain, _ = GANLoss(cfg=LossConfig(r1_gamma=2.0), augment=None)("Dreg", D=D, real=real, pooled=pooled)
+    loss, _ = GANLoss(cfg=LossConfig(r1_gamma=2.0, word_weight=1.0), augment=None)("Dreg", D=D, real=real,
+                                                                                  pooled=pooled)
+    torch.testing.assert_close(loss, plain)
+    loss.backward()
+    assert D.word_head.weight.grad is not None  # zero, but present: DDP sees every parameter used

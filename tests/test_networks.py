@@ -240,6 +240,31 @@ def test_discriminator_pairs_scores_every_image_under_every_caption(nets):
                                        atol=1e-5, rtol=1e-5)
 
 
+def test_discriminator_word_classifier():
+    from gan.discriminator import WordNet
+
+    _, dcfg = tiny_cfgs()
+    torch.manual_seed(0)
+    D = Discriminator(DiscriminatorConfig(**{**dcfg.__dict__, "word_classes": 9})).eval()
+    code, img = make_code(4), torch.randn(4, 3, 16, 16, requires_grad=True)
+    logits, words = D(img, code.pooled, words=True)
+    pairs, words2 = D(img, code.pooled, pairs=True, words=True)
+    assert words.shape == (4, 9) and torch.equal(words, words2)
+    torch.testing.assert_close(logits, D(img, code.pooled))
+    torch.testing.assert_close(pairs.diagonal(), logits)
+    torch.testing.assert_close(words, D.words(img))
+    # Per image (instance norm, no batch statistics), and gradients reach the image (G's signal).
+    torch.testing.assert_close(D.words(img[2:3]), words[2:3], atol=1e-5, rtol=1e-5)
+    words[:, 3].sum().backward()
+    assert img.grad.abs().sum() > 0
+    # The stages halve the resolution down to 8x8 whatever R is.
+    assert WordNet(32, 5)(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    with pytest.raises(ValueError, match="no word classifier"):
+        Discriminator(dcfg)(img, code.pooled, words=True)
+    with pytest.raises(ValueError, match="word_classes"):
+        DiscriminatorConfig(word_classes=-1)
+
+
 def test_minibatch_std_groups_consecutive_samples():
     from gan.discriminator import MinibatchStd
 

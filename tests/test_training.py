@@ -59,9 +59,11 @@ def test_run_directory(full_run):
     out = full_run.out
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["train"]["kimg"] == 0.128 and cfg["model"]["name"] == "tiny" and cfg["model"]["vocab_size"] > 0
+    assert cfg["model"]["discriminator"]["word_classes"] == cfg["model"]["vocab_size"]  # the word classifier
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     for key in ("kimg", "loss/G", "loss/D", "loss/G_contrastive", "loss/D_contrastive", "loss/D_mismatch",
-                "loss/G_mode_seeking", "augment_p", "sec_per_kimg", "spikes/firing_rate", "nonfinite_total"):
+                "loss/G_mode_seeking", "loss/G_word", "loss/D_word", "augment_p", "sec_per_kimg",
+                "spikes/firing_rate", "nonfinite_total"):
         assert key in records[-1], key
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["grid-0000.064.png", "grid-0000.128.png"]
     assert [p.name for p in list_states(out / "checkpoints")] == ["state-0000000064", "state-0000000128"]
@@ -174,6 +176,7 @@ def test_sigterm_writes_state_and_returns(tmp_path, monkeypatch):
     (["--contrastive-weight", "-1"], "--contrastive-weight"),
     (["--match-weight", "-1"], "--match-weight"),
     (["--diversity-weight", "-1"], "--diversity-weight"),
+    (["--word-weight", "-1"], "--word-weight"),
     (["--batch", "16", "--batch-gpu", "3"], "--batch-gpu"),
     (["--preset", "huge"], "--preset"),
     (["--data", "/no/such/dir"], "--data"),
