@@ -412,9 +412,9 @@ def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess)
         raise ValueError(f"--word-weight {cfg.loss.word_weight}: the run in {resume_dir} was trained "
                          f"{'with' if model_cfg.discriminator.word_classes else 'without'} D's word classifier; "
                          f"resume it with the word weight it started with")
-    if resume_dir is None and cfg.loss.word_weight > 0:  # D's word classifier covers the vocabulary
-        model_cfg = model_cfg.replace(discriminator=dataclasses.replace(model_cfg.discriminator,
-                                                                        word_classes=len(tokenizer)))
+    if resume_dir is None:  # D's word classifier covers the (possibly extended) vocabulary, or is absent
+        words = len(tokenizer) if cfg.loss.word_weight > 0 else 0
+        model_cfg = model_cfg.replace(discriminator=dataclasses.replace(model_cfg.discriminator, word_classes=words))
         model.cfg = model_cfg
     return dataset, captions, model, Discriminator(model_cfg.discriminator), tokenizer, model_cfg
 
