@@ -163,7 +163,7 @@ class GANLoss:
               words: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.augment is not None:
             img = self.augment(img)
-        out = D(img, pooled, **{k: True for k, on in (("pairs", pairs), ("words", words)) if on})
+        out = D(img, pooled, pairs=pairs, words=words)
         logits = out[0] if words else out
         assert logits.shape == ((img.shape[0], pooled.shape[0]) if pairs else (img.shape[0],)), logits.shape
         return out
