@@ -236,7 +236,15 @@ def make_loader(dataset, *, batch_gpu: int, rank: int, world: int, seed: int, st
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_gpu, sampler=sampler, collate_fn=collate, num_workers=workers,
         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),  # keeps global RNG untouched
-        prefetch_factor=4 if workers > 0 else None)
+        prefetch_factor=4 if workers > 0 else None, worker_init_fn=leave_stop_signals_to_parent)
+
+
+def leave_stop_signals_to_parent(worker_id: int) -> None:
+    """Loader workers ignore SIGINT and SIGTERM. A terminal's Ctrl-C and a scheduler's SIGTERM
+    reach the whole process group; a worker killed by one makes the loader raise before the
+    training process has written its final state. That process stops its workers itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------------------------------

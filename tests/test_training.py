@@ -3,6 +3,9 @@ losses, signals, the run directory, and the command line's errors."""
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +18,8 @@ from gan.loss import GANLoss
 from gan.training import (NonFiniteLossError, StreamSampler, TrainConfig, resolve_config, split_batch,
                           train)
 from scripts.train import main as train_main
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Augmentation on and p rising (rt > target always), so resume must restore p and its RNG use.
 TINY = dict(threads=1, augment={"mode": "ada", "target": -1.0, "speed_kimg": 0.5, "interval": 2})
@@ -167,6 +172,29 @@ def test_sigterm_writes_state_and_returns(tmp_path, monkeypatch):
     assert result.interrupted and result.state.nimg == 48
     assert [p.name for p in list_states(tmp_path / "checkpoints")] == ["state-0000000048"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+
+
+def test_sigterm_to_the_process_group_writes_state(tmp_path):
+    """A scheduler's SIGTERM (or a terminal's Ctrl-C) reaches the loader workers too. They leave it
+    to the training process, which writes its final state and exits 0 (a worker killed by it made
+    the loader raise instead)."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--preset", "tiny", "--out", str(out),
+           "--kimg", "100", "--snap", "50", "--workers", "1"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (out / "log.jsonl").exists():  # the first tick: the loader's worker is running
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGTERM)
+        output = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, output
+    assert "SIGTERM received: state saved" in output
+    assert len(list_states(out / "checkpoints")) == 1
 
 
 @pytest.mark.parametrize("argv, flag", [
