@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from encoders import EncoderConfig
 
 RESOLUTIONS = (16, 32, 64, 128, 256)
+ARCHITECTURES = ("skip", "orig")
 
 
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
@@ -39,6 +40,7 @@ class GeneratorConfig:
     w_avg_beta: float = 0.995  # EMA decay of the tracked mean w (updated in training mode).
     channel_base: int = 4096  # Feature width is min(channel_base // res, channel_max).
     channel_max: int = 128  # Widest feature map.
+    architecture: str = "skip"  # "skip": toRGB at every resolution, summed (StyleGAN2); "orig": toRGB at R only.
     attn_resolutions: tuple[int, ...] = (8, 16)  # Resolutions with cross-attention to tokens.
     attn_heads: int = 4  # Heads per cross-attention layer.
     fused_modconv: bool = False  # Grouped-conv modulation (slower on CPU, see scripts/bench.py).
@@ -51,6 +53,8 @@ class GeneratorConfig:
         bad = [r for r in self.attn_resolutions if r < 4 or r > self.resolution or r & (r - 1)]
         if bad:
             raise ValueError(f"generator.attn_resolutions {bad} must be powers of two in [4, {self.resolution}]")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"generator.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.mapping_layers < 1:
             raise ValueError(f"generator.mapping_layers must be >= 1, got {self.mapping_layers}")
         if not 0 <= self.code_in_w < self.w_dim:
@@ -66,8 +70,10 @@ class GeneratorConfig:
 
     @property
     def num_ws(self) -> int:
-        """One w per layer: conv + toRGB at 4x4, then two convs + toRGB per resolution."""
-        return 2 + 3 * (len(self.block_resolutions) - 1)
+        """One w per layer: one conv at 4x4, two per higher resolution, and one per toRGB (every
+        resolution for "skip", the last for "orig")."""
+        blocks = len(self.block_resolutions)
+        return 1 + 2 * (blocks - 1) + (blocks if self.architecture == "skip" else 1)
 
 
 @dataclass

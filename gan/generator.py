@@ -115,7 +115,7 @@ class MappingNetwork(nn.Module):
 
 
 class SynthesisBlock(nn.Module):
-    """One resolution: [up-conv,] conv, [cross-attention,] toRGB added to the upsampled image."""
+    """One resolution: [up-conv,] conv, [cross-attention,] [toRGB added to the upsampled image]."""
 
     def __init__(
         self,
@@ -126,6 +126,7 @@ class SynthesisBlock(nn.Module):
         w_dim: int,  # Width of w.
         code_dim: int,  # Width of the token codes.
         attn_heads: int | None,  # Cross-attention heads, None = no cross-attention here.
+        torgb: bool,  # Add this resolution's toRGB to the image? (False: pass the image on unchanged.)
         fused: bool,  # Grouped-conv modulation?
         conv_clamp: float | None,  # Clamp conv outputs, None = off.
     ) -> None:
@@ -143,8 +144,8 @@ class SynthesisBlock(nn.Module):
             out_channels, out_channels, w_dim=w_dim, resolution=resolution, fused=fused, conv_clamp=conv_clamp
         )
         self.attn = CrossAttention(out_channels, code_dim, heads=attn_heads) if attn_heads else None
-        self.torgb = ToRGB(out_channels, w_dim=w_dim, fused=fused, conv_clamp=conv_clamp)
-        self.num_ws = 2 if self.conv0 is None else 3
+        self.torgb = ToRGB(out_channels, w_dim=w_dim, fused=fused, conv_clamp=conv_clamp) if torgb else None
+        self.num_ws = (1 if self.conv0 is None else 2) + (self.torgb is not None)
 
     def forward(
         self,
@@ -167,13 +168,15 @@ class SynthesisBlock(nn.Module):
             x = self.conv1(x, w[1], noise_mode=noise_mode)
         if self.attn is not None:
             x = self.attn(x, code.tokens.to(x.dtype), code.mask)
-        y = self.torgb(x, w[-1])
-        img = y if img is None else upsample2d(img).add_(y)
+        if self.torgb is not None:
+            y = self.torgb(x, w[-1])
+            img = y if img is None else upsample2d(img).add_(y)
         return x, img
 
 
 class SynthesisNetwork(nn.Module):
-    """Learned 4x4 const -> blocks at 4, 8, ..., R with skip toRGB outputs -> image [B, 3, R, R]."""
+    """Learned 4x4 const -> blocks at 4, 8, ..., R -> image [B, 3, R, R]: toRGB outputs summed over
+    resolutions ("skip", StyleGAN2) or the last resolution's alone ("orig")."""
 
     def __init__(self, cfg: GeneratorConfig) -> None:
         super().__init__()
@@ -185,6 +188,7 @@ class SynthesisNetwork(nn.Module):
                 SynthesisBlock(
                     prev, ch, resolution=res, w_dim=cfg.w_dim, code_dim=cfg.c_dim,
                     attn_heads=cfg.attn_heads if res in cfg.attn_resolutions else None,
+                    torgb=cfg.architecture == "skip" or res == cfg.resolution,
                     fused=cfg.fused_modconv, conv_clamp=cfg.conv_clamp,
                 )
             )

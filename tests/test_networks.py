@@ -35,13 +35,16 @@ def nets():
 
 @pytest.mark.parametrize("resolution", [16, 32, 64])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_output_shapes(resolution, channels_last):
+@pytest.mark.parametrize("architecture", ["skip", "orig"])
+def test_output_shapes(resolution, channels_last, architecture):
     torch.manual_seed(0)
-    gcfg, dcfg = tiny_cfgs(resolution, channels_last=channels_last)
+    gcfg, dcfg = tiny_cfgs(resolution, channels_last=channels_last, architecture=architecture)
     G, D = Generator(gcfg), Discriminator(dcfg)
     code = make_code(3)
     ws = G.mapping(torch.randn(3, 12), code.pooled)
-    assert ws.shape == (3, gcfg.num_ws, 24) and G.num_ws == gcfg.num_ws == 2 + 3 * (len(gcfg.block_resolutions) - 1)
+    per_block = 3 if architecture == "skip" else 2  # two convs (+ a toRGB)
+    assert ws.shape == (3, gcfg.num_ws, 24)
+    assert G.num_ws == gcfg.num_ws == 2 + per_block * (len(gcfg.block_resolutions) - 1)
     img = G.synthesis(ws, code)
     assert img.shape == (3, 3, resolution, resolution) and torch.isfinite(img).all()
     assert D(img, code.pooled).shape == (3,)
@@ -59,6 +62,28 @@ def test_channels_last_equals_contiguous():
     a, b = G(z, code, noise_mode="const"), G2(z, code, noise_mode="const")
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(D(a, code.pooled), D2(a, code.pooled), atol=1e-5, rtol=1e-5)
+
+
+def test_orig_architecture_is_skip_with_only_the_last_torgb():
+    """"orig" draws with the last resolution's toRGB alone: the same as "skip" whose other toRGB
+    layers output zero (the same w reaches every layer, so the extra w slots do not matter)."""
+    torch.manual_seed(0)
+    G = Generator(tiny_cfgs(32, architecture="orig")[0]).eval()
+    assert [b.torgb is not None for b in G.synthesis.blocks] == [False, False, False, True]
+    Gs = Generator(tiny_cfgs(32)[0]).eval()
+    missing, unexpected = Gs.load_state_dict(G.state_dict(), strict=False)
+    assert not unexpected and missing and all(".torgb." in k for k in missing)
+    with torch.no_grad():
+        for block in Gs.synthesis.blocks[:-1]:
+            for p in block.torgb.parameters():
+                p.zero_()
+    code, z = make_code(2), torch.randn(2, 12)
+    torch.testing.assert_close(G(z, code, noise_mode="const"), Gs(z, code, noise_mode="const"), atol=1e-6, rtol=1e-6)
+
+
+def test_unknown_architecture_is_refused():
+    with pytest.raises(ValueError, match="generator.architecture must be one of"):
+        tiny_cfgs(architecture="resnet")
 
 
 def test_fused_modconv_generator_matches_default():
