@@ -289,7 +289,7 @@ class Pipeline:
 
     def default_coarse_layers(self) -> int:
         """How many leading ws count as coarse in style mixing: those of the 4x4 and 8x8 blocks,
-        as StyleGAN's coarse styles (5 of the generator's ws at any resolution above 8)."""
+        as StyleGAN's coarse styles (above 8 px: 5 ws for a "skip" generator, 3 for "orig")."""
         blocks = self.generator.synthesis.blocks
         k = sum(b.num_ws for b in blocks if b.resolution <= 8)
         return k if k < self.num_ws else max(1, self.num_ws // 2)
