@@ -181,17 +181,20 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--preset", "tiny", "--out", str(out),
            "--kimg", "100", "--snap", "50", "--workers", "1"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "output.txt"  # a file, not a pipe: a full pipe would stall the child
+    with log.open("w") as sink:
+        proc = subprocess.Popen(cmd, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
         while not (out / "log.jsonl").exists():  # the first tick: the loader's worker is running
-            assert proc.poll() is None and time.time() < deadline, proc.communicate()[0]
+            assert proc.poll() is None and time.time() < deadline, log.read_text()
             time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGTERM)
-        output = proc.communicate(timeout=120)[0]
+        proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    output = log.read_text()
     assert proc.returncode == 0, output
     assert "SIGTERM received: state saved" in output
     assert len(list_states(out / "checkpoints")) == 1
