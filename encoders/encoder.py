@@ -5,8 +5,11 @@
 
 The readouts see spike rates and membrane potentials (LayerNorm + Linear): sparse spike
 counts alone make nearly equal codes for different prompts, the membrane keeps them apart.
-  pooled = Readout([mean spikes, mean membrane, final membrane] over the real steps)
+  pooled = Readout([mean spikes, mean membrane(, final membrane)] over the real steps)
   tokens = Readout([mean spikes, mean membrane] over each token's window)
+The final membrane (EncoderConfig.final_membrane) holds mostly the last words: on shapes32 it
+gave the background word 33 % of the pooled code's variance and the colour word 7 %, and G
+follows the code's strong directions first (see EncoderConfig.final_membrane).
 Only real (non-padding) steps enter readouts and stats, and padding sits after the last
 token, so padding changes nothing.
 """
@@ -76,7 +79,8 @@ class SpikingTextEncoder(nn.Module):
         self.stack = SpikingStack(in_features=cfg.embed_dim, hidden=cfg.hidden, num_layers=cfg.num_layers,
                                   first_neuron=first_neuron, beta=cfg.beta, threshold=cfg.threshold,
                                   learn_beta=cfg.learn_beta, slstm_threshold=cfg.slstm_threshold)
-        self.pooled_head = Readout(in_features=3 * cfg.hidden, out_features=cfg.code_dim)
+        pooled_stats = 3 if cfg.final_membrane else 2
+        self.pooled_head = Readout(in_features=pooled_stats * cfg.hidden, out_features=cfg.code_dim)
         self.token_head = Readout(in_features=2 * cfg.hidden, out_features=cfg.code_dim)
         self.code_norm = CodeNorm(features=cfg.code_dim) if cfg.code_norm else nn.Identity()
 
@@ -116,9 +120,11 @@ class SpikingTextEncoder(nn.Module):
         step_mask = mask.repeat_interleave(K, dim=1).T  # [T, B], True on real steps
         m = step_mask.unsqueeze(-1).to(mem.dtype)  # [T, B, 1]
         n_steps = step_mask.sum(dim=0).clamp(min=1).unsqueeze(-1).to(mem.dtype)  # [B, 1]
-        last = (lengths * K - 1).clamp(min=0)  # [B] index of each prompt's last real step
-        final_mem = mem[last, torch.arange(B, device=mem.device)] * (lengths > 0).unsqueeze(-1)  # [B, H]
-        pooled_in = torch.cat([(spk * m).sum(0) / n_steps, (mem * m).sum(0) / n_steps, final_mem], dim=-1)
+        pooled_parts = [(spk * m).sum(0) / n_steps, (mem * m).sum(0) / n_steps]
+        if self.cfg.final_membrane:
+            last = (lengths * K - 1).clamp(min=0)  # [B] index of each prompt's last real step
+            pooled_parts.append(mem[last, torch.arange(B, device=mem.device)] * (lengths > 0).unsqueeze(-1))  # [B, H]
+        pooled_in = torch.cat(pooled_parts, dim=-1)
         pooled = self.code_norm(self.pooled_head(pooled_in))  # [B, C]
 
         windows = torch.cat([spk.view(L, K, B, H).mean(dim=1), mem.view(L, K, B, H).mean(dim=1)], dim=-1)  # [L, B, 2H]

@@ -269,3 +269,35 @@ def test_mixed_precision_forward_backward(kind):
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in enc.parameters() if p.grad is not None)
     assert enc.embed.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("final_membrane", [True, False])
+def test_pooled_code_reads_the_step_averages_and_optionally_the_final_membrane(final_membrane):
+    """Naive reference: step the snntorch layers, average spikes and membrane over each prompt's
+    real steps (and take the membrane at its last step), then the readout and CodeNorm."""
+    cfg, tok, enc = setup("recurrent", final_membrane=final_membrane)
+    batch = tok(["a red circle", "a big green triangle above a small yellow star"])
+    code, _ = enc.run(batch, stepwise=True)
+    spikes_in = enc.coder(torch.sigmoid(enc.token_features(batch)), batch.weights.float(), batch.mask)
+    layer_spikes, mem = enc.stack(spikes_in, stepwise=True)
+    rows = []
+    for b, n in enumerate(batch.mask.sum(1).tolist()):
+        steps = n * cfg.steps_per_token
+        spk, m = layer_spikes[-1][:steps, b], mem[:steps, b]
+        rows.append(torch.cat([spk.mean(0), m.mean(0)] + ([m[-1]] if final_membrane else [])))
+    expected = enc.code_norm(enc.pooled_head(torch.stack(rows)))
+    assert enc.pooled_head.linear.in_features == (3 if final_membrane else 2) * cfg.hidden
+    torch.testing.assert_close(code.pooled, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_without_the_final_membrane_padding_still_changes_nothing():
+    cfg, tok, enc = setup("recurrent", final_membrane=False)
+    alone = enc(tok(["a red circle"]))
+    padded = enc(tok(["a red circle", "a big green triangle above a small yellow star"]))
+    assert torch.allclose(alone.pooled[0], padded.pooled[0], atol=1e-5)
+
+
+def test_configs_saved_before_the_option_keep_the_final_membrane():
+    saved = EncoderConfig(**SMALL).to_dict()
+    del saved["final_membrane"]
+    assert EncoderConfig.from_dict(saved).final_membrane
