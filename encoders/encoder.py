@@ -7,9 +7,8 @@ The readouts see spike rates and membrane potentials (LayerNorm + Linear): spars
 counts alone make nearly equal codes for different prompts, the membrane keeps them apart.
   pooled = Readout([mean spikes, mean membrane(, final membrane)] over the real steps)
   tokens = Readout([mean spikes, mean membrane] over each token's window)
-The final membrane (EncoderConfig.final_membrane) holds mostly the last words: on shapes32 the
-background word had 37 % of the pooled code's variance and the colour word 8 %, and G follows
-the code's strong directions first (see EncoderConfig.final_membrane).
+The final membrane holds mostly the last words and can dominate the pooled code; it is optional
+(EncoderConfig.final_membrane says why and what it measured).
 Only real (non-padding) steps enter readouts and stats, and padding sits after the last
 token, so padding changes nothing.
 """

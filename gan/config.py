@@ -179,12 +179,12 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # one-object caption's colour from the pooled code with accuracy 0.98; latency coding 0.52).
     # toRGB at 32 px only ("orig"): the summed low-resolution toRGB layers of "skip" painted
     # rainbow blotches early on and trained slower (30 kimg of direct regression: MSE 0.031
-    # against 0.040). The main job with "orig": FID 213, LPIPS diversity 0.20, mean attribute
-    # accuracy 0.554, 19.8 s/kimg; with "skip", measured in an earlier session: 231, 0.14, 0.545, 18.8.
+    # against 0.040). The main job with "orig" (final membrane still on): FID 213, LPIPS diversity
+    # 0.20, mean attribute accuracy 0.554, 19.8 s/kimg; with "skip", measured in an earlier
+    # session: 231, 0.14, 0.545, 18.8.
     "shapes32": dict(
         resolution=32, encoder_kind="recurrent", code_dim=128,
-        # Without the final membrane the pooled code weighs the words more evenly: the main job drew
-        # the prompt's colour 0.56 of the time (0.24 with it), FID 189 (213).
+        # No final membrane: the pooled code weighs the words more evenly (see EncoderConfig).
         encoder=dict(coding="rate", rate_noise="frozen", final_membrane=False),
         g=dict(z_dim=64, w_dim=128, code_in_w=64, channel_base=1024, channel_max=64, attn_resolutions=(8, 16),
                attn_heads=4, mapping_lr_mult=0.1, architecture="orig"),
