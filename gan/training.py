@@ -35,6 +35,7 @@ from gan.checkpoint import (TOKENIZER_FILE, load_training_state, read_trainer, r
                             save_training_state)
 from gan.ema import EMA
 from gan.loss import GANLoss, LossConfig
+from gan.warmup import WarmupConfig, warm_up_encoder
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -44,7 +45,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(kimg=0.128, batch=16, snap=0.064, tick=0.032, ema_kimg=0.01, ema_rampup=None,
                  loss=dict(r1_gamma=0.1, r1_interval=4, contrastive_weight=1.0, diversity_weight=1.0,
                            word_weight=1.0),
-                 augment=dict(interval=2, speed_kimg=1.0), grid_seeds=4, grid_rows=4, workers=0),
+                 augment=dict(interval=2, speed_kimg=1.0), warmup=dict(kimg=0.032, batch=16), grid_seeds=4,
+                 grid_rows=4, workers=0),
     # The CPU main job (README command one): 32 px shapes in about 20 minutes on 2 cores
     # (measured ~25 CPU-seconds per kimg with one thread).
     # 20-kimg runs scored by the attribute probe picked lr 0.005, the contrastive term and
@@ -99,6 +101,7 @@ class TrainConfig:
     encoder_lr_mult: float = 0.01  # Text encoder's learning rate relative to g_lr (0 = frozen).
     loss: LossConfig = field(default_factory=LossConfig)  # R1 gamma/interval, matching-aware weight.
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # Differentiable augmentation + ADA.
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)  # Contrastive encoder warm-up (gan/warmup.py).
     ema_kimg: float = 10.0  # EMA half-life in kimg.
     ema_rampup: float | None = 0.05  # EMA horizon <= this fraction of images seen; None = no ramp-up.
     mixed_precision: str = "no"  # "no", "bf16" or "fp16" (Accelerate autocast).
@@ -130,6 +133,7 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: unknown option(s) {unknown}")
         d["loss"] = LossConfig(**d.get("loss", {}))
         d["augment"] = AugmentConfig(**d.get("augment", {}))
+        d["warmup"] = WarmupConfig(**d.get("warmup", {}))
         d["grid_prompts"] = tuple(d.get("grid_prompts", ()))
         return cls(**d)
 
@@ -459,6 +463,12 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     device = accelerator.device
     model.to(device)
     D.to(device)
+    warm = {}
+    if resume_dir is None and cfg.warmup.kimg > 0:
+        warm = warm_up_encoder(model.encoder, dataset, tokenizer, cfg.warmup, resolution=model_cfg.resolution,
+                               seed=cfg.seed, device=device)
+        main.print(f"encoder warm-up: {cfg.warmup.kimg:g} kimg in {warm['warmup/seconds']:.0f} s, contrastive loss "
+                   f"{warm['warmup/loss']:.3f}, in-batch retrieval {warm['warmup/accuracy']:.2f}")
     model.train()
     D.train()
     ema = EMA(source=model, ema_kimg=cfg.ema_kimg, ema_rampup=cfg.ema_rampup)
@@ -491,6 +501,8 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
                 "batch_gpu": batch_gpu, "accumulation": accum}
     main.write_json("config.json", resolved)
     accelerator.init_trackers("tensorboard", config=_flat_hparams(resolved))
+    if warm:
+        main.append_log({"kimg": 0.0, **warm})
     prompts = grid_prompts(cfg, captions)
 
     loader = make_loader(dataset, batch_gpu=batch_gpu, rank=rank, world=world, seed=cfg.seed,

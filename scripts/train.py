@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight of the mode-seeking term (two latents per caption in the G phase)")
     p.add_argument("--word-weight", type=float, default=None,
                    help="weight of the word term (D's word classifier: which words the caption has)")
+    p.add_argument("--warmup-kimg", type=float, default=None,
+                   help="kimg of contrastive encoder warm-up on the training pairs before the GAN (0 = none)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--snap", type=float, default=None, help="kimg between snapshots")
@@ -87,6 +89,10 @@ def build_config(args: argparse.Namespace):
         overrides["loss"] = loss
     if args.augment is not None:
         overrides["augment"] = {"mode": args.augment}
+    if args.warmup_kimg is not None:
+        if args.warmup_kimg < 0:
+            raise ValueError(f"--warmup-kimg must be >= 0, got {args.warmup_kimg}")
+        overrides["warmup"] = {"kimg": args.warmup_kimg}
     try:
         cfg = resolve_config(args.preset, **overrides)
     except ValueError as e:

@@ -1,6 +1,7 @@
 """The training loop on the tiny preset (CPU, a few steps): exact resume, fine-tuning, non-finite
 losses, signals, the run directory, and the command line's errors."""
 import json
+import math
 import os
 import signal
 import subprocess
@@ -55,9 +56,11 @@ def test_exact_resume_equals_one_go(full_run, tmp_path):
     assert_same(weights(resumed.model), weights(full_run.model))
     assert_same(weights(resumed.discriminator), weights(full_run.discriminator))
     assert_same(weights(resumed.ema), weights(full_run.ema))
-    # The resumed run appended to log.jsonl: ticks 0.032 .. 0.128 once each.
-    kimgs = [json.loads(line)["kimg"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert kimgs == [0.032, 0.064, 0.096, 0.128]
+    # The resumed run appended to log.jsonl: the encoder warm-up once (the resumed run loads the
+    # warmed encoder and skips it), then ticks 0.032 .. 0.128 once each.
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["kimg"] for r in records] == [0.0, 0.032, 0.064, 0.096, 0.128]
+    assert "warmup/loss" in records[0] and not any("warmup/loss" in r for r in records[1:])
 
 
 def test_run_directory(full_run):
@@ -66,6 +69,7 @@ def test_run_directory(full_run):
     assert cfg["train"]["kimg"] == 0.128 and cfg["model"]["name"] == "tiny" and cfg["model"]["vocab_size"] > 0
     assert cfg["model"]["discriminator"]["word_classes"] == cfg["model"]["vocab_size"]  # the word classifier
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert records[0]["warmup/steps"] == 2 and math.isfinite(records[0]["warmup/loss"])  # tiny warms up 0.032 kimg
     for key in ("kimg", "loss/G", "loss/D", "loss/G_contrastive", "loss/D_contrastive", "loss/D_mismatch",
                 "loss/G_mode_seeking", "loss/G_word", "loss/D_word", "augment_p", "sec_per_kimg",
                 "spikes/firing_rate", "nonfinite_total"):
@@ -135,7 +139,7 @@ def test_nonfinite_loss_is_skipped_and_counted(tmp_path, monkeypatch):
     result = train(tiny(tmp_path, kimg=0.064))
     assert result.state.nonfinite_total == 2 and result.state.nonfinite_streak == 0
     records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert sum(r["nonfinite_skips"] for r in records) == 2 and records[-1]["nonfinite_total"] == 2
+    assert sum(r.get("nonfinite_skips", 0) for r in records) == 2 and records[-1]["nonfinite_total"] == 2
     assert all(torch.isfinite(v).all() for v in weights(result.model).values())
 
 
@@ -186,7 +190,8 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
         proc = subprocess.Popen(cmd, start_new_session=True, stdout=sink, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 120
-        while not (out / "log.jsonl").exists():  # the first tick: the loader's worker is running
+        log_file = out / "log.jsonl"  # its first tick line (after the warm-up's): the loader's worker is running
+        while not (log_file.exists() and "sec_per_kimg" in log_file.read_text()):
             assert proc.poll() is None and time.time() < deadline, log.read_text()
             time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGTERM)
@@ -209,6 +214,7 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
     (["--match-weight", "-1"], "--match-weight"),
     (["--diversity-weight", "-1"], "--diversity-weight"),
     (["--word-weight", "-1"], "--word-weight"),
+    (["--warmup-kimg", "-1"], "--warmup-kimg"),
     (["--batch", "16", "--batch-gpu", "3"], "--batch-gpu"),
     (["--preset", "huge"], "--preset"),
     (["--data", "/no/such/dir"], "--data"),
