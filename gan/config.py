@@ -184,8 +184,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # session: 231, 0.14, 0.545, 18.8.
     "shapes32": dict(
         resolution=32, encoder_kind="recurrent", code_dim=128,
-        # No final membrane: the pooled code weighs the words more evenly (see EncoderConfig).
-        encoder=dict(coding="rate", rate_noise="frozen", final_membrane=False),
+        # The final membrane stays on: after the contrastive warm-up (TRAIN_PRESETS) the readout
+        # weighs it (see EncoderConfig.final_membrane).
+        encoder=dict(coding="rate", rate_noise="frozen"),
         g=dict(z_dim=64, w_dim=128, code_in_w=64, channel_base=1024, channel_max=64, attn_resolutions=(8, 16),
                attn_heads=4, mapping_lr_mult=0.1, architecture="orig"),
         d=dict(channel_base=1024, channel_max=64, mapping_lr_mult=1.0),
