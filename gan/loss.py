@@ -124,11 +124,17 @@ def take_rows(batch: Any, rows: list[int]) -> Any:
     return batch.index(rows) if isinstance(batch, TokenBatch) else batch[torch.tensor(rows)]
 
 
+def mask_identical_captions(pair_logits: torch.Tensor, distinct: torch.Tensor) -> torch.Tensor:
+    """[B, B] logits with -inf where two different rows' captions code identically (neither is
+    the other's negative); the diagonal is kept."""
+    keep = distinct | torch.eye(len(distinct), dtype=torch.bool, device=distinct.device)
+    return pair_logits.float().masked_fill(~keep, float("-inf"))
+
+
 def contrastive_loss(pair_logits: torch.Tensor, distinct: torch.Tensor) -> torch.Tensor:
     """Mean over rows of -log softmax(row)[i] over the row's own caption and its distinct
     captions (an identical caption elsewhere in the batch is left out, not a negative)."""
-    keep = distinct | torch.eye(len(distinct), dtype=torch.bool, device=distinct.device)
-    logits = pair_logits.float().masked_fill(~keep, float("-inf"))
+    logits = mask_identical_captions(pair_logits, distinct)
     return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 

@@ -473,8 +473,12 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     D.to(device)
     warm = {}
     if resume_dir is None and cfg.warmup.kimg > 0:
-        warm = warm_up_encoder(model.encoder, dataset, tokenizer, cfg.warmup, resolution=model_cfg.resolution,
-                               seed=cfg.seed, device=device)
+        # Every process draws the same pairs (rank 0 of 1), so all warm up alike.
+        pairs = make_loader(dataset, batch_gpu=cfg.warmup.batch, rank=0, world=1, seed=cfg.seed, start=0,
+                            workers=cfg.workers)
+        warm = warm_up_encoder(model.encoder, iter(pairs), tokenizer, cfg.warmup, resolution=model_cfg.resolution,
+                               device=device)
+        del pairs
         main.print(f"encoder warm-up: {cfg.warmup.kimg:g} kimg in {warm['warmup/seconds']:.0f} s, contrastive loss "
                    f"{warm['warmup/loss']:.3f}, in-batch retrieval {warm['warmup/accuracy']:.2f}")
     model.train()

@@ -27,21 +27,22 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data import collate, to_float
-from gan.loss import distinct_pairs
+from data import to_float
+from gan.loss import distinct_pairs, mask_identical_captions
 
 
 @dataclass
 class WarmupConfig:
     kimg: float = 0.0  # Image-caption pairs shown, in thousands; 0 = no warm-up.
     batch: int = 64  # Pairs per step (each image's negatives are the batch's other captions).
-    lr: float = 1e-3  # Adam learning rate of the encoder, the image tower and the text head.
+    lr: float = 1e-3  # Adam learning rate of the encoder, the image tower and the temperature.
 
     def __post_init__(self) -> None:
         if self.kimg < 0:
@@ -50,9 +51,6 @@ class WarmupConfig:
             raise ValueError(f"warmup.batch must be >= 2 (negatives come from the batch), got {self.batch}")
         if self.lr <= 0:
             raise ValueError(f"warmup.lr must be > 0, got {self.lr}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class ImageTower(nn.Module):
@@ -78,38 +76,34 @@ def clip_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor, logit_scale: torch.T
               distinct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE over cosine similarities; pairs whose captions code identically
     (distinct False off the diagonal) are no negatives. Returns (loss, [B, B] logits)."""
-    logits = logit_scale.exp().clamp(max=100) * F.normalize(img_emb, dim=1) @ F.normalize(txt_emb, dim=1).T
-    keep = distinct | torch.eye(len(distinct), dtype=torch.bool, device=distinct.device)
-    logits = logits.masked_fill(~keep, float("-inf"))
+    cosine = F.normalize(img_emb, dim=1) @ F.normalize(txt_emb, dim=1).T
+    logits = mask_identical_captions(logit_scale.exp().clamp(max=100) * cosine, distinct)
     labels = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2, logits
 
 
-def warm_up_encoder(encoder: nn.Module, dataset, tokenizer, cfg: WarmupConfig, *, resolution: int,
-                    seed: int, device: torch.device | str = "cpu") -> dict[str, float]:
-    """Train `encoder` in place for cfg.kimg thousand pairs of `dataset` (a seeded shuffle);
-    returns the last step's loss, in-batch retrieval accuracy (image -> caption), steps, seconds."""
-    g = torch.Generator().manual_seed(seed)
+def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg: WarmupConfig, *,
+                    resolution: int, device: torch.device | str = "cpu") -> dict[str, float]:
+    """Train `encoder` in place for cfg.kimg thousand pairs drawn from `batches` (collated
+    batches of cfg.batch pairs, e.g. the training loop's `make_loader` stream); returns the last
+    step's loss and in-batch retrieval accuracy (image -> caption), the steps and the seconds."""
     image_tower = ImageTower(resolution=resolution, out_features=encoder.code_dim).to(device)
     logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))  # CLIP's initial temperature
     params = [*[p for p in encoder.parameters() if p.requires_grad], *image_tower.parameters(), logit_scale]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     steps = max(1, round(cfg.kimg * 1000 / cfg.batch))
-    order = torch.randperm(len(dataset), generator=g)
     was_training = encoder.training
     encoder.train()
     start = time.time()
-    loss = acc = torch.tensor(float("nan"))
-    for step in range(steps):
-        rows = [(step * cfg.batch + i) % len(dataset) for i in range(cfg.batch)]
-        batch = collate([dataset[int(order[r])] for r in rows])
+    for _ in range(steps):
+        batch = next(batches)
         pooled = encoder(tokenizer(batch["text"], emphasis=False).to(device)).pooled
         loss, logits = clip_loss(image_tower(to_float(batch["image"]).to(device)), pooled,
                                  logit_scale, distinct_pairs(pooled.detach()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        acc = (logits.detach().argmax(dim=1) == torch.arange(len(logits), device=logits.device)).float().mean()
     encoder.train(was_training)
-    return {"warmup/loss": float(loss.detach()), "warmup/accuracy": float(acc), "warmup/steps": steps,
+    accuracy = (logits.detach().argmax(dim=1) == torch.arange(len(logits), device=logits.device)).float().mean()
+    return {"warmup/loss": float(loss.detach()), "warmup/accuracy": float(accuracy), "warmup/steps": steps,
             "warmup/seconds": round(time.time() - start, 1)}
