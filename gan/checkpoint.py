@@ -4,6 +4,7 @@ A state directory `OUT/checkpoints/state-<nimg>/` holds
   - what `accelerator.save_state` writes: the prepared networks (safetensors), the
     optimisers, the gradient scaler and Accelerate's RNG record;
   - `ema.safetensors`: the EMA generator + text encoder;
+  - `guide.safetensors` (runs with the guide term): the warm-up's frozen image scorer;
   - `rng-<rank>.safetensors` + `rng-<rank>.json`: every process's torch / CUDA / NumPy /
     Python RNG state (restored after Accelerate's, so resume does not depend on pickles);
   - `tokenizer.json` and `trainer.json`: images seen, step, augmentation p, ADA
@@ -29,6 +30,7 @@ from safetensors.torch import load_file, save_file
 STATE_RE = re.compile(r"^state-(\d{10})$")
 TRAINER_FILE = "trainer.json"
 EMA_FILE = "ema.safetensors"
+GUIDE_FILE = "guide.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -110,6 +112,7 @@ def save_training_state(
     trainer: dict[str, Any],  # JSON-able loop state (nimg, step, augment p, counters, configs).
     tokenizer,  # Has .save(path).
     keep: int,  # Newest states kept; older ones are deleted after the new one is in place.
+    guide_state: dict[str, torch.Tensor] | None = None,  # The guide term's frozen scorer, if the run has one.
 ) -> Path:
     """Write a complete state atomically; returns its final path. Collective: call on all ranks."""
     ckpt_dir = Path(ckpt_dir)
@@ -128,6 +131,8 @@ def save_training_state(
     _write_json(tmp / f"rng-{rank}.json", meta)
     if accelerator.is_main_process:
         save_file({k: v.detach().cpu().contiguous() for k, v in ema_state.items()}, str(tmp / EMA_FILE))
+        if guide_state is not None:
+            save_file({k: v.detach().cpu().contiguous() for k, v in guide_state.items()}, str(tmp / GUIDE_FILE))
         tokenizer.save(tmp / TOKENIZER_FILE)
         _write_json(tmp / TRAINER_FILE, trainer)  # written last: its presence marks a whole state
     accelerator.wait_for_everyone()
@@ -166,3 +171,12 @@ def load_training_state(state_dir: str | Path, *, accelerator) -> dict[str, torc
                               f"than this run's {accelerator.num_processes}")
     set_rng_state(load_file(str(rng_file)), json.loads((state_dir / f"rng-{rank}.json").read_text()))
     return load_file(str(state_dir / EMA_FILE))
+
+
+def load_guide_state(state_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The guide term's scorer saved with a state; CheckpointError when the run had none."""
+    path = Path(state_dir) / GUIDE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; the run in {state_dir} was started without the guide term "
+                              f"(--guide-weight 0), so it cannot be resumed with it")
+    return load_file(str(path))

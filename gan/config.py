@@ -86,6 +86,7 @@ class DiscriminatorConfig:
     mapping_layers: int = 2  # Layers of the code -> cmap mapping.
     mapping_lr_mult: float = 0.01  # Learning-rate multiplier of that mapping.
     word_classes: int = 0  # Outputs of the word classifier (the vocabulary size; 0 = none).
+    blur_down: bool = True  # FIR-blur before each stride-2 conv (StyleGAN2); False = plain strided convs.
     mbstd_group: int = 4  # Minibatch-std group size (largest divisor of the batch up to this).
     mbstd_channels: int = 1  # Minibatch-std feature channels.
     channels_last: bool = True  # Run convolutions in NHWC memory format.

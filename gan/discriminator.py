@@ -8,8 +8,9 @@ With `word_classes` > 0, D also holds a word classifier (AC-GAN's auxiliary clas
 captions: one logit per vocabulary entry, "does the caption of this image contain this word?");
 D(..., words=True) returns (logits, word_logits [B, word_classes]). It is a small CNN of its own
 (`WordNet`) rather than a head on D's features: trained as a plain classifier on real shapes
-images for 10 kimg, shapes32's D trunk with a word head told the 5 shapes apart 30 % of the
-time, a CNN with instance norm and no blur before its strided convs 86 %.
+images for 10 kimg, shapes32's D trunk with a word head (still with the FIR blur before its
+strided convs, see `DiscriminatorConfig.blur_down`) told the 5 shapes apart 30 % of the time, a
+CNN with instance norm and no blur 86 %.
 """
 from __future__ import annotations
 
@@ -34,12 +35,15 @@ class DiscriminatorBlock(nn.Module):
         out_channels: int,  # Output channels (at R/2).
         *,
         conv_clamp: float | None,  # Clamp conv outputs, None = off.
+        blur: bool = True,  # FIR-blur before the downsampling convs (EqualConv2d)?
     ) -> None:
         super().__init__()
         self.conv0 = EqualConv2d(in_channels, in_channels, 3, conv_clamp=conv_clamp)
         # The residual sqrt(0.5) is folded into both branches' weight gains.
-        self.conv1 = EqualConv2d(in_channels, out_channels, 3, down=True, gain=SQRT_HALF, conv_clamp=conv_clamp)
-        self.skip = EqualConv2d(in_channels, out_channels, 1, bias=False, activation=False, down=True, gain=SQRT_HALF)
+        self.conv1 = EqualConv2d(in_channels, out_channels, 3, down=True, blur=blur, gain=SQRT_HALF,
+                                 conv_clamp=conv_clamp)
+        self.skip = EqualConv2d(in_channels, out_channels, 1, bias=False, activation=False, down=True, blur=blur,
+                                gain=SQRT_HALF)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, in, R, R] -> [B, out, R/2, R/2]."""
@@ -119,7 +123,8 @@ class Discriminator(nn.Module):
         self.cmap_dim = cfg.cmap_dim or c4
         self.from_rgb = EqualConv2d(3, cfg.channels(R), 1, conv_clamp=cfg.conv_clamp)
         self.blocks = nn.Sequential(
-            *[DiscriminatorBlock(cfg.channels(r), cfg.channels(r // 2), conv_clamp=cfg.conv_clamp) for r in resolutions]
+            *[DiscriminatorBlock(cfg.channels(r), cfg.channels(r // 2), conv_clamp=cfg.conv_clamp, blur=cfg.blur_down)
+              for r in resolutions]
         )
         self.mbstd = MinibatchStd(cfg.mbstd_group, cfg.mbstd_channels)
         self.conv = EqualConv2d(c4 + cfg.mbstd_channels, c4, 3, conv_clamp=cfg.conv_clamp)

@@ -119,10 +119,11 @@ class EqualLinear(nn.Module):
 
 
 class EqualConv2d(nn.Module):
-    """Conv layer with equalised learning rate, optional 2x FIR downsampling and leaky ReLU.
+    """Conv layer with equalised learning rate, optional 2x downsampling and leaky ReLU.
 
     Downsampling follows StyleGAN2: blur (pad 2 for 3x3, the FIR's own stride 2 for 1x1), then
-    a stride-2 convolution, so the convolution runs at the output resolution.
+    a stride-2 convolution, so the convolution runs at the output resolution. With blur=False
+    a 3x3 conv strides over the unfiltered input (pad 1) and a 1x1 conv reads 2x2 averages.
     """
 
     def __init__(
@@ -133,14 +134,15 @@ class EqualConv2d(nn.Module):
         *,
         bias: bool = True,  # Add a learned bias?
         activation: bool = True,  # Leaky ReLU after the convolution?
-        down: bool = False,  # Halve the resolution (FIR blur + stride 2)?
+        down: bool = False,  # Halve the resolution (stride 2)?
+        blur: bool = True,  # With down: FIR-blur first (StyleGAN2's anti-aliasing)?
         gain: float = 1.0,  # Extra output gain (e.g. sqrt(0.5) for residual branches).
         conv_clamp: float | None = None,  # Clamp outputs to +-this, None = no clamping.
     ) -> None:
         super().__init__()
         assert kernel_size in (1, 3), kernel_size
         self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, kernel_size
-        self.activation, self.down, self.conv_clamp = activation, down, conv_clamp
+        self.activation, self.down, self.blur, self.conv_clamp = activation, down, blur, conv_clamp
         act_gain = (LRELU_GAIN if activation else 1.0) * gain
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
@@ -154,9 +156,11 @@ class EqualConv2d(nn.Module):
         if not self.down:
             x = F.conv2d(x, w, b, padding=self.kernel_size // 2)
         elif self.kernel_size == 1:
-            x = F.conv2d(downsample2d(x), w, b)
-        else:
+            x = F.conv2d(downsample2d(x) if self.blur else F.avg_pool2d(x, 2), w, b)
+        elif self.blur:
             x = F.conv2d(blur(x, padding=2), w, b, stride=2)
+        else:
+            x = F.conv2d(x, w, b, stride=2, padding=1)
         if self.activation:
             x = F.leaky_relu(x, LRELU_SLOPE, inplace=True)  # conv outputs are not saved for backward
         if self.conv_clamp is not None:
@@ -165,7 +169,7 @@ class EqualConv2d(nn.Module):
 
     def extra_repr(self) -> str:
         return (
-            f"{self.in_channels}->{self.out_channels}, k={self.kernel_size}, down={self.down}, "
+            f"{self.in_channels}->{self.out_channels}, k={self.kernel_size}, down={self.down}, blur={self.blur}, "
             f"activation={self.activation}"
         )
 

@@ -31,11 +31,11 @@ import torch
 from torch import nn
 
 from gan.augment import AugmentConfig, AugmentPipe, adjust_p
-from gan.checkpoint import (TOKENIZER_FILE, load_training_state, read_trainer, resolve_resume,
+from gan.checkpoint import (TOKENIZER_FILE, load_guide_state, load_training_state, read_trainer, resolve_resume,
                             save_training_state)
 from gan.ema import EMA
 from gan.loss import GANLoss, LossConfig
-from gan.warmup import WarmupConfig, warm_up_encoder
+from gan.warmup import ImageTextScorer, WarmupConfig, warm_up_encoder
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -44,7 +44,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # Tests and smoke runs: a few steps of the 16 px networks, every loss term on.
     "tiny": dict(kimg=0.128, batch=16, snap=0.064, tick=0.032, ema_kimg=0.01, ema_rampup=None,
                  loss=dict(r1_gamma=0.1, r1_interval=4, contrastive_weight=1.0, diversity_weight=1.0,
-                           word_weight=1.0),
+                           word_weight=1.0, guide_weight=1.0),
                  augment=dict(interval=2, speed_kimg=1.0), warmup=dict(kimg=0.032, batch=16), grid_seeds=4,
                  grid_rows=4, workers=0),
     # The CPU main job (README command one): 32 px shapes in about 20 minutes on 2 cores
@@ -197,6 +197,8 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.keep >= 1, f"keep must be >= 1, got {cfg.keep}")
     need(cfg.ema_kimg >= 0, f"ema_kimg must be >= 0, got {cfg.ema_kimg}")
     need(not (cfg.resume and cfg.init_from), "--resume and --init-from exclude each other")
+    need(cfg.loss.guide_weight == 0 or cfg.warmup.kimg > 0,
+         f"--guide-weight {cfg.loss.guide_weight} needs --warmup-kimg > 0: the guide is the warm-up's image tower")
     need(cfg.max_nonfinite >= 1, f"max_nonfinite must be >= 1, got {cfg.max_nonfinite}")
 
 
@@ -471,21 +473,27 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     device = accelerator.device
     model.to(device)
     D.to(device)
-    warm = {}
+    warm, guide = {}, None
     if resume_dir is None and cfg.warmup.kimg > 0:
         # Every process draws the same pairs (rank 0 of 1), so all warm up alike.
         pairs = make_loader(dataset, batch_gpu=cfg.warmup.batch, rank=0, world=1, seed=cfg.seed, start=0,
                             workers=cfg.workers)
-        warm = warm_up_encoder(model.encoder, iter(pairs), tokenizer, cfg.warmup, resolution=model_cfg.resolution,
-                               device=device)
+        warm, guide = warm_up_encoder(model.encoder, iter(pairs), tokenizer, cfg.warmup,
+                                      resolution=model_cfg.resolution, device=device)
         del pairs
         main.print(f"encoder warm-up: {cfg.warmup.kimg:g} kimg in {warm['warmup/seconds']:.0f} s, contrastive loss "
                    f"{warm['warmup/loss']:.3f}, in-batch retrieval {warm['warmup/accuracy']:.2f}")
+    if cfg.loss.guide_weight == 0:
+        guide = None
+    elif resume_dir is not None:  # the scorer the run warmed up, from its state
+        guide = ImageTextScorer(resolution=model_cfg.resolution, code_dim=model_cfg.encoder.code_dim)
+        guide.load_state_dict(load_guide_state(resume_dir))
+        guide = guide.to(device).requires_grad_(False).eval()
     model.train()
     D.train()
     ema = EMA(source=model, ema_kimg=cfg.ema_kimg, ema_rampup=cfg.ema_rampup)
     augment = AugmentPipe(cfg=cfg.augment)
-    loss_fn = GANLoss(cfg=cfg.loss, augment=augment if cfg.augment.mode != "off" else None)
+    loss_fn = GANLoss(cfg=cfg.loss, augment=augment if cfg.augment.mode != "off" else None, guide=guide)
 
     # Lazy R1 steps D's Adam r1_interval / (r1_interval + 1) times as often (StyleGAN2's mb_ratio).
     mb = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1) if cfg.loss.r1_gamma > 0 else 1.0
@@ -603,6 +611,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         main.run(export)
         save_training_state(out / "checkpoints", nimg=state.nimg, accelerator=accelerator,
                             ema_state=ema.state_dict(), tokenizer=tokenizer, keep=cfg.keep,
+                            guide_state=guide.state_dict() if guide is not None else None,
                             trainer={"loop": dataclasses.asdict(state), "model_config": model_cfg.to_dict(),
                                      "train_config": cfg.to_dict(), "processes": world})
 

@@ -15,9 +15,10 @@ Each image must pick its caption from the batch, and each caption its image (CLI
 captions that code identically are left out as negatives). The loss reads the pooled code
 itself, with no text head between (so the code, not a head, becomes the joint space: measured
 on shapes32, 51.2 kimg, a Linear head left the code's variance shares at colour .23, position
-.14, shape .14; without it .26, .13, .15 and a lower final loss, 0.06 against 0.12). Only the
-encoder is kept; the image tower is thrown away. The GAN then trains the encoder further,
-through its surrogate gradients, at `encoder_lr_mult`.
+.14, shape .14; without it .26, .13, .15 and a lower final loss, 0.06 against 0.12). The GAN then
+trains the encoder further, through its surrogate gradients, at `encoder_lr_mult`. The image
+side (tower and temperature, an `ImageTextScorer`) is returned too: frozen, it can score G's
+images against their captions during the GAN (the guide term, gan/loss.py).
 
 The warm-up runs once, at the start of a fresh or fine-tuned run, before the networks are
 wrapped for multi-process training (every process runs it alike, and DDP starts from rank 0's
@@ -72,6 +73,21 @@ class ImageTower(nn.Module):
         return self.head(self.convs(img).flatten(1))
 
 
+class ImageTextScorer(nn.Module):
+    """The warm-up's image side: an ImageTower and CLIP's learnable temperature. Called with
+    images, their captions' pooled codes and `distinct_pairs(pooled)`, it returns clip_loss's
+    (loss, logits)."""
+
+    def __init__(self, *, resolution: int, code_dim: int) -> None:
+        super().__init__()
+        self.image = ImageTower(resolution=resolution, out_features=code_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
+
+    def forward(self, img: torch.Tensor, pooled: torch.Tensor,
+                distinct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return clip_loss(self.image(img), pooled, self.logit_scale, distinct)
+
+
 def clip_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor, logit_scale: torch.Tensor,
               distinct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric InfoNCE over cosine similarities; pairs whose captions code identically
@@ -83,13 +99,13 @@ def clip_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor, logit_scale: torch.T
 
 
 def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg: WarmupConfig, *,
-                    resolution: int, device: torch.device | str = "cpu") -> dict[str, float]:
+                    resolution: int, device: torch.device | str = "cpu") -> tuple[dict[str, float], ImageTextScorer]:
     """Train `encoder` in place for cfg.kimg thousand pairs drawn from `batches` (collated
-    batches of cfg.batch pairs, e.g. the training loop's `make_loader` stream); returns the last
-    step's loss and in-batch retrieval accuracy (image -> caption), the steps and the seconds."""
-    image_tower = ImageTower(resolution=resolution, out_features=encoder.code_dim).to(device)
-    logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07), device=device))  # CLIP's initial temperature
-    params = [*[p for p in encoder.parameters() if p.requires_grad], *image_tower.parameters(), logit_scale]
+    batches of cfg.batch pairs, e.g. the training loop's `make_loader` stream). Returns the last
+    step's loss and in-batch retrieval accuracy (image -> caption), the steps and the seconds,
+    and the trained image side, frozen and in eval mode."""
+    scorer = ImageTextScorer(resolution=resolution, code_dim=encoder.code_dim).to(device)
+    params = [*[p for p in encoder.parameters() if p.requires_grad], *scorer.parameters()]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     steps = max(1, round(cfg.kimg * 1000 / cfg.batch))
     was_training = encoder.training
@@ -98,12 +114,12 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
     for _ in range(steps):
         batch = next(batches)
         pooled = encoder(tokenizer(batch["text"], emphasis=False).to(device)).pooled
-        loss, logits = clip_loss(image_tower(to_float(batch["image"]).to(device)), pooled,
-                                 logit_scale, distinct_pairs(pooled.detach()))
+        loss, logits = scorer(to_float(batch["image"]).to(device), pooled, distinct_pairs(pooled.detach()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     encoder.train(was_training)
     accuracy = (logits.detach().argmax(dim=1) == torch.arange(len(logits), device=logits.device)).float().mean()
-    return {"warmup/loss": float(loss.detach()), "warmup/accuracy": float(accuracy), "warmup/steps": steps,
-            "warmup/seconds": round(time.time() - start, 1)}
+    stats = {"warmup/loss": float(loss.detach()), "warmup/accuracy": float(accuracy), "warmup/steps": steps,
+             "warmup/seconds": round(time.time() - start, 1)}
+    return stats, scorer.requires_grad_(False).eval()

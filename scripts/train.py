@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight of the mode-seeking term (two latents per caption in the G phase)")
     p.add_argument("--word-weight", type=float, default=None,
                    help="weight of the word term (D's word classifier: which words the caption has)")
+    p.add_argument("--guide-weight", type=float, default=None,
+                   help="weight of the guide term (the warm-up's frozen image tower scores G's images; needs the warm-up)")
     p.add_argument("--warmup-kimg", type=float, default=None,
                    help="kimg of contrastive encoder warm-up on the training pairs before the GAN (0 = none)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
@@ -72,7 +74,8 @@ def build_config(args: argparse.Namespace):
             raise ValueError(f"{flag} must be >= 1, got {value}")
     for flag, value in (("--gamma", args.gamma), ("--match-weight", args.match_weight),
                         ("--contrastive-weight", args.contrastive_weight),
-                        ("--diversity-weight", args.diversity_weight), ("--word-weight", args.word_weight)):
+                        ("--diversity-weight", args.diversity_weight), ("--word-weight", args.word_weight),
+                        ("--guide-weight", args.guide_weight)):
         if value is not None and value < 0:
             raise ValueError(f"{flag} must be >= 0, got {value}")
     if args.workers is not None and args.workers < 0:
@@ -84,7 +87,8 @@ def build_config(args: argparse.Namespace):
         mixed_precision=args.mixed_precision, seed=args.seed, snap=args.snap, resume=args.resume,
         init_from=args.init_from, workers=args.workers, threads=args.threads)
     loss = {"r1_gamma": args.gamma, "match_weight": args.match_weight, "contrastive_weight": args.contrastive_weight,
-            "diversity_weight": args.diversity_weight, "word_weight": args.word_weight}
+            "diversity_weight": args.diversity_weight, "word_weight": args.word_weight,
+            "guide_weight": args.guide_weight}
     if loss := {k: v for k, v in loss.items() if v is not None}:
         overrides["loss"] = loss
     if args.augment is not None:

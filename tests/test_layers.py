@@ -111,6 +111,23 @@ def test_equal_conv_matches_reference_and_downsamples():
     assert skip(x).shape == (2, 6, 4, 4)
 
 
+def test_equal_conv_without_blur_strides_over_the_raw_input():
+    torch.manual_seed(0)
+    conv = EqualConv2d(4, 6, 3, down=True, blur=False, activation=False)
+    x = torch.randn(2, 4, 8, 8)
+    w = conv.weight / math.sqrt(4 * 9)
+    torch.testing.assert_close(conv(x), F.conv2d(x, w, conv.bias, stride=2, padding=1))
+    # The 1x1 skip reads plain 2x2 means: each output pixel is one 2x2 block's average.
+    skip = EqualConv2d(4, 6, 1, down=True, blur=False, bias=False, activation=False)
+    naive = torch.stack([torch.stack([x[:, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(dim=(2, 3)) for j in range(4)], -1)
+                         for i in range(4)], -2)
+    torch.testing.assert_close(skip(x), F.conv2d(naive, skip.weight / 2))
+    # A one-pixel detail survives unblurred: it reaches exactly one output of the strided conv.
+    impulse = torch.zeros(1, 4, 8, 8)
+    impulse[0, :, 4, 4] = 1
+    assert (conv(impulse) - conv(torch.zeros_like(impulse))).abs().sum(dim=1).gt(0).sum() == 1
+
+
 def test_fir_upsample_is_bilinear_inside_and_downsample_preserves_constants():
     x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
     up = upsample2d(x)

@@ -264,3 +264,30 @@ def test_d_reg_with_word_head_keeps_r1_and_the_head_in_the_graph(nets):
     torch.testing.assert_close(loss, plain)
     loss.backward()
     assert D.word_head.weight.grad is not None  # zero, but present: DDP sees every parameter used
+
+
+def test_guide_term_scores_fakes_with_the_frozen_scorer(nets):
+    """Gmain + guide_weight * the warm-up's CLIP loss of (G's images, their codes); the gradient
+    reaches G, never the frozen scorer; without a scorer the weight is refused."""
+    from gan.warmup import ImageTextScorer, clip_loss
+
+    G, D = nets
+    torch.manual_seed(1)
+    scorer = ImageTextScorer(resolution=4, code_dim=4).requires_grad_(False).eval()
+    z, ids = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])  # rows 1 and 3 share a caption: no negatives
+    plain, _ = GANLoss(cfg=LossConfig(match_weight=0.0), augment=None)("Gmain", G=G, D=D, z=z, batch=ids)
+    loss, stats = GANLoss(cfg=LossConfig(match_weight=0.0, guide_weight=0.5), augment=None, guide=scorer)(
+        "Gmain", G=G, D=D, z=z, batch=ids)
+    img, code = G(z, ids)
+    pooled = code.pooled.detach()
+    want, _ = clip_loss(scorer.image(img), pooled, scorer.logit_scale, distinct_pairs(pooled))
+    torch.testing.assert_close(stats["loss/G_guide"], want.detach())
+    torch.testing.assert_close(loss, plain + 0.5 * want)
+    G.zero_grad()
+    loss.backward()
+    assert G.to_img.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in scorer.parameters())
+    with pytest.raises(ValueError, match="guide_weight"):
+        GANLoss(cfg=LossConfig(guide_weight=1.0), augment=None)
+    with pytest.raises(ValueError, match="loss.guide_weight"):
+        LossConfig(guide_weight=-1.0)

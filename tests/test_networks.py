@@ -290,6 +290,20 @@ def test_discriminator_word_classifier():
         DiscriminatorConfig(word_classes=-1)
 
 
+def test_discriminator_blur_down_switches_every_downsampling_conv():
+    torch.manual_seed(0)
+    _, dcfg = tiny_cfgs()
+    blurred = Discriminator(dcfg)
+    plain = Discriminator(DiscriminatorConfig(**{**dcfg.__dict__, "blur_down": False}))
+    plain.load_state_dict(blurred.state_dict())  # same weights: only the filtering differs
+    downs = [m for m in plain.modules() if getattr(m, "down", False)]
+    assert downs and not any(m.blur for m in downs)
+    assert all(m.blur for m in blurred.modules() if getattr(m, "down", False))
+    img, pooled = torch.randn(4, 3, 16, 16), torch.randn(4, C)
+    assert plain(img, pooled).shape == (4,)
+    assert not torch.allclose(plain(img, pooled), blurred(img, pooled))
+
+
 def test_minibatch_std_groups_consecutive_samples():
     from gan.discriminator import MinibatchStd
 

@@ -14,7 +14,7 @@ import PIL.Image
 import pytest
 import torch
 
-from gan.checkpoint import list_states
+from gan.checkpoint import CheckpointError, list_states
 from gan.loss import GANLoss
 from gan.training import (NonFiniteLossError, StreamSampler, TrainConfig, resolve_config, split_batch,
                           train)
@@ -71,18 +71,25 @@ def test_run_directory(full_run):
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert records[0]["warmup/steps"] == 2 and math.isfinite(records[0]["warmup/loss"])  # tiny warms up 0.032 kimg
     for key in ("kimg", "loss/G", "loss/D", "loss/G_contrastive", "loss/D_contrastive", "loss/D_mismatch",
-                "loss/G_mode_seeking", "loss/G_word", "loss/D_word", "augment_p", "sec_per_kimg",
+                "loss/G_mode_seeking", "loss/G_word", "loss/D_word", "loss/G_guide", "augment_p", "sec_per_kimg",
                 "spikes/firing_rate", "nonfinite_total"):
         assert key in records[-1], key
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["grid-0000.064.png", "grid-0000.128.png"]
     assert [p.name for p in list_states(out / "checkpoints")] == ["state-0000000064", "state-0000000128"]
     assert not list((out / "checkpoints").glob(".tmp-*"))
+    assert all((state / "guide.safetensors").is_file() for state in list_states(out / "checkpoints"))
     assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
     from gan.model import load_model
 
     model, tokenizer = load_model(out / "model")
     assert_same(weights(model), weights(full_run.ema))
     assert len(tokenizer) == len(full_run.tokenizer)
+
+
+def test_resume_with_a_guide_the_run_never_had_is_refused(tmp_path):
+    train(tiny(tmp_path, kimg=0.032, loss={"guide_weight": 0.0}))
+    with pytest.raises(CheckpointError, match="--guide-weight"):
+        train(tiny(tmp_path, kimg=0.064, resume="latest"))
 
 
 def test_stream_sampler_deals_disjoint_shards_and_resumes():
@@ -215,6 +222,8 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
     (["--diversity-weight", "-1"], "--diversity-weight"),
     (["--word-weight", "-1"], "--word-weight"),
     (["--warmup-kimg", "-1"], "--warmup-kimg"),
+    (["--guide-weight", "-1"], "--guide-weight"),
+    (["--guide-weight", "1", "--warmup-kimg", "0"], "--warmup-kimg"),
     (["--batch", "16", "--batch-gpu", "3"], "--batch-gpu"),
     (["--preset", "huge"], "--preset"),
     (["--data", "/no/such/dir"], "--data"),
