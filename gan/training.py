@@ -68,8 +68,10 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
                      # off, its best setting then): mean attribute accuracy 0.546 -> 0.616, count
                      # 0.87 -> 0.94, background 0.37 -> 0.56, position 0.83 -> 0.92, relation
                      # 0.41 -> 0.52, LPIPS diversity 0.085 -> 0.165; FID 189 -> 203 (500 images);
-                     # 15:11 -> 17:18 wall. Shapes stay at chance (0.22) with or without it: G
-                     # conditioned on a perfect one-hot code reached only 0.29 at 50 kimg.
+                     # 15:11 -> 17:18 wall. Shapes stayed at chance (0.22) with or without it, and
+                     # with a perfect one-hot code (0.29); D's blur is one reason (see shapes32's
+                     # discriminator in gan/config.py). The guide term (--guide-weight, gan/loss.py)
+                     # lifts shapes but costs background, so it is off here.
                      warmup=dict(kimg=51.2),
                      # Rows that vary one thing at a time: position, colour, shape, relation.
                      grid_prompts=(
