@@ -97,6 +97,10 @@ def set_rng_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> Non
     random.setstate((version, tuple(internal), py_gauss))
 
 
+def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(path))
+
+
 def _write_json(path: Path, payload: dict) -> None:
     path.write_text(json.dumps(payload, indent=2) + "\n")
 
@@ -130,9 +134,9 @@ def save_training_state(
     save_file(tensors, str(tmp / f"rng-{rank}.safetensors"))
     _write_json(tmp / f"rng-{rank}.json", meta)
     if accelerator.is_main_process:
-        save_file({k: v.detach().cpu().contiguous() for k, v in ema_state.items()}, str(tmp / EMA_FILE))
+        _save_tensors(ema_state, tmp / EMA_FILE)
         if guide_state is not None:
-            save_file({k: v.detach().cpu().contiguous() for k, v in guide_state.items()}, str(tmp / GUIDE_FILE))
+            _save_tensors(guide_state, tmp / GUIDE_FILE)
         tokenizer.save(tmp / TOKENIZER_FILE)
         _write_json(tmp / TRAINER_FILE, trainer)  # written last: its presence marks a whole state
     accelerator.wait_for_everyone()

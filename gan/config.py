@@ -193,7 +193,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # D downsamples with plain stride-2 convs, without StyleGAN2's FIR blur: a small object here
         # is 9 pixels across, and the blur hides what tells a star from a circle (D's trunk trained
         # as a plain 5-way shape classifier on one-object images: 0.56 accuracy after 1000 steps
-        # with the blur, 1.00 without). 50-kimg runs at seeds 0 / 1 / 2: shape accuracy 0.23 / 0.24 /
+        # with the blur, 1.00 without). 50-kimg runs at R1 gamma 0.1, seeds 0 / 1 / 2: shape 0.23 / 0.24 /
         # 0.24 -> 0.31 / 0.32 / 0.31, mean attribute accuracy 0.66 / 0.62 / 0.56 -> 0.67 / 0.66 / 0.65.
         # The sharper D wins faster, so R1 is stronger with it (TRAIN_PRESETS).
         d=dict(channel_base=1024, channel_max=64, mapping_lr_mult=1.0, blur_down=False),

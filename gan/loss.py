@@ -57,7 +57,7 @@ frozen, score G's images (not augmented) against the batch's pooled codes; the t
 warm-up's CLIP loss, each fake picking its caption from the batch and each caption its fake.
 Unlike D, the scorer never sees fakes, so its opinion of what a "star" looks like does not move
 while G learns; unlike the word term's classifier it reads the same code that G does. Measured
-on shapes32 (D without blur, 50 kimg, seed 0): shape accuracy 0.31 -> 0.37 (weight 1) and 0.40
+on shapes32 (D without blur, R1 gamma 0.1, 50 kimg, seed 0): shape accuracy 0.31 -> 0.37 (weight 1) and 0.40
 (weight 4), colour 0.50 -> 0.59 / 0.54, but background 0.80 -> 0.47 / 0.50 (white backgrounds
 came out grey or black), mean 0.67 -> 0.66 / 0.63; so shapes32 leaves it off.
 
@@ -208,7 +208,9 @@ class GANLoss:
             batch = take_rows(batch, paired_rows(z.shape[0]))
         img, code = G(z, batch)
         pooled = code.pooled.detach()
-        contrastive, words = self.cfg.contrastive_weight > 0, self.cfg.word_weight > 0
+        contrastive, words, guide = (self.cfg.contrastive_weight > 0, self.cfg.word_weight > 0,
+                                     self.cfg.guide_weight > 0)
+        distinct = distinct_pairs(pooled) if contrastive or guide else None
         scores = self.run_D(D, img, pooled, pairs=contrastive, words=words)
         if words:
             scores, word_logits = scores
@@ -216,7 +218,7 @@ class GANLoss:
         loss = F.softplus(-logits).mean()
         stats = {"loss/G": loss.detach(), "scores/fake_G": logits.detach().mean()}
         if contrastive:
-            loss_con = contrastive_loss(scores, distinct_pairs(pooled))
+            loss_con = contrastive_loss(scores, distinct)
             loss = loss + self.cfg.contrastive_weight * loss_con
             stats["loss/G_contrastive"] = loss_con.detach()
         if diversity:
@@ -227,8 +229,8 @@ class GANLoss:
             loss_word = word_loss(word_logits, word_targets(batch, word_logits.shape[1]))
             loss = loss + self.cfg.word_weight * loss_word
             stats["loss/G_word"] = loss_word.detach()
-        if self.cfg.guide_weight > 0:
-            loss_guide, _ = self.guide(img, pooled, distinct_pairs(pooled))
+        if guide:
+            loss_guide, _ = self.guide(img, pooled, distinct)
             loss = loss + self.cfg.guide_weight * loss_guide
             stats["loss/G_guide"] = loss_guide.detach()
         # The encoder's spike statistics (firing rate, spikes and synaptic operations per prompt).
