@@ -40,6 +40,7 @@ class GeneratorConfig:
     w_avg_beta: float = 0.995  # EMA decay of the tracked mean w (updated in training mode).
     channel_base: int = 4096  # Feature width is min(channel_base // res, channel_max).
     channel_max: int = 128  # Widest feature map.
+    blur_up: bool = True  # FIR-blur after each upsampling conv (StyleGAN2); False = plain transposed convs.
     architecture: str = "skip"  # "skip": toRGB at every resolution, summed (StyleGAN2); "orig": toRGB at R only.
     attn_resolutions: tuple[int, ...] = (8, 16)  # Resolutions with cross-attention to tokens.
     attn_heads: int = 4  # Heads per cross-attention layer.

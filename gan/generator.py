@@ -129,6 +129,7 @@ class SynthesisBlock(nn.Module):
         torgb: bool,  # Add this resolution's toRGB to the image? (False: pass the image on unchanged.)
         fused: bool,  # Grouped-conv modulation?
         conv_clamp: float | None,  # Clamp conv outputs, None = off.
+        blur_up: bool = True,  # FIR-blur after the upsampling conv (StyleGAN2)?
     ) -> None:
         super().__init__()
         self.resolution = resolution
@@ -137,7 +138,7 @@ class SynthesisBlock(nn.Module):
             self.conv0 = None
         else:
             self.conv0 = SynthesisLayer(
-                in_channels, out_channels, w_dim=w_dim, resolution=resolution, up=True, fused=fused,
+                in_channels, out_channels, w_dim=w_dim, resolution=resolution, up=True, blur=blur_up, fused=fused,
                 conv_clamp=conv_clamp,
             )
         self.conv1 = SynthesisLayer(
@@ -189,7 +190,7 @@ class SynthesisNetwork(nn.Module):
                     prev, ch, resolution=res, w_dim=cfg.w_dim, code_dim=cfg.c_dim,
                     attn_heads=cfg.attn_heads if res in cfg.attn_resolutions else None,
                     torgb=cfg.architecture == "skip" or res == cfg.resolution,
-                    fused=cfg.fused_modconv, conv_clamp=cfg.conv_clamp,
+                    fused=cfg.fused_modconv, conv_clamp=cfg.conv_clamp, blur_up=cfg.blur_up,
                 )
             )
             prev = ch

@@ -197,6 +197,7 @@ def modulated_conv2d(
     gain: float = 1.0,  # Output gain (the activation gain, folded into the per-sample scales).
     demodulate: bool = True,  # Normalise each output channel's effective weight to unit norm?
     up: bool = False,  # Upsample 2x (transposed stride-2 conv + FIR blur, as StyleGAN2)?
+    up_blur: bool = True,  # With up: FIR-blur after the transposed conv? False = plain transposed conv (pad 1).
     fused: bool = False,  # True = StyleGAN2's grouped conv; False = scale input, shared conv, scale output.
 ) -> torch.Tensor:
     """Modulated convolution: [B, I, H, W] -> [B, O, H', W'] with H' = 2H if up else H.
@@ -204,7 +205,12 @@ def modulated_conv2d(
     Computes gain * conv(x_b, w * s_b [* d_b]) + bias for every sample b. The non-fused form
     moves the per-sample scales outside the convolution so one shared (large, efficient)
     convolution serves the whole batch: conv(x_b * s_b, w) * d_b.
+
+    Upsampling follows StyleGAN2: a stride-2 transposed conv to 2H+1, then the [1,3,3,1] blur
+    back to 2H. With up_blur=False the transposed conv alone (pad 1, output padding 1) gives 2H:
+    each output pixel sees only its own input neighbours, unsmoothed.
     """
+    up_kwargs = {} if up_blur else {"padding": 1, "output_padding": 1}
     B, I, H, W = x.shape
     O, I_w, kh, kw = weight.shape
     assert I_w == I and styles.shape == (B, I), (x.shape, weight.shape, styles.shape)
@@ -217,8 +223,9 @@ def modulated_conv2d(
     if not fused:
         x = x * styles.to(x.dtype).reshape(B, I, 1, 1)
         if up:
-            x = F.conv_transpose2d(x, weight.to(x.dtype).transpose(0, 1), stride=2)  # [B, O, 2H+1, 2W+1]
-            x = blur(x, padding=1, gain=4.0)  # [B, O, 2H, 2W]
+            x = F.conv_transpose2d(x, weight.to(x.dtype).transpose(0, 1), stride=2, **up_kwargs)
+            if up_blur:  # [B, O, 2H+1, 2W+1] -> [B, O, 2H, 2W]
+                x = blur(x, padding=1, gain=4.0)
         else:
             x = F.conv2d(x, weight.to(x.dtype), padding=kh // 2)
         b = bias.to(x.dtype).reshape(1, O, 1, 1) if bias is not None else None
@@ -234,8 +241,9 @@ def modulated_conv2d(
     x = x.reshape(1, B * I, H, W)
     if up:
         w = w.transpose(1, 2).reshape(B * I, O, kh, kw)  # conv_transpose weight: [in, out/groups, k, k]
-        x = F.conv_transpose2d(x, w, stride=2, groups=B)  # [1, B*O, 2H+1, 2W+1]
-        x = blur(x, padding=1, gain=4.0)
+        x = F.conv_transpose2d(x, w, stride=2, groups=B, **up_kwargs)
+        if up_blur:  # [1, B*O, 2H+1, 2W+1] -> [1, B*O, 2H, 2W]
+            x = blur(x, padding=1, gain=4.0)
     else:
         x = F.conv2d(x, w.reshape(B * O, I, kh, kw), padding=kh // 2, groups=B)
     x = x.reshape(B, O, x.shape[2], x.shape[3])
@@ -253,12 +261,13 @@ class SynthesisLayer(nn.Module):
         w_dim: int,  # Width of the intermediate latent w.
         resolution: int,  # Output resolution (size of the const noise buffer).
         up: bool = False,  # Upsample 2x before the output resolution?
+        blur: bool = True,  # With up: FIR-blur the upsampled features (StyleGAN2)?
         fused: bool = False,  # Grouped-conv modulation (see modulated_conv2d)?
         conv_clamp: float | None = None,  # Clamp outputs to +-this, None = no clamping.
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.resolution = in_channels, out_channels, resolution
-        self.up, self.fused, self.conv_clamp = up, fused, conv_clamp
+        self.up, self.blur, self.fused, self.conv_clamp = up, blur, fused, conv_clamp
         self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
         self.bias = nn.Parameter(torch.zeros(out_channels))
@@ -270,7 +279,8 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w)  # [B, in]
         # The activation gain sqrt(2) is folded into the output scale, bias and noise strength.
         x = modulated_conv2d(
-            x, self.weight, styles, bias=self.bias * LRELU_GAIN, gain=LRELU_GAIN, up=self.up, fused=self.fused
+            x, self.weight, styles, bias=self.bias * LRELU_GAIN, gain=LRELU_GAIN, up=self.up, up_blur=self.blur,
+            fused=self.fused,
         )
         B, _, R, _ = x.shape
         assert R == self.resolution, (x.shape, self.resolution)
@@ -288,7 +298,8 @@ class SynthesisLayer(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}->{self.out_channels}, res={self.resolution}, up={self.up}, fused={self.fused}"
+        return (f"{self.in_channels}->{self.out_channels}, res={self.resolution}, up={self.up}, blur={self.blur}, "
+                f"fused={self.fused}")
 
 
 class ToRGB(nn.Module):

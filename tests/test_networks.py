@@ -304,6 +304,21 @@ def test_discriminator_blur_down_switches_every_downsampling_conv():
     assert not torch.allclose(plain(img, pooled), blurred(img, pooled))
 
 
+def test_generator_blur_up_switches_every_upsampling_conv():
+    torch.manual_seed(0)
+    gcfg, _ = tiny_cfgs()
+    blurred = Generator(gcfg)
+    plain = Generator(GeneratorConfig(**{**gcfg.__dict__, "blur_up": False}))
+    plain.load_state_dict(blurred.state_dict())  # same weights: only the filtering differs
+    ups = [m for m in plain.modules() if getattr(m, "up", False)]
+    assert ups and not any(m.blur for m in ups)
+    assert all(m.blur for m in blurred.modules() if getattr(m, "up", False))
+    z, code = torch.randn(4, gcfg.z_dim), make_code()
+    out_plain, out_blurred = plain(z, code, noise_mode="const"), blurred(z, code, noise_mode="const")
+    assert out_plain.shape == out_blurred.shape == (4, 3, 16, 16)
+    assert not torch.allclose(out_plain, out_blurred)
+
+
 def test_minibatch_std_groups_consecutive_samples():
     from gan.discriminator import MinibatchStd
 
