@@ -23,6 +23,7 @@ import os
 import resource
 import signal
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -262,6 +263,26 @@ def make_loader(dataset, *, batch_gpu: int, rank: int, world: int, seed: int, st
         prefetch_factor=4 if workers > 0 else None, worker_init_fn=leave_stop_signals_to_parent)
 
 
+@contextmanager
+def catch_stop_signals():
+    """Within the block, SIGINT and SIGTERM only record their name in the yielded dict (the loop
+    polls it and stops cleanly); a second one raises KeyboardInterrupt. The old handlers come
+    back on exit."""
+    stop = {"signal": None}
+
+    def on_signal(signum, frame):
+        if stop["signal"] is not None:  # second signal: give up waiting
+            raise KeyboardInterrupt
+        stop["signal"] = signal.Signals(signum).name
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in old_handlers.items():
+            signal.signal(s, h)
+
+
 def leave_stop_signals_to_parent(worker_id: int) -> None:
     """Loader workers ignore SIGINT and SIGTERM. A terminal's Ctrl-C and a scheduler's SIGTERM
     reach the whole process group; a worker killed by one makes the loader raise before the
@@ -304,7 +325,7 @@ class TrainResult:
 
     out: Path
     model: nn.Module  # Live TextToImage.
-    ema: nn.Module  # EMA TextToImage (what OUT/model holds).
+    ema: nn.Module  # EMA TextToImage (what OUT/model holds; the live model if stopped in the warm-up).
     discriminator: nn.Module
     tokenizer: Any
     state: LoopState
@@ -479,14 +500,28 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     device = accelerator.device
     model.to(device)
     D.to(device)
+
+    def any_process_stopped(stop: dict) -> bool:
+        flag = torch.tensor(float(stop["signal"] is not None), device=device)
+        return accelerator.reduce(flag, reduction="sum").item() > 0
+
     warm, guide = {}, None
     if resume_dir is None and cfg.warmup.kimg > 0:
         # Every process draws the same pairs (rank 0 of 1), so all warm up alike.
         pairs = make_loader(dataset, batch_gpu=cfg.warmup.batch, rank=0, world=1, seed=cfg.seed, start=0,
                             workers=cfg.workers)
-        warm, guide = warm_up_encoder(model.encoder, iter(pairs), tokenizer, cfg.warmup,
-                                      resolution=model_cfg.resolution, device=device)
+        with catch_stop_signals() as stop:
+            warm, guide = warm_up_encoder(model.encoder, iter(pairs), tokenizer, cfg.warmup,
+                                          resolution=model_cfg.resolution, device=device,
+                                          should_stop=lambda: any_process_stopped(stop))
         del pairs
+        if any_process_stopped(stop):
+            main.print(f"{stop['signal'] or 'signal'} received in the encoder warm-up, after "
+                       f"{warm['warmup/steps']} of its steps: no training state exists yet; run the same command "
+                       f"again to start over")
+            accelerator.end_training()
+            return TrainResult(out=out, model=model, ema=model, discriminator=D, tokenizer=tokenizer,
+                               state=LoopState(), interrupted=True)
         main.print(f"encoder warm-up: {cfg.warmup.kimg:g} kimg in {warm['warmup/seconds']:.0f} s, contrastive loss "
                    f"{warm['warmup/loss']:.3f}, in-batch retrieval {warm['warmup/accuracy']:.2f}")
     if cfg.loss.guide_weight == 0:
@@ -542,14 +577,8 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         return MicroBatch(real=to_float(b["image"]).to(device), tokens=tokenizer(b["text"], emphasis=False).to(device),
                           index=b["index"])
 
-    stop = {"signal": None}
-
-    def on_signal(signum, frame):
-        if stop["signal"] is not None:  # second signal: give up waiting
-            raise KeyboardInterrupt
-        stop["signal"] = signal.Signals(signum).name
-
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    exits = ExitStack()
+    stop = exits.enter_context(catch_stop_signals())
 
     total_nimg = int(round(cfg.kimg * 1000))
     snap_nimg, tick_nimg = max(1, int(round(cfg.snap * 1000))), max(1, int(round(cfg.tick * 1000)))
@@ -680,8 +709,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
             prev = state.nimg - cfg.batch
             if done or state.nimg // tick_nimg > prev // tick_nimg:
                 tick()
-            flag = torch.tensor(float(stop["signal"] is not None), device=device)
-            interrupted = accelerator.reduce(flag, reduction="sum").item() > 0
+            interrupted = any_process_stopped(stop)
             if done or interrupted or state.nimg // snap_nimg > prev // snap_nimg:
                 snapshot()
             if interrupted:
@@ -690,8 +718,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
                 break
     finally:
         bar.close()
-        for s, h in old_handlers.items():
-            signal.signal(s, h)
+        exits.close()  # the old signal handlers come back
         accelerator.end_training()
     return TrainResult(out=out, model=model, ema=ema.model, discriminator=D_raw, tokenizer=tokenizer, state=state,
                        interrupted=interrupted)

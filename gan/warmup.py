@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -99,11 +99,13 @@ def clip_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor, logit_scale: torch.T
 
 
 def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg: WarmupConfig, *,
-                    resolution: int, device: torch.device | str = "cpu") -> tuple[dict[str, float], ImageTextScorer]:
+                    resolution: int, device: torch.device | str = "cpu",
+                    should_stop: Callable[[], bool] | None = None) -> tuple[dict[str, float], ImageTextScorer]:
     """Train `encoder` in place for cfg.kimg thousand pairs drawn from `batches` (collated
     batches of cfg.batch pairs, e.g. the training loop's `make_loader` stream). Returns the last
     step's loss and in-batch retrieval accuracy (image -> caption), the steps and the seconds,
-    and the trained image side, frozen and in eval mode."""
+    and the trained image side, frozen and in eval mode. `should_stop` is asked before every
+    step; when it says True the warm-up ends there ("warmup/steps" counts the steps taken)."""
     scorer = ImageTextScorer(resolution=resolution, code_dim=encoder.code_dim).to(device)
     params = [*[p for p in encoder.parameters() if p.requires_grad], *scorer.parameters()]
     opt = torch.optim.Adam(params, lr=cfg.lr)
@@ -111,15 +113,22 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
     was_training = encoder.training
     encoder.train()
     start = time.time()
+    loss = logits = None
+    done = 0
     for _ in range(steps):
+        if should_stop is not None and should_stop():
+            break
         batch = next(batches)
         pooled = encoder(tokenizer(batch["text"], emphasis=False).to(device)).pooled
         loss, logits = scorer(to_float(batch["image"]).to(device), pooled, distinct_pairs(pooled.detach()))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        done += 1
     encoder.train(was_training)
-    accuracy = (logits.detach().argmax(dim=1) == torch.arange(len(logits), device=logits.device)).float().mean()
-    stats = {"warmup/loss": float(loss.detach()), "warmup/accuracy": float(accuracy), "warmup/steps": steps,
-             "warmup/seconds": round(time.time() - start, 1)}
+    stats = {"warmup/steps": done, "warmup/seconds": round(time.time() - start, 1)}
+    if logits is not None:
+        labels = torch.arange(len(logits), device=logits.device)
+        stats["warmup/loss"] = float(loss.detach())
+        stats["warmup/accuracy"] = float((logits.detach().argmax(dim=1) == labels).float().mean())
     return stats, scorer.requires_grad_(False).eval()

@@ -32,6 +32,17 @@ PROMPTS = (
 )
 
 
+def training_finished(out: Path) -> bool:
+    """Whether the newest state in OUT/checkpoints has shown all the images its run asked for."""
+    from gan.checkpoint import list_states, read_trainer
+
+    states = list_states(out / "checkpoints")
+    if not states:
+        return False
+    trainer = read_trainer(states[-1])
+    return trainer["loop"]["nimg"] >= round(trainer["train_config"]["kimg"] * 1000)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="main_job", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/shapes32", help="run directory")
@@ -49,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
         train_args += ["--resume", "latest"]
     if (rc := train.main(train_args)) != 0:
         return rc
+    if not training_finished(out):  # stopped by SIGINT / SIGTERM: no grid or scores from half a run
+        print(f"training stopped before its end: run the same command again to continue it ({out})")
+        return 0
 
     prompts = out / "prompts.txt"
     prompts.write_text("\n".join(PROMPTS) + "\n")

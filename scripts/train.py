@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, NonFiniteLossError) as e:
         print(f"spikegan-train: error: {e}", file=sys.stderr)
         return 1
-    if int(os.environ.get("RANK", "0")) == 0:  # one line per run, not per process
+    if int(os.environ.get("RANK", "0")) == 0 and result.state.step > 0:  # one line per run, not per process
         print(f"{'stopped' if result.interrupted else 'done'} at {result.state.nimg / 1000:.3f} kimg: "
               f"model in {result.out / 'model'}, state in {result.out / 'checkpoints'}")
     return 0

@@ -18,6 +18,7 @@ from gan.checkpoint import CheckpointError, list_states
 from gan.loss import GANLoss
 from gan.training import (NonFiniteLossError, StreamSampler, TrainConfig, resolve_config, split_batch,
                           train)
+from scripts.main_job import training_finished
 from scripts.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,6 +80,7 @@ def test_run_directory(full_run):
     assert not list((out / "checkpoints").glob(".tmp-*"))
     assert all((state / "guide.safetensors").is_file() for state in list_states(out / "checkpoints"))
     assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert training_finished(out)  # the main job samples and scores only then
     from gan.model import load_model
 
     model, tokenizer = load_model(out / "model")
@@ -183,6 +185,24 @@ def test_sigterm_writes_state_and_returns(tmp_path, monkeypatch):
     assert result.interrupted and result.state.nimg == 48
     assert [p.name for p in list_states(tmp_path / "checkpoints")] == ["state-0000000048"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert not training_finished(tmp_path)  # so the main job stops too
+
+
+def test_sigterm_during_the_warmup_exits_cleanly(tmp_path, monkeypatch, capsys):
+    from gan.warmup import ImageTextScorer
+
+    original = ImageTextScorer.forward
+
+    def signal_on_first(self, *args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args)
+
+    monkeypatch.setattr(ImageTextScorer, "forward", signal_on_first)
+    result = train(tiny(tmp_path, kimg=0.128))  # tiny warms up for 2 steps: the first runs, the second not
+    assert result.interrupted and result.state.step == 0
+    assert "SIGTERM received in the encoder warm-up, after 1 of its steps" in capsys.readouterr().out
+    assert not list_states(tmp_path / "checkpoints") and not training_finished(tmp_path)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_sigterm_to_the_process_group_writes_state(tmp_path):
