@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 RESOLUTIONS = (16, 32, 64, 128, 256)
 ARCHITECTURES = ("skip", "orig")
+UPSAMPLE_MODES = ("bilinear", "nearest")  # gan.layers.UPSAMPLE_TAPS
 
 
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
@@ -40,7 +41,7 @@ class GeneratorConfig:
     w_avg_beta: float = 0.995  # EMA decay of the tracked mean w (updated in training mode).
     channel_base: int = 4096  # Feature width is min(channel_base // res, channel_max).
     channel_max: int = 128  # Widest feature map.
-    blur_up: bool = True  # FIR-blur after each upsampling conv (StyleGAN2); False = plain transposed convs.
+    upsample: str = "bilinear"  # Upsampling: "bilinear" (StyleGAN2's [1,3,3,1] FIR) or "nearest" (sharper, [1,1]).
     architecture: str = "skip"  # "skip": toRGB at every resolution, summed (StyleGAN2); "orig": toRGB at R only.
     attn_resolutions: tuple[int, ...] = (8, 16)  # Resolutions with cross-attention to tokens.
     attn_heads: int = 4  # Heads per cross-attention layer.
@@ -54,6 +55,8 @@ class GeneratorConfig:
         bad = [r for r in self.attn_resolutions if r < 4 or r > self.resolution or r & (r - 1)]
         if bad:
             raise ValueError(f"generator.attn_resolutions {bad} must be powers of two in [4, {self.resolution}]")
+        if self.upsample not in UPSAMPLE_MODES:
+            raise ValueError(f"generator.upsample must be one of {UPSAMPLE_MODES}, got {self.upsample!r}")
         if self.architecture not in ARCHITECTURES:
             raise ValueError(f"generator.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.mapping_layers < 1:

@@ -129,16 +129,16 @@ class SynthesisBlock(nn.Module):
         torgb: bool,  # Add this resolution's toRGB to the image? (False: pass the image on unchanged.)
         fused: bool,  # Grouped-conv modulation?
         conv_clamp: float | None,  # Clamp conv outputs, None = off.
-        blur_up: bool = True,  # FIR-blur after the upsampling conv (StyleGAN2)?
+        upsample: str = "bilinear",  # Upsampling filter of the up-conv and the image (layers.UPSAMPLE_TAPS).
     ) -> None:
         super().__init__()
-        self.resolution = resolution
+        self.resolution, self.upsample = resolution, upsample
         if in_channels == 0:
             self.const = nn.Parameter(torch.randn(out_channels, resolution, resolution))
             self.conv0 = None
         else:
             self.conv0 = SynthesisLayer(
-                in_channels, out_channels, w_dim=w_dim, resolution=resolution, up=True, blur=blur_up, fused=fused,
+                in_channels, out_channels, w_dim=w_dim, resolution=resolution, up=True, upsample=upsample, fused=fused,
                 conv_clamp=conv_clamp,
             )
         self.conv1 = SynthesisLayer(
@@ -171,7 +171,7 @@ class SynthesisBlock(nn.Module):
             x = self.attn(x, code.tokens.to(x.dtype), code.mask)
         if self.torgb is not None:
             y = self.torgb(x, w[-1])
-            img = y if img is None else upsample2d(img).add_(y)
+            img = y if img is None else upsample2d(img, self.upsample).add_(y)
         return x, img
 
 
@@ -190,7 +190,7 @@ class SynthesisNetwork(nn.Module):
                     prev, ch, resolution=res, w_dim=cfg.w_dim, code_dim=cfg.c_dim,
                     attn_heads=cfg.attn_heads if res in cfg.attn_resolutions else None,
                     torgb=cfg.architecture == "skip" or res == cfg.resolution,
-                    fused=cfg.fused_modconv, conv_clamp=cfg.conv_clamp, blur_up=cfg.blur_up,
+                    fused=cfg.fused_modconv, conv_clamp=cfg.conv_clamp, upsample=cfg.upsample,
                 )
             )
             prev = ch

@@ -8,8 +8,8 @@ and under autocast. Conventions:
 - Activation gain: leaky ReLU is positively homogeneous, `lrelu(x) * g == lrelu(x * g)` for
   g > 0, so the sqrt(2) gain (and residual sqrt(0.5) gains) are folded into the weight and
   bias scales: no extra pass over the activations.
-- Resampling uses the fixed separable FIR [1, 3, 3, 1] (StyleGAN2's default), applied as an
-  ordinary depthwise convolution.
+- Resampling uses the fixed separable FIR [1, 3, 3, 1] (StyleGAN2's default; G can upsample with
+  [1, 1] instead), applied as an ordinary depthwise convolution.
 """
 from __future__ import annotations
 
@@ -30,48 +30,62 @@ def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> to
 
 
 # ----------------------------------------------------------------------------------------------
-# FIR resampling with the [1, 3, 3, 1] filter.
+# FIR resampling. Zero insertion followed by [1, 3, 3, 1] is bilinear upsampling, followed by
+# [1, 1] nearest-neighbour upsampling.
+UPSAMPLE_TAPS = {"bilinear": (1.0, 3.0, 3.0, 1.0), "nearest": (1.0, 1.0)}
 
 
 @functools.lru_cache(maxsize=256)
-def _fir_kernel(channels: int, gain: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    f = torch.tensor([1.0, 3.0, 3.0, 1.0], dtype=torch.float64)
+def _fir_kernel(channels: int, gain: float, device: torch.device, dtype: torch.dtype,
+                taps: tuple[float, ...]) -> torch.Tensor:
+    f = torch.tensor(taps, dtype=torch.float64)
     k = torch.outer(f, f)
     k = k * (gain / k.sum())
     return k.to(device=device, dtype=dtype).repeat(channels, 1, 1, 1)
 
 
-def fir_kernel(channels: int, *, gain: float = 1.0, device=None, dtype=None) -> torch.Tensor:
-    """Depthwise 4x4 kernel [channels, 1, 4, 4]: outer([1,3,3,1]) normalised to sum `gain`.
+def fir_kernel(channels: int, *, gain: float = 1.0, device=None, dtype=None,
+               taps: tuple[float, ...] = UPSAMPLE_TAPS["bilinear"]) -> torch.Tensor:
+    """Depthwise kernel [channels, 1, n, n]: outer(taps, taps) normalised to sum `gain`.
 
     A cached constant (never modified, needs no gradient); built once per (shape, device, dtype).
     """
+    args = (channels, float(gain), torch.device(device or "cpu"), dtype or torch.float32, tuple(taps))
     if torch.compiler.is_compiling():  # keep graphs free of Python-side caches
-        return _fir_kernel.__wrapped__(channels, gain, torch.device(device or "cpu"), dtype or torch.float32)
-    return _fir_kernel(channels, float(gain), torch.device(device or "cpu"), dtype or torch.float32)
+        return _fir_kernel.__wrapped__(*args)
+    return _fir_kernel(*args)
 
 
-def blur(x: torch.Tensor, *, padding: int, gain: float = 1.0, stride: int = 1) -> torch.Tensor:
-    """Depthwise FIR filter: [B, C, H, W] -> [B, C, (H + 2p - 4) // stride + 1, ...]."""
+def blur(x: torch.Tensor, *, padding: int, gain: float = 1.0, stride: int = 1,
+         taps: tuple[float, ...] = UPSAMPLE_TAPS["bilinear"]) -> torch.Tensor:
+    """Depthwise FIR filter: [B, C, H, W] -> [B, C, (H + 2p - n) // stride + 1, ...]."""
     C = x.shape[1]
-    k = fir_kernel(C, gain=gain, device=x.device, dtype=x.dtype)
+    k = fir_kernel(C, gain=gain, device=x.device, dtype=x.dtype, taps=taps)
     return F.conv2d(x, k, stride=stride, padding=padding, groups=C)
 
 
-def upsample2d(x: torch.Tensor) -> torch.Tensor:
-    """2x FIR upsampling (zero insertion + [1,3,3,1] filter, gain 4): [B,C,H,W] -> [B,C,2H,2W].
+def upsample2d(x: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """2x upsampling by zero insertion + the mode's filter (gain 4): [B,C,H,W] -> [B,C,2H,2W].
 
-    Equals bilinear upsampling (half-pixel centres) except at the border, where the outside
-    is zero instead of clamped.
+    "bilinear" ([1,3,3,1], StyleGAN2's) equals bilinear interpolation (half-pixel centres) except
+    at the border, where the outside is zero instead of clamped; "nearest" ([1,1]) equals
+    nearest-neighbour upsampling.
     """
-    C = x.shape[1]
-    k = fir_kernel(C, gain=4.0, device=x.device, dtype=x.dtype)
-    return F.conv_transpose2d(x, k, stride=2, padding=1, groups=C)
+    taps = UPSAMPLE_TAPS[mode]
+    k = fir_kernel(x.shape[1], gain=4.0, device=x.device, dtype=x.dtype, taps=taps)
+    return F.conv_transpose2d(x, k, stride=2, padding=(len(taps) - 2) // 2, groups=x.shape[1])
 
 
 def downsample2d(x: torch.Tensor) -> torch.Tensor:
     """2x FIR downsampling: [B, C, H, W] -> [B, C, H/2, W/2]."""
     return blur(x, padding=1, stride=2)
+
+
+def upsample_filter(x: torch.Tensor, mode: str) -> torch.Tensor:
+    """A stride-2 transposed 3x3 conv's output [B, C, 2H+1, 2W+1] -> [B, C, 2H, 2W] through the
+    mode's filter (gain 4, the zero-inserted pixels' share)."""
+    taps = UPSAMPLE_TAPS[mode]
+    return blur(x, padding=(len(taps) - 2) // 2, gain=4.0, taps=taps)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -196,8 +210,8 @@ def modulated_conv2d(
     bias: torch.Tensor | None = None,  # Bias [O] added after the (scaled) convolution.
     gain: float = 1.0,  # Output gain (the activation gain, folded into the per-sample scales).
     demodulate: bool = True,  # Normalise each output channel's effective weight to unit norm?
-    up: bool = False,  # Upsample 2x (transposed stride-2 conv + FIR blur, as StyleGAN2)?
-    up_blur: bool = True,  # With up: FIR-blur after the transposed conv? False = plain transposed conv (pad 1).
+    up: bool = False,  # Upsample 2x (transposed stride-2 conv + FIR filter, as StyleGAN2)?
+    upsample: str = "bilinear",  # With up: the filter after the transposed conv (UPSAMPLE_TAPS).
     fused: bool = False,  # True = StyleGAN2's grouped conv; False = scale input, shared conv, scale output.
 ) -> torch.Tensor:
     """Modulated convolution: [B, I, H, W] -> [B, O, H', W'] with H' = 2H if up else H.
@@ -206,11 +220,11 @@ def modulated_conv2d(
     moves the per-sample scales outside the convolution so one shared (large, efficient)
     convolution serves the whole batch: conv(x_b * s_b, w) * d_b.
 
-    Upsampling follows StyleGAN2: a stride-2 transposed conv to 2H+1, then the [1,3,3,1] blur
-    back to 2H. With up_blur=False the transposed conv alone (pad 1, output padding 1) gives 2H:
-    each output pixel sees only its own input neighbours, unsmoothed.
+    Upsampling follows StyleGAN2: a stride-2 transposed conv to 2H+1, then a FIR filter back to
+    2H. Filter and conv commute, so this is the conv applied to upsample2d(x, upsample) at 4x
+    less cost: with "bilinear" ([1,3,3,1]) a bilinear upsampling, with "nearest" ([1,1]) a
+    nearest-neighbour one (sharper: each output pixel mixes 2x2 inputs, not 3x3 weighted).
     """
-    up_kwargs = {} if up_blur else {"padding": 1, "output_padding": 1}
     B, I, H, W = x.shape
     O, I_w, kh, kw = weight.shape
     assert I_w == I and styles.shape == (B, I), (x.shape, weight.shape, styles.shape)
@@ -223,9 +237,8 @@ def modulated_conv2d(
     if not fused:
         x = x * styles.to(x.dtype).reshape(B, I, 1, 1)
         if up:
-            x = F.conv_transpose2d(x, weight.to(x.dtype).transpose(0, 1), stride=2, **up_kwargs)
-            if up_blur:  # [B, O, 2H+1, 2W+1] -> [B, O, 2H, 2W]
-                x = blur(x, padding=1, gain=4.0)
+            x = F.conv_transpose2d(x, weight.to(x.dtype).transpose(0, 1), stride=2)  # [B, O, 2H+1, 2W+1]
+            x = upsample_filter(x, upsample)  # [B, O, 2H, 2W]
         else:
             x = F.conv2d(x, weight.to(x.dtype), padding=kh // 2)
         b = bias.to(x.dtype).reshape(1, O, 1, 1) if bias is not None else None
@@ -241,9 +254,8 @@ def modulated_conv2d(
     x = x.reshape(1, B * I, H, W)
     if up:
         w = w.transpose(1, 2).reshape(B * I, O, kh, kw)  # conv_transpose weight: [in, out/groups, k, k]
-        x = F.conv_transpose2d(x, w, stride=2, groups=B, **up_kwargs)
-        if up_blur:  # [1, B*O, 2H+1, 2W+1] -> [1, B*O, 2H, 2W]
-            x = blur(x, padding=1, gain=4.0)
+        x = F.conv_transpose2d(x, w, stride=2, groups=B)  # [1, B*O, 2H+1, 2W+1]
+        x = upsample_filter(x, upsample)
     else:
         x = F.conv2d(x, w.reshape(B * O, I, kh, kw), padding=kh // 2, groups=B)
     x = x.reshape(B, O, x.shape[2], x.shape[3])
@@ -261,13 +273,13 @@ class SynthesisLayer(nn.Module):
         w_dim: int,  # Width of the intermediate latent w.
         resolution: int,  # Output resolution (size of the const noise buffer).
         up: bool = False,  # Upsample 2x before the output resolution?
-        blur: bool = True,  # With up: FIR-blur the upsampled features (StyleGAN2)?
+        upsample: str = "bilinear",  # With up: "bilinear" (StyleGAN2's FIR) or "nearest" (UPSAMPLE_TAPS).
         fused: bool = False,  # Grouped-conv modulation (see modulated_conv2d)?
         conv_clamp: float | None = None,  # Clamp outputs to +-this, None = no clamping.
     ) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.resolution = in_channels, out_channels, resolution
-        self.up, self.blur, self.fused, self.conv_clamp = up, blur, fused, conv_clamp
+        self.up, self.upsample, self.fused, self.conv_clamp = up, upsample, fused, conv_clamp
         self.affine = EqualLinear(w_dim, in_channels, bias_init=1.0)
         self.weight = nn.Parameter(torch.randn(out_channels, in_channels, 3, 3))
         self.bias = nn.Parameter(torch.zeros(out_channels))
@@ -279,7 +291,7 @@ class SynthesisLayer(nn.Module):
         styles = self.affine(w)  # [B, in]
         # The activation gain sqrt(2) is folded into the output scale, bias and noise strength.
         x = modulated_conv2d(
-            x, self.weight, styles, bias=self.bias * LRELU_GAIN, gain=LRELU_GAIN, up=self.up, up_blur=self.blur,
+            x, self.weight, styles, bias=self.bias * LRELU_GAIN, gain=LRELU_GAIN, up=self.up, upsample=self.upsample,
             fused=self.fused,
         )
         B, _, R, _ = x.shape
@@ -298,8 +310,8 @@ class SynthesisLayer(nn.Module):
         return x
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}->{self.out_channels}, res={self.resolution}, up={self.up}, blur={self.blur}, "
-                f"fused={self.fused}")
+        up = f"up={self.upsample}" if self.up else "up=False"
+        return f"{self.in_channels}->{self.out_channels}, res={self.resolution}, {up}, fused={self.fused}"
 
 
 class ToRGB(nn.Module):

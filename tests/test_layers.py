@@ -56,26 +56,25 @@ def test_modconv_forms_match_naive_loop(fused, up, demodulate, channels_last):
 
 
 @pytest.mark.parametrize("fused", [False, True])
-def test_modconv_up_without_blur_is_zero_insertion_then_conv(fused):
+def test_modconv_nearest_upsampling_is_nearest_then_conv(fused):
     g = torch.Generator().manual_seed(3)
     B, I, O, H = 2, 4, 5, 6
     x, weight = torch.randn(B, I, H, H, generator=g), torch.randn(O, I, 3, 3, generator=g)
     styles, bias = torch.randn(B, I, generator=g) + 1.0, torch.randn(O, generator=g)
-    out = modulated_conv2d(x, weight, styles, bias=bias, gain=1.4, up=True, up_blur=False, fused=fused)
-    # Naive: put each input pixel at (2i, 2j) of a zero 2H x 2H grid, then a 3x3 conv (pad 1)
-    # with each sample's demodulated weight, flipped (a transposed conv is a flipped conv).
-    stuffed = torch.zeros(B, I, 2 * H, 2 * H)
-    stuffed[:, :, ::2, ::2] = x
+    out = modulated_conv2d(x, weight, styles, bias=bias, gain=1.4, up=True, upsample="nearest", fused=fused)
+    # Naive: nearest-neighbour upsampling, then a padded 3x3 conv with each sample's demodulated
+    # weight, flipped (the transposed conv's weight read as an ordinary conv's).
+    near = F.interpolate(x, scale_factor=2, mode="nearest")
     for b in range(B):
         w = weight * styles[b].reshape(1, -1, 1, 1)
         w = w / w.square().sum(dim=(1, 2, 3), keepdim=True).add(1e-8).sqrt() * 1.4
-        ref = F.conv2d(stuffed[b:b + 1], w.flip(2, 3), bias, padding=1)
+        ref = F.conv2d(near[b:b + 1], w.flip(2, 3), bias, padding=1)
         torch.testing.assert_close(out[b:b + 1], ref, atol=1e-5, rtol=1e-5)
-    # One input pixel reaches only its own 3x3 patch of the output; the 4-tap blur spreads it to 6x6.
+    # One input pixel reaches a 4x4 patch of the output; the bilinear filter spreads it to 6x6.
     impulse = torch.zeros(1, I, H, H)
     impulse[0, :, 2, 2] = 1
-    for up_blur, side in ((False, 3), (True, 6)):
-        y = modulated_conv2d(impulse, weight, styles[:1], gain=1.4, up=True, up_blur=up_blur, fused=fused)
+    for upsample, side in (("nearest", 4), ("bilinear", 6)):
+        y = modulated_conv2d(impulse, weight, styles[:1], gain=1.4, up=True, upsample=upsample, fused=fused)
         rows, cols = y.abs().sum(dim=1)[0].nonzero().unbind(1)
         assert (rows.max() - rows.min() + 1, cols.max() - cols.min() + 1) == (side, side)
 
@@ -151,6 +150,11 @@ def test_equal_conv_without_blur_strides_over_the_raw_input():
     impulse = torch.zeros(1, 4, 8, 8)
     impulse[0, :, 4, 4] = 1
     assert (conv(impulse) - conv(torch.zeros_like(impulse))).abs().sum(dim=1).gt(0).sum() == 1
+
+
+def test_nearest_upsample_repeats_each_pixel():
+    x = torch.randn(2, 3, 5, 5, dtype=torch.float64)
+    torch.testing.assert_close(upsample2d(x, "nearest"), F.interpolate(x, scale_factor=2, mode="nearest"))
 
 
 def test_fir_upsample_is_bilinear_inside_and_downsample_preserves_constants():

@@ -1,6 +1,7 @@
 """Generator and discriminator: shapes, truncation, noise, gradients to the code, attention."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from encoders.code import SpikeCode
 from gan import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
@@ -304,19 +305,30 @@ def test_discriminator_blur_down_switches_every_downsampling_conv():
     assert not torch.allclose(plain(img, pooled), blurred(img, pooled))
 
 
-def test_generator_blur_up_switches_every_upsampling_conv():
+@pytest.mark.parametrize("architecture", ["skip", "orig"])
+def test_generator_nearest_upsampling_switches_every_upsampling(architecture, monkeypatch):
+    import gan.generator
+
     torch.manual_seed(0)
-    gcfg, _ = tiny_cfgs()
-    blurred = Generator(gcfg)
-    plain = Generator(GeneratorConfig(**{**gcfg.__dict__, "blur_up": False}))
-    plain.load_state_dict(blurred.state_dict())  # same weights: only the filtering differs
-    ups = [m for m in plain.modules() if getattr(m, "up", False)]
-    assert ups and not any(m.blur for m in ups)
-    assert all(m.blur for m in blurred.modules() if getattr(m, "up", False))
+    gcfg, _ = tiny_cfgs(architecture=architecture)
+    bilinear = Generator(gcfg)
+    nearest = Generator(GeneratorConfig(**{**gcfg.__dict__, "upsample": "nearest"}))
+    nearest.load_state_dict(bilinear.state_dict())  # same weights: only the filter differs
+    ups = [m for m in nearest.modules() if getattr(m, "up", False)]
+    assert ups and all(m.upsample == "nearest" for m in ups)
+    assert all(m.upsample == "bilinear" for m in bilinear.modules() if getattr(m, "up", False))
+    modes = []  # the skip architecture's image upsampling follows too
+    monkeypatch.setattr(gan.generator, "upsample2d", lambda img, mode: modes.append(mode) or F.interpolate(img, scale_factor=2))
     z, code = torch.randn(4, gcfg.z_dim), make_code()
-    out_plain, out_blurred = plain(z, code, noise_mode="const"), blurred(z, code, noise_mode="const")
-    assert out_plain.shape == out_blurred.shape == (4, 3, 16, 16)
-    assert not torch.allclose(out_plain, out_blurred)
+    out_nearest, out_bilinear = nearest(z, code, noise_mode="const"), bilinear(z, code, noise_mode="const")
+    assert out_nearest.shape == out_bilinear.shape == (4, 3, 16, 16)
+    assert not torch.allclose(out_nearest, out_bilinear)
+    assert modes == (["nearest"] * 2 + ["bilinear"] * 2 if architecture == "skip" else [])
+
+
+def test_generator_upsample_mode_is_checked():
+    with pytest.raises(ValueError, match="generator.upsample"):
+        tiny_cfgs(upsample="bicubic")
 
 
 def test_minibatch_std_groups_consecutive_samples():
