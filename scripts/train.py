@@ -47,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight of the guide term (the warm-up's frozen image tower scores G's images; needs the warm-up)")
     p.add_argument("--warmup-kimg", type=float, default=None,
                    help="kimg of contrastive encoder warm-up on the training pairs before the GAN (0 = none)")
+    p.add_argument("--warmup-hard-negatives", action=argparse.BooleanOptionalAction, default=None,
+                   help="in the warm-up, each image also rejects its caption with one word swapped (NegCLIP)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--snap", type=float, default=None, help="kimg between snapshots")
@@ -97,6 +99,8 @@ def build_config(args: argparse.Namespace):
         if args.warmup_kimg < 0:
             raise ValueError(f"--warmup-kimg must be >= 0, got {args.warmup_kimg}")
         overrides["warmup"] = {"kimg": args.warmup_kimg}
+    if args.warmup_hard_negatives is not None:
+        overrides.setdefault("warmup", {})["hard_negatives"] = args.warmup_hard_negatives
     try:
         cfg = resolve_config(args.preset, **overrides)
     except ValueError as e:

@@ -274,3 +274,6 @@ def test_dry_run_prints_resolved_config(capsys):
     loss = json.loads(capsys.readouterr().out)["train"]["loss"]
     assert loss["contrastive_weight"] == 0.5 and loss["match_weight"] == 0 and loss["r1_gamma"] == 0.1
     assert cfg["model"]["resolution"] == 16
+    assert train_main(["--preset", "tiny", "--no-warmup-hard-negatives", "--warmup-kimg", "1", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["warmup"] == {"kimg": 1.0, "batch": 16, "lr": 1e-3,
+                                                                      "hard_negatives": False}

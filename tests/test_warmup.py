@@ -12,15 +12,19 @@ from encoders import build_encoder, make_tokenizer
 from gan.config import preset
 from gan.loss import distinct_pairs
 from gan.training import make_loader
-from gan.warmup import ImageTower, WarmupConfig, clip_loss, warm_up_encoder
+from encoders import WordTokenizer
+from gan.warmup import ImageTower, WarmupConfig, WordSwaps, clip_loss, warm_up_encoder
 
 
-def naive_clip_loss(img, txt, scale, distinct):
-    """Per row and per column: -log(exp(own) / sum over own + distinct others), averaged."""
+def naive_clip_loss(img, txt, scale, distinct, hard=None):
+    """Per row and per column: -log(exp(own) / sum over own + distinct others), averaged; a valid
+    hard negative joins its own image's row."""
     sim = [[scale * F.cosine_similarity(img[i], txt[j], dim=0) for j in range(len(txt))] for i in range(len(img))]
     n, total = len(img), 0.0
     for i in range(n):
         row = [sim[i][j] for j in range(n) if j == i or distinct[i, j]]
+        if hard is not None and hard[1][i]:
+            row.append(scale * F.cosine_similarity(img[i], hard[0][i], dim=0))
         col = [sim[j][i] for j in range(n) if j == i or distinct[j, i]]
         total += -(sim[i][i] - torch.logsumexp(torch.stack(row), 0)) / 2
         total += -(sim[i][i] - torch.logsumexp(torch.stack(col), 0)) / 2
@@ -40,10 +44,58 @@ def test_clip_loss_matches_naive_reference():
     assert logits.shape == (6, 6) and torch.isinf(logits[1, 4]) and torch.isfinite(logits.diagonal()).all()
 
 
+def test_clip_loss_with_hard_negatives_matches_naive_reference():
+    g = torch.Generator().manual_seed(1)
+    img, txt, neg = (torch.randn(5, 8, generator=g) for _ in range(3))
+    distinct, log_scale = distinct_pairs(txt), torch.tensor(0.7)
+    valid = torch.tensor([True, False, True, True, False])
+    loss, logits = clip_loss(img, txt, log_scale, distinct, (neg, valid))
+    torch.testing.assert_close(loss, naive_clip_loss(img, txt, log_scale.exp(), distinct, (neg, valid)),
+                               rtol=1e-5, atol=1e-6)
+    assert logits.shape == (5, 5)
+    none_valid = clip_loss(img, txt, log_scale, distinct, (neg, torch.zeros(5, dtype=torch.bool)))[0]
+    torch.testing.assert_close(none_valid, clip_loss(img, txt, log_scale, distinct)[0])
+
+
+def test_word_swaps_replace_one_word_by_one_seen_in_its_context():
+    corpus = ["a red circle", "a blue circle", "a red star", "the sun"]
+    tok = WordTokenizer.build(corpus)
+    swaps = WordSwaps.build(tok, corpus)
+    ids = {w: tok([w], emphasis=False).ids[0, 0].item() for w in ("a", "red", "blue", "circle", "star")}
+    # (a, circle) frames red and blue; (red, end) frames circle and star; "a" and "the sun" have no rivals.
+    assert swaps.fillers == {(ids["a"], ids["circle"]): tuple(sorted((ids["red"], ids["blue"]))),
+                             (ids["red"], -2): tuple(sorted((ids["circle"], ids["star"])))}
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(20):
+        batch = tok(["a red circle", "the sun"], emphasis=False)
+        swapped, valid = swaps(batch)
+        assert valid.tolist() == [True, False] and torch.equal(swapped.ids[1], batch.ids[1])
+        assert torch.equal(swapped.mask, batch.mask) and (swapped.ids[0] != batch.ids[0]).sum() == 1
+        seen.add(tok.decode(swapped.ids[0].tolist()))
+    assert seen == {"a blue circle", "a red star"}
+
+
 @pytest.mark.parametrize("resolution", [16, 32, 64])
 def test_image_tower_shapes(resolution):
     tower = ImageTower(resolution=resolution, out_features=24)
     assert tower(torch.zeros(3, 3, resolution, resolution)).shape == (3, 24)
+
+
+def test_warm_up_with_hard_negatives_is_deterministic_and_needs_swaps(tiny_setup):
+    dataset, cfg, tokenizer = tiny_setup
+    warm = WarmupConfig(kimg=0.032, batch=16, hard_negatives=True)
+    swaps = WordSwaps.build(tokenizer, dataset.captions())
+    runs = []
+    for _ in range(2):
+        enc = fresh_encoder(cfg, tokenizer)
+        torch.manual_seed(123)
+        stats, _ = warm_up_encoder(enc, pairs(dataset, warm, 0), tokenizer, warm, resolution=16, swaps=swaps)
+        assert stats["warmup/steps"] == 2 and math.isfinite(stats["warmup/loss"])
+        runs.append(enc.state_dict())
+    assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
+    with pytest.raises(ValueError, match="hard_negatives"):
+        warm_up_encoder(fresh_encoder(cfg, tokenizer), pairs(dataset, warm, 0), tokenizer, warm, resolution=16)
 
 
 def test_config_errors_name_the_option():
