@@ -141,14 +141,16 @@ class Discriminator(nn.Module):
     def forward(
         self, img: torch.Tensor, pooled: torch.Tensor, *, pairs: bool = False, words: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """img [B, 3, R, R] in [-1, 1], pooled [B, c_dim] -> logits [B] (pairs=True: [B, B],
-        entry [i, j] scores image i under prompt j); words=True: (logits, word_logits [B, V])."""
+        """img [B, 3, R, R] in [-1, 1], pooled [B, c_dim] -> logits [B] (pairs=True: pooled may
+        hold any N prompts, logits [B, N], entry [i, j] scores image i under prompt j); words=True:
+        (logits, word_logits [B, V])."""
         if words and self.words is None:
             raise ValueError("this discriminator has no word classifier (discriminator.word_classes = 0)")
         B = img.shape[0]
         R = self.cfg.resolution
         assert img.shape == (B, 3, R, R), (img.shape, R)
-        assert pooled.shape == (B, self.cfg.c_dim), (pooled.shape, self.cfg.c_dim)
+        assert pooled.ndim == 2 and pooled.shape[1] == self.cfg.c_dim and (pairs or len(pooled) == B), (
+            pooled.shape, B, self.cfg.c_dim)
         if self.cfg.channels_last:
             img = img.contiguous(memory_format=torch.channels_last)
         x = self.blocks(self.from_rgb(img))  # [B, c4, 4, 4]

@@ -61,9 +61,18 @@ on shapes32 (D without blur, R1 gamma 0.1, 50 kimg, seed 0): shape accuracy 0.31
 (weight 4), colour 0.50 -> 0.59 / 0.54, but background 0.80 -> 0.47 / 0.50 (white backgrounds
 came out grey or black), mean 0.67 -> 0.66 / 0.63; so shapes32 leaves it off.
 
+Hard negatives (`hard_negatives`, NegCLIP's idea applied to D): in-batch captions usually differ
+from an image's own in several attributes at once, so D can reject them on the easiest one
+(colour) and never learn to check the rest. With this on, each caption also comes with a copy
+that has one word swapped for another word the dataset uses between the same two neighbours
+(gan.warmup.WordSwaps: "a red [circle] on" -> "a red [star] on"). D scores each real image under
+its own copy from the same forward as the batch's captions (the pairs matrix grows by B
+columns): the mismatch term counts it as fake (its own mean, times match_weight), and it is one
+more negative in D's contrastive row on reals and in G's on fakes.
+
 Callables the loss runs (the loop hands in DDP-wrapped or plain modules per phase):
   G(z [B, z_dim], batch) -> (img [B, 3, R, R], code SpikeCode)
-  D(img [B, 3, R, R], pooled [B, C], pairs=False) -> logits [B]  (pairs=True: [B, B];
+  D(img [B, 3, R, R], pooled [B, C], pairs=False) -> logits [B]  (pairs=True: pooled [N, C], [B, N];
       words=True: (logits, word_logits [B, V]))
 """
 from __future__ import annotations
@@ -91,6 +100,7 @@ class LossConfig:
     diversity_weight: float = 0.0  # Weight of the mode-seeking term in G (two latents per caption).
     word_weight: float = 0.0  # Weight of the word term (D's word classifier: trained on reals, G on fakes).
     guide_weight: float = 0.0  # Weight of the guide term (the warm-up's frozen image tower scores G's fakes).
+    hard_negatives: bool = False  # Captions with one word swapped join the mismatch and contrastive terms.
 
     def __post_init__(self) -> None:
         if self.r1_gamma < 0:
@@ -144,11 +154,23 @@ def mask_identical_captions(pair_logits: torch.Tensor, distinct: torch.Tensor) -
     return pair_logits.float().masked_fill(~keep, float("-inf"))
 
 
-def contrastive_loss(pair_logits: torch.Tensor, distinct: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(pair_logits: torch.Tensor, distinct: torch.Tensor,
+                     hard: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """Mean over rows of -log softmax(row)[i] over the row's own caption and its distinct
-    captions (an identical caption elsewhere in the batch is left out, not a negative)."""
+    captions (an identical caption elsewhere in the batch is left out, not a negative). `hard` =
+    (logits [B] of each image under its own hard-negative caption, valid [B]): one more column."""
     logits = mask_identical_captions(pair_logits, distinct)
+    if hard is not None:
+        hard_logits, valid = hard
+        logits = torch.cat([logits, hard_logits.float().masked_fill(~valid, float("-inf"))[:, None]], dim=1)
     return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+def split_hard(scores: torch.Tensor, hard: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """D's [B, B (+ B)] pair scores -> ([B, B] in-batch scores, [B] each image under its own
+    hard-negative caption, or None)."""
+    B = scores.shape[0]
+    return (scores[:, :B], scores[:, B:].diagonal()) if hard else (scores, None)
 
 
 def word_targets(tokens: TokenBatch, num_classes: int) -> torch.Tensor:
@@ -176,12 +198,17 @@ class GANLoss:
         cfg: LossConfig,  # Term weights.
         augment: AugmentPipe | None,  # Applied to every image D sees; None = no augmentation.
         guide: Callable | None = None,  # The frozen warm-up scorer (gan.warmup.ImageTextScorer) for the guide term.
+        # batch -> (pooled codes [B, C] of its captions with one word swapped, detached; valid [B] bool).
+        hard_negatives: Callable | None = None,
     ) -> None:
         if cfg.guide_weight > 0 and guide is None:
             raise ValueError("loss.guide_weight > 0 needs the warm-up's image tower (guide=...)")
+        if cfg.hard_negatives and hard_negatives is None:
+            raise ValueError("loss.hard_negatives needs the swapped captions' codes (hard_negatives=...)")
         self.cfg = cfg
         self.augment = augment
         self.guide = guide
+        self.hard_negatives = hard_negatives if cfg.hard_negatives else None
 
     def run_D(self, D: Callable, img: torch.Tensor, pooled: torch.Tensor, *, pairs: bool = False,
               words: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -210,15 +237,20 @@ class GANLoss:
         pooled = code.pooled.detach()
         contrastive, words, guide = (self.cfg.contrastive_weight > 0, self.cfg.word_weight > 0,
                                      self.cfg.guide_weight > 0)
+        hard = contrastive and self.hard_negatives is not None  # they join G's contrastive rows
         distinct = distinct_pairs(pooled) if contrastive or guide else None
-        scores = self.run_D(D, img, pooled, pairs=contrastive, words=words)
+        if hard:
+            hard_pooled, hard_valid = self.hard_negatives(batch)
+        scores = self.run_D(D, img, torch.cat([pooled, hard_pooled]) if hard else pooled, pairs=contrastive,
+                            words=words)
         if words:
             scores, word_logits = scores
+        scores, hard_logits = split_hard(scores, hard)
         logits = scores.diagonal() if contrastive else scores
         loss = F.softplus(-logits).mean()
         stats = {"loss/G": loss.detach(), "scores/fake_G": logits.detach().mean()}
         if contrastive:
-            loss_con = contrastive_loss(scores, distinct)
+            loss_con = contrastive_loss(scores, distinct, (hard_logits, hard_valid) if hard else None)
             loss = loss + self.cfg.contrastive_weight * loss_con
             stats["loss/G_contrastive"] = loss_con.detach()
         if diversity:
@@ -242,11 +274,16 @@ class GANLoss:
             fake, code = G(z, batch)
         pooled = code.pooled.detach()
         pairs = self.cfg.match_weight > 0 or self.cfg.contrastive_weight > 0
+        hard = pairs and self.hard_negatives is not None
         words = self.cfg.word_weight > 0
+        if hard:
+            hard_pooled, hard_valid = self.hard_negatives(batch)
         fake_logits = self.run_D(D, fake.detach(), pooled)
-        real_scores = self.run_D(D, real, pooled, pairs=pairs, words=words)
+        real_scores = self.run_D(D, real, torch.cat([pooled, hard_pooled]) if hard else pooled, pairs=pairs,
+                                 words=words)
         if words:
             real_scores, word_logits = real_scores
+        real_scores, hard_logits = split_hard(real_scores, hard)
         real_logits = real_scores.diagonal() if pairs else real_scores
         loss_fake = F.softplus(fake_logits).mean()
         loss_real = F.softplus(-real_logits).mean()
@@ -268,8 +305,14 @@ class GANLoss:
             loss = loss + self.cfg.match_weight * loss_mis
             stats["loss/D_mismatch"] = loss_mis.detach()
             stats["scores/mismatch"] = ((real_scores * w).sum() / n).detach()
+            if hard:  # a real image under its own caption with one word swapped counts as fake too
+                v = hard_valid.to(hard_logits.dtype)
+                loss_hard = (F.softplus(hard_logits) * v).sum() / v.sum().clamp(min=1)
+                loss = loss + self.cfg.match_weight * loss_hard
+                stats["loss/D_hard_mismatch"] = loss_hard.detach()
+                stats["scores/hard_mismatch"] = ((hard_logits * v).sum() / v.sum().clamp(min=1)).detach()
         if self.cfg.contrastive_weight > 0:
-            loss_con = contrastive_loss(real_scores, distinct)
+            loss_con = contrastive_loss(real_scores, distinct, (hard_logits, hard_valid) if hard else None)
             loss = loss + self.cfg.contrastive_weight * loss_con
             stats["loss/D_contrastive"] = loss_con.detach()
         if words:

@@ -45,7 +45,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # Tests and smoke runs: a few steps of the 16 px networks, every loss term on.
     "tiny": dict(kimg=0.128, batch=16, snap=0.064, tick=0.032, ema_kimg=0.01, ema_rampup=None,
                  loss=dict(r1_gamma=0.1, r1_interval=4, contrastive_weight=1.0, diversity_weight=1.0,
-                           word_weight=1.0, guide_weight=1.0),
+                           word_weight=1.0, guide_weight=1.0, hard_negatives=True),
                  augment=dict(interval=2, speed_kimg=1.0), warmup=dict(kimg=0.032, batch=16, hard_negatives=True),
                  grid_seeds=4, grid_rows=4, workers=0),
     # The CPU main job (README command one): 32 px shapes in about 20 minutes on 2 cores
@@ -505,13 +505,13 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         flag = torch.tensor(float(stop["signal"] is not None), device=device)
         return accelerator.reduce(flag, reduction="sum").item() > 0
 
+    swaps = WordSwaps.build(tokenizer, captions) if cfg.warmup.hard_negatives or cfg.loss.hard_negatives else None
     warm, guide = {}, None
     if resume_dir is None and cfg.warmup.kimg > 0:
         # Every process draws the same pairs (rank 0 of 1), so all warm up alike.
         pairs = make_loader(dataset, batch_gpu=cfg.warmup.batch, rank=0, world=1, seed=cfg.seed, start=0,
                             workers=cfg.workers)
         with catch_stop_signals() as stop:
-            swaps = WordSwaps.build(tokenizer, captions) if cfg.warmup.hard_negatives else None
             warm, guide = warm_up_encoder(model.encoder, iter(pairs), tokenizer, cfg.warmup,
                                           resolution=model_cfg.resolution, device=device, swaps=swaps,
                                           should_stop=lambda: any_process_stopped(stop))
@@ -535,7 +535,16 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     D.train()
     ema = EMA(source=model, ema_kimg=cfg.ema_kimg, ema_rampup=cfg.ema_rampup)
     augment = AugmentPipe(cfg=cfg.augment)
-    loss_fn = GANLoss(cfg=cfg.loss, augment=augment if cfg.augment.mode != "off" else None, guide=guide)
+
+    def hard_negatives(tokens) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's captions with one word swapped, coded by the live encoder (detached, as D's
+        view of every caption is)."""
+        swapped, valid = swaps(tokens)
+        with torch.no_grad():
+            return model.encoder(swapped.to(device)).pooled, valid
+
+    loss_fn = GANLoss(cfg=cfg.loss, augment=augment if cfg.augment.mode != "off" else None, guide=guide,
+                      hard_negatives=hard_negatives if swaps is not None else None)
 
     # Lazy R1 steps D's Adam r1_interval / (r1_interval + 1) times as often (StyleGAN2's mb_ratio).
     mb = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1) if cfg.loss.r1_gamma > 0 else 1.0

@@ -141,7 +141,7 @@ class WordSwaps:
         global RNG, so a seeded run swaps alike."""
         ids = tokens.ids.clone()
         words = [list(w) for w in tokens.words]
-        valid = torch.zeros(len(tokens), dtype=torch.bool)
+        valid = torch.zeros(len(tokens), dtype=torch.bool, device=ids.device)
         for b, row in enumerate(tokens.ids.masked_fill(~tokens.mask, -2).tolist()):
             spots = [(t, self.fillers[key]) for t, key in enumerate(zip([-1] + row[:-1], row[1:] + [-2]))
                      if row[t] != -2 and key in self.fillers]

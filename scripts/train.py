@@ -45,6 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight of the word term (D's word classifier: which words the caption has)")
     p.add_argument("--guide-weight", type=float, default=None,
                    help="weight of the guide term (the warm-up's frozen image tower scores G's images; needs the warm-up)")
+    p.add_argument("--hard-negatives", action=argparse.BooleanOptionalAction, default=None,
+                   help="captions with one word swapped join D's mismatch and the contrastive terms")
     p.add_argument("--warmup-kimg", type=float, default=None,
                    help="kimg of contrastive encoder warm-up on the training pairs before the GAN (0 = none)")
     p.add_argument("--warmup-hard-negatives", action=argparse.BooleanOptionalAction, default=None,
@@ -90,7 +92,7 @@ def build_config(args: argparse.Namespace):
         init_from=args.init_from, workers=args.workers, threads=args.threads)
     loss = {"r1_gamma": args.gamma, "match_weight": args.match_weight, "contrastive_weight": args.contrastive_weight,
             "diversity_weight": args.diversity_weight, "word_weight": args.word_weight,
-            "guide_weight": args.guide_weight}
+            "guide_weight": args.guide_weight, "hard_negatives": args.hard_negatives}
     if loss := {k: v for k, v in loss.items() if v is not None}:
         overrides["loss"] = loss
     if args.augment is not None:

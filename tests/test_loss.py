@@ -95,6 +95,61 @@ def test_g_main_contrastive_term(nets):
     assert G.to_img.weight.grad.abs().sum() > 0
 
 
+def naive_contrastive(scores, distinct, hard_scores, valid):
+    """-log softmax of each row's own score over its distinct captions and its valid hard negative."""
+    rows = []
+    for i in range(len(scores)):
+        cols = [scores[i, j] for j in range(len(scores)) if j == i or distinct[i, j]]
+        cols += [hard_scores[i]] if valid[i] else []
+        rows.append(-(scores[i, i] - torch.logsumexp(torch.stack(cols), dim=0)))
+    return torch.stack(rows).mean()
+
+
+HARD_VALID = torch.tensor([True, False, True, True])
+
+
+def hard_codes(batch):
+    """Stand-in for the loop's swapped captions: fixed codes, the second caption without one."""
+    return torch.linspace(-1, 1, 16).reshape(4, 4), HARD_VALID
+
+
+def test_g_main_hard_negatives_join_the_contrastive_rows(nets):
+    G, D = nets
+    z, ids = torch.randn(4, 3), torch.tensor([0, 1, 1, 3])
+    cfg = LossConfig(contrastive_weight=0.5, hard_negatives=True)
+    loss, stats = GANLoss(cfg=cfg, augment=None, hard_negatives=hard_codes)("Gmain", G=G, D=D, z=z, batch=ids)
+    img, code = G(z, ids)
+    p, h = code.pooled.detach(), hard_codes(ids)[0]
+    scores = torch.stack([torch.stack([D(img[i:i + 1], p[j:j + 1])[0] for j in range(4)]) for i in range(4)])
+    hard = torch.stack([D(img[i:i + 1], h[i:i + 1])[0] for i in range(4)])
+    con = naive_contrastive(scores, distinct_pairs(p), hard, HARD_VALID)
+    torch.testing.assert_close(loss, F.softplus(-scores.diagonal()).mean() + 0.5 * con)
+    torch.testing.assert_close(stats["loss/G_contrastive"], con.detach())
+    with pytest.raises(ValueError, match="loss.hard_negatives"):
+        GANLoss(cfg=cfg, augment=None)
+
+
+def test_d_main_hard_negatives_count_as_fake_and_join_the_contrastive_rows(nets):
+    G, D = nets
+    z, ids = torch.randn(4, 3), torch.tensor([0, 0, 2, 3])
+    real = torch.rand(4, 3, 4, 4) * 2 - 1
+    cfg = LossConfig(match_weight=0.5, contrastive_weight=0.25, hard_negatives=True)
+    loss, stats = GANLoss(cfg=cfg, augment=None, hard_negatives=hard_codes)("Dmain", G=G, D=D, z=z, batch=ids,
+                                                                             real=real)
+    with torch.no_grad():
+        fake, code = G(z, ids)
+        p, h = code.pooled, hard_codes(ids)[0]
+        scores = torch.stack([torch.stack([D(real[i:i + 1], p[j:j + 1])[0] for j in range(4)]) for i in range(4)])
+        hard = torch.stack([D(real[i:i + 1], h[i:i + 1])[0] for i in range(4)])
+        mis = [scores[i, j] for i in range(4) for j in range(4) if ids[i] != ids[j]]
+        hard_mis = F.softplus(hard[HARD_VALID]).mean()  # the three captions with a swapped copy
+        want = (F.softplus(D(fake, p)).mean() + F.softplus(-D(real, p)).mean()
+                + 0.5 * F.softplus(torch.stack(mis)).mean() + 0.5 * hard_mis
+                + 0.25 * naive_contrastive(scores, distinct_pairs(p), hard, HARD_VALID))
+    torch.testing.assert_close(loss.detach(), want)
+    torch.testing.assert_close(stats["loss/D_hard_mismatch"], hard_mis)
+
+
 def test_g_main_is_nonsaturating_and_d_code_is_detached(nets):
     G, D = nets
     z, ids = torch.randn(4, 3), torch.tensor([0, 1, 2, 3])

@@ -318,7 +318,8 @@ def test_generator_nearest_upsampling_switches_every_upsampling(architecture, mo
     assert ups and all(m.upsample == "nearest" for m in ups)
     assert all(m.upsample == "bilinear" for m in bilinear.modules() if getattr(m, "up", False))
     modes = []  # the skip architecture's image upsampling follows too
-    monkeypatch.setattr(gan.generator, "upsample2d", lambda img, mode: modes.append(mode) or F.interpolate(img, scale_factor=2))
+    monkeypatch.setattr(gan.generator, "upsample2d",
+                        lambda img, mode: modes.append(mode) or F.interpolate(img, scale_factor=2))
     z, code = torch.randn(4, gcfg.z_dim), make_code()
     out_nearest, out_bilinear = nearest(z, code, noise_mode="const"), bilinear(z, code, noise_mode="const")
     assert out_nearest.shape == out_bilinear.shape == (4, 3, 16, 16)

@@ -72,8 +72,8 @@ def test_run_directory(full_run):
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert records[0]["warmup/steps"] == 2 and math.isfinite(records[0]["warmup/loss"])  # tiny warms up 0.032 kimg
     for key in ("kimg", "loss/G", "loss/D", "loss/G_contrastive", "loss/D_contrastive", "loss/D_mismatch",
-                "loss/G_mode_seeking", "loss/G_word", "loss/D_word", "loss/G_guide", "augment_p", "sec_per_kimg",
-                "spikes/firing_rate", "nonfinite_total"):
+                "loss/G_mode_seeking", "loss/G_word", "loss/D_word", "loss/G_guide", "loss/D_hard_mismatch",
+                "augment_p", "sec_per_kimg", "spikes/firing_rate", "nonfinite_total"):
         assert key in records[-1], key
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["grid-0000.064.png", "grid-0000.128.png"]
     assert [p.name for p in list_states(out / "checkpoints")] == ["state-0000000064", "state-0000000128"]
