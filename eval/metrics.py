@@ -45,12 +45,14 @@ class MetricError(ValueError):
 
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], seeds: Sequence[int], *, batch: int = 32,
-             device: str | torch.device = "cpu", psi: float = 1.0, noise_mode: str = "const") -> Iterator[torch.Tensor]:
+             device: str | torch.device = "cpu", psi: float = 1.0, noise_mode: str = "const",
+             emphasis: bool = True) -> Iterator[torch.Tensor]:
     """Image i from (prompts[i], seeds[i]), in batches: yields uint8 [b, 3, R, R] on the CPU.
 
     model: gan.model.TextToImage (eval mode); z of seed s is `seed_latents([s])` (N(0, I) from
     torch.Generator().manual_seed(s), the sampling pipeline's rule), so an image depends on its
-    prompt and seed only."""
+    prompt and seed only. emphasis=False reads the prompts literally, as training reads captions
+    ("cocos (keeling) islands flag" is a caption, not an emphasis of "keeling")."""
     from data import to_uint8
     from gan.pipeline import seed_latents
 
@@ -60,7 +62,7 @@ def generate(model, tokenizer, prompts: Sequence[str], seeds: Sequence[int], *, 
         raise ValueError(f"--batch must be >= 1, got {batch}")
     z_dim = int(model.generator.z_dim)
     for lo in range(0, len(prompts), batch):
-        tokens = tokenizer(list(prompts[lo : lo + batch])).to(device)
+        tokens = tokenizer(list(prompts[lo : lo + batch]), emphasis=emphasis).to(device)
         code = model.encoder(tokens)
         z = seed_latents(seeds[lo : lo + batch], z_dim).to(device)  # [b, z_dim]
         img = model.generator(z, code, psi=psi, noise_mode=noise_mode)  # [b, 3, R, R] float ~[-1, 1]
@@ -144,6 +146,12 @@ class Context:
     def seeds(self) -> list[int]:
         return [self.opts.seed + i for i in range(self.opts.num)]
 
+    @property
+    def emphasis(self) -> bool:
+        """User prompts (--prompts) take emphasis syntax; the reference captions are read
+        literally, as training reads them."""
+        return self.opts.prompts is not None
+
     def prompt_attributes(self) -> list[dict]:
         if self.opts.prompts is not None:
             raise MetricError("attributes: prompts from --prompts have no known scenes; use --data shapes "
@@ -197,7 +205,7 @@ class Context:
         self.log(f"generating {len(prompts)} images for {', '.join(todo)}")
         states = {k: c.start(self) for k, c in todo.items()}
         for images in generate(self.model, self.tokenizer, prompts, seeds, batch=self.opts.batch,
-                               device=self.opts.device, psi=self.opts.psi):
+                               device=self.opts.device, psi=self.opts.psi, emphasis=self.emphasis):
             for k, c in todo.items():
                 c.update(states[k], images)
         for k, c in todo.items():
@@ -334,7 +342,7 @@ def lpips_diversity(ctx: Context) -> dict:
     groups = []
     for p in prompts:
         images = torch.cat(list(generate(ctx.model, ctx.tokenizer, [p] * len(seeds), seeds, batch=opts.batch,
-                                         device=opts.device, psi=opts.psi)))
+                                         device=opts.device, psi=opts.psi, emphasis=ctx.emphasis)))
         x = to_float(images)  # [S, 3, R, R] in [-1, 1], quantised like saved PNGs
         if x.shape[-1] < opts.lpips_min_size:  # AlexNet's pooling needs >= ~32 px
             x = F.interpolate(x, size=(opts.lpips_min_size,) * 2, mode="bilinear", align_corners=False)

@@ -124,6 +124,16 @@ def test_compute_matches_cli_and_generation_is_per_seed(tiny_model, tmp_path):
     assert (together.int() - alone.int()).abs().max() <= 1  # batch composition changes nothing
     other = next(metrics.generate(model, tok, prompts[:1], [99]))
     assert not torch.equal(other, alone[:1])
+    # emphasis=False reads a caption as training does; the default applies the emphasis syntax.
+    from data import to_uint8
+    from gan.pipeline import seed_latents
+
+    caption = "a (red) circle"
+    with torch.no_grad():
+        code = model.encoder(tok([caption], emphasis=False))
+        want = to_uint8(model.generator(seed_latents([7], model.generator.z_dim), code, noise_mode="const"))
+    assert torch.equal(next(metrics.generate(model, tok, [caption], [7], emphasis=False)), want)
+    assert not torch.equal(next(metrics.generate(model, tok, [caption], [7])), want)
 
 
 def test_snapshot_callback(tiny_model, tmp_path):
