@@ -41,7 +41,10 @@ class GeneratorConfig:
     w_avg_beta: float = 0.995  # EMA decay of the tracked mean w (updated in training mode).
     channel_base: int = 4096  # Feature width is min(channel_base // res, channel_max).
     channel_max: int = 128  # Widest feature map.
-    upsample: str = "bilinear"  # Upsampling: "bilinear" (StyleGAN2's [1,3,3,1] FIR) or "nearest" (sharper, [1,1]).
+    # Upsampling: "bilinear" (StyleGAN2's [1,3,3,1] FIR) or "nearest" ([1,1], sharper). Fitted by MSE
+    # to one-object shapes scenes, shapes32's G drew the right shape for 0.89 of them after 1000
+    # steps with "nearest", 0.55 with "bilinear"; in the GAN it was no better at 10 kimg (0.23 / 0.26).
+    upsample: str = "bilinear"
     architecture: str = "skip"  # "skip": toRGB at every resolution, summed (StyleGAN2); "orig": toRGB at R only.
     attn_resolutions: tuple[int, ...] = (8, 16)  # Resolutions with cross-attention to tokens.
     attn_heads: int = 4  # Heads per cross-attention layer.
