@@ -58,6 +58,19 @@ class TokenBatch:
         return TokenBatch(self.ids[rows], self.mask[rows], self.weights[rows], [self.words[i] for i in rows])
 
     @staticmethod
+    def cat(batches: Sequence[TokenBatch]) -> TokenBatch:
+        """The rows of several batches in order, padded to the longest."""
+        L = max(b.ids.shape[1] for b in batches)
+
+        def pad(t: torch.Tensor, value) -> torch.Tensor:
+            return torch.nn.functional.pad(t, (0, L - t.shape[1]), value=value)
+
+        return TokenBatch(torch.cat([pad(b.ids, PAD_ID) for b in batches]),
+                          torch.cat([pad(b.mask, False) for b in batches]),
+                          torch.cat([pad(b.weights, 0.0) for b in batches]),
+                          [w for b in batches for w in b.words])
+
+    @staticmethod
     def from_lists(ids: list[list[int]], weights: list[list[float]], words: list[list[str]]) -> TokenBatch:
         """Pad per-prompt lists into a batch; L = longest prompt (at least 1 so shapes stay valid)."""
         B = len(ids)

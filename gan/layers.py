@@ -223,7 +223,8 @@ def modulated_conv2d(
     Upsampling follows StyleGAN2: a stride-2 transposed conv to 2H+1, then a FIR filter back to
     2H. Filter and conv commute, so this is the conv applied to upsample2d(x, upsample) at 4x
     less cost: with "bilinear" ([1,3,3,1]) a bilinear upsampling, with "nearest" ([1,1]) a
-    nearest-neighbour one (sharper: each output pixel mixes 2x2 inputs, not 3x3 weighted).
+    nearest-neighbour one (sharper: each upsampled pixel copies one input pixel instead of
+    mixing 2x2).
     """
     B, I, H, W = x.shape
     O, I_w, kh, kw = weight.shape

@@ -204,6 +204,8 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.keep >= 1, f"keep must be >= 1, got {cfg.keep}")
     need(cfg.ema_kimg >= 0, f"ema_kimg must be >= 0, got {cfg.ema_kimg}")
     need(not (cfg.resume and cfg.init_from), "--resume and --init-from exclude each other")
+    need(not cfg.loss.hard_negatives or cfg.loss.match_weight > 0 or cfg.loss.contrastive_weight > 0,
+         "--hard-negatives needs --match-weight or --contrastive-weight > 0: they are the terms it joins")
     need(cfg.loss.guide_weight == 0 or cfg.warmup.kimg > 0,
          f"--guide-weight {cfg.loss.guide_weight} needs --warmup-kimg > 0: the guide is the warm-up's image tower")
     need(cfg.max_nonfinite >= 1, f"max_nonfinite must be >= 1, got {cfg.max_nonfinite}")

@@ -129,14 +129,21 @@ class WordSwaps:
     def __init__(self, fillers: dict[tuple[int, int], tuple[int, ...]]) -> None:
         self.fillers = fillers  # (left id, right id) -> every id seen between them (-1: start, -2: end)
 
+    @staticmethod
+    def contexts(tokens: TokenBatch) -> list[list[tuple[int, int, tuple[int, int]]]]:
+        """Per caption, (position, id, (left id, right id)) of each real token (-1: start, -2: end)."""
+        rows = []
+        for ids, n in zip(tokens.ids.tolist(), tokens.lengths.tolist()):
+            ids = ids[:n]
+            rows.append([(t, i, key) for t, (i, key) in enumerate(zip(ids, zip([-1] + ids[:-1], ids[1:] + [-2])))])
+        return rows
+
     @classmethod
     def build(cls, tokenizer, captions: list[str]) -> WordSwaps:
-        tokens = tokenizer(captions, emphasis=False)
         fillers: dict[tuple[int, int], set[int]] = {}
-        for ids in tokens.ids.masked_fill(~tokens.mask, -2).tolist():
-            for t, (left, right) in enumerate(zip([-1] + ids[:-1], ids[1:] + [-2])):
-                if ids[t] != -2:
-                    fillers.setdefault((left, right), set()).add(ids[t])
+        for row in cls.contexts(tokenizer(captions, emphasis=False)):
+            for _, i, key in row:
+                fillers.setdefault(key, set()).add(i)
         return cls({k: tuple(sorted(v)) for k, v in fillers.items() if len(v) > 1})
 
     def __call__(self, tokens: TokenBatch) -> tuple[TokenBatch, torch.Tensor]:
@@ -145,17 +152,15 @@ class WordSwaps:
         ids = tokens.ids.clone()
         words = [list(w) for w in tokens.words]
         valid = torch.zeros(len(tokens), dtype=torch.bool, device=ids.device)
-        for b, row in enumerate(tokens.ids.masked_fill(~tokens.mask, -2).tolist()):
-            spots = [(t, self.fillers[key]) for t, key in enumerate(zip([-1] + row[:-1], row[1:] + [-2]))
-                     if row[t] != -2 and key in self.fillers]
+        for b, row in enumerate(self.contexts(tokens)):
+            spots = [(t, i, self.fillers[key]) for t, i, key in row if key in self.fillers]
             if not spots:
                 continue
-            t, options = spots[int(torch.randint(len(spots), ()))]
-            others = [i for i in options if i != row[t]]
+            t, old, options = spots[int(torch.randint(len(spots), ()))]
+            others = [i for i in options if i != old]
             new = others[int(torch.randint(len(others), ()))]
             ids[b, t], valid[b] = new, True
-            if t < len(words[b]):
-                words[b][t] = f"<{new}>"  # the id; the tokenizer's own word list is not at hand
+            words[b][t] = f"<{new}>"  # the id; the tokenizer's own word list is not at hand
         return TokenBatch(ids, tokens.mask, tokens.weights, words), valid
 
 
@@ -184,11 +189,13 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
             break
         batch = next(batches)
         tokens = tokenizer(batch["text"], emphasis=False)
-        pooled = encoder(tokens.to(device)).pooled
         hard = None
-        if cfg.hard_negatives:
+        if cfg.hard_negatives:  # one forward for both, so the code's batch statistics are shared
             swapped, valid = swaps(tokens)
-            hard = (encoder(swapped.to(device)).pooled, valid.to(device))
+            pooled, hard_pooled = encoder(TokenBatch.cat([tokens, swapped]).to(device)).pooled.chunk(2)
+            hard = (hard_pooled, valid.to(device))
+        else:
+            pooled = encoder(tokens.to(device)).pooled
         loss, logits = scorer(to_float(batch["image"]).to(device), pooled, distinct_pairs(pooled.detach()), hard)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -177,3 +177,11 @@ def test_missing_minilm_extra_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)
     with pytest.raises(ImportError, match=r"pip install spikegan\[minilm\]"):
         minilm._transformers()
+
+
+def test_token_batch_cat_equals_tokenizing_the_prompts_together():
+    tok = WordTokenizer.build(["a red circle on the left", "a (blue:1.5) square", "star"])
+    first, second = tok(["a red circle on the left"]), tok(["a (blue:1.5) square", "star"])
+    joined, together = TokenBatch.cat([first, second]), tok(["a red circle on the left", "a (blue:1.5) square", "star"])
+    assert torch.equal(joined.ids, together.ids) and torch.equal(joined.mask, together.mask)
+    assert torch.equal(joined.weights, together.weights) and joined.words == together.words

@@ -243,6 +243,7 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
     (["--word-weight", "-1"], "--word-weight"),
     (["--warmup-kimg", "-1"], "--warmup-kimg"),
     (["--guide-weight", "-1"], "--guide-weight"),
+    (["--hard-negatives", "--match-weight", "0", "--contrastive-weight", "0"], "--hard-negatives"),
     (["--guide-weight", "1", "--warmup-kimg", "0"], "--warmup-kimg"),
     (["--batch", "16", "--batch-gpu", "3"], "--batch-gpu"),
     (["--preset", "huge"], "--preset"),
