@@ -68,12 +68,13 @@ that has one word swapped for another word the dataset uses between the same two
 (gan.warmup.WordSwaps: "a red [circle] on" -> "a red [star] on"). D scores each real image under
 its own copy from the same forward as the batch's captions (the pairs matrix grows by B
 columns): the mismatch term counts it as fake (its own mean, times match_weight), and it is one
-more negative in D's contrastive row on reals and in G's on fakes. Measured on shapes32 (with
-the warm-up's hard negatives too, 50 kimg, seed 0): shape accuracy 0.29 -> 0.32, mean 0.68 ->
-0.69, but D's choice of the right shape among five captions for a real image was no better at 20
-kimg (0.35 against 0.37 at 30 kimg without), and the deterministic main job fell (mean 0.689 ->
-0.652, FID 174 -> 196, LPIPS diversity 0.17 -> 0.11, 17.9 -> 20.1 s/kimg), so shapes32 leaves it
-off.
+more negative in D's contrastive row on reals and in G's on fakes. The loop codes the swapped
+captions in a forward of their own, so CodeNorm standardises them with their own batch's
+statistics, not the real captions'. Measured on shapes32 (with the warm-up's hard negatives too,
+50 kimg, seed 0): shape accuracy 0.29 -> 0.32, mean 0.68 -> 0.69, but D's choice of the right
+shape among five captions for a real image was no better at 20 kimg (0.35 against 0.37 at 30
+kimg without), and the deterministic main job fell (mean 0.689 -> 0.652, FID 174 -> 196, LPIPS
+diversity 0.17 -> 0.11, 17.9 -> 20.1 s/kimg), so shapes32 leaves it off.
 
 Callables the loss runs (the loop hands in DDP-wrapped or plain modules per phase):
   G(z [B, z_dim], batch) -> (img [B, 3, R, R], code SpikeCode)
