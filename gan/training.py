@@ -320,6 +320,29 @@ class LoopState:
     nonfinite_total: int = 0  # Steps with a skipped phase because a loss was not finite.
     nonfinite_streak: int = 0  # Consecutive such steps.
 
+    def count_nonfinite(self, ok: bool, *, limit: int, checkpoints: Path) -> None:
+        """Count a step (ok: every phase stepped); `limit` consecutive bad ones stop the run."""
+        if ok:
+            self.nonfinite_streak = 0
+            return
+        self.nonfinite_total += 1
+        self.nonfinite_streak += 1
+        if self.nonfinite_streak >= limit:
+            raise NonFiniteLossError(
+                f"the loss was not finite in {self.nonfinite_streak} consecutive steps (at {self.nimg / 1000:.3f} "
+                f"kimg; {self.nonfinite_total} skipped in all); stopping. The last saved state in {checkpoints} is "
+                f"whole: lower --lr, raise --gamma or use --mixed-precision no, then --resume latest")
+
+    def adjust_augment(self, augment: AugmentPipe, ada: list[float], cfg: TrainConfig) -> None:
+        """ADA: add this step's gathered (sum of sign(D(real)), count), and every
+        cfg.augment.interval steps move augment.p toward the target."""
+        self.ada_sign_sum += ada[0]
+        self.ada_count += ada[1]
+        if self.step % cfg.augment.interval == 0 and self.ada_count > 0:
+            augment.p = adjust_p(augment.p, rt=self.ada_sign_sum / self.ada_count, target=cfg.augment.target,
+                                 num_images=cfg.batch * cfg.augment.interval, speed_kimg=cfg.augment.speed_kimg)
+            self.ada_sign_sum = self.ada_count = 0.0
+
 
 @dataclass
 class TrainResult:
@@ -473,6 +496,69 @@ def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess)
     return dataset, captions, model, Discriminator(model_cfg.discriminator), tokenizer, model_cfg
 
 
+class TickStats:
+    """Per-process sums of the loss phases' statistics between log ticks, gathered at each tick;
+    ADA's `ada/*` entries are kept apart, per step."""
+
+    def __init__(self, device) -> None:
+        self.sums: dict[str, torch.Tensor] = {}  # name -> [sum, count]
+        self.ada = torch.zeros(2, device=device)  # this step's sum of sign(D(real)) and count
+        self.device = device
+
+    def add(self, stats: dict[str, torch.Tensor]) -> None:
+        for k, v in stats.items():
+            if k.startswith("ada/"):
+                self.ada[0 if k == "ada/sign_sum" else 1] += v.detach().float()
+                continue
+            s = self.sums.setdefault(k, torch.zeros(2, device=self.device))
+            s += torch.stack([v.detach().float(), torch.ones((), device=self.device)])
+
+    def pop_ada(self) -> torch.Tensor:
+        """This step's ADA sums (this process's), then zeroed."""
+        ada = self.ada.clone()
+        self.ada.zero_()
+        return ada
+
+    def gather(self, accelerator) -> dict[str, float]:
+        """Means over every process since the last gather, then cleared."""
+        keys = sorted(self.sums)
+        if not keys:
+            return {}
+        sums = accelerator.reduce(torch.stack([self.sums[k] for k in keys]), reduction="sum")
+        self.sums.clear()
+        return {k: round(float(sums[i, 0] / sums[i, 1].clamp(min=1)), 6) for i, k in enumerate(keys)}
+
+
+def run_warmup(cfg: TrainConfig, encoder: nn.Module, dataset, tokenizer, swaps: WordSwaps | None, *, resolution: int,
+               device, any_process_stopped: Callable[[dict], bool]) -> tuple[dict, ImageTextScorer, str | None]:
+    """The contrastive encoder warm-up (gan/warmup.py) under the stop signals: (its log record,
+    the image-text scorer, the signal's name if a process was stopped, else None). Every process
+    draws the same pairs (rank 0 of 1), so all warm up alike."""
+    pairs = make_loader(dataset, batch_gpu=cfg.warmup.batch, rank=0, world=1, seed=cfg.seed, start=0,
+                        workers=cfg.workers)
+    with catch_stop_signals() as stop:
+        warm, guide = warm_up_encoder(encoder, iter(pairs), tokenizer, cfg.warmup, resolution=resolution,
+                                      device=device, swaps=swaps, should_stop=lambda: any_process_stopped(stop))
+    del pairs
+    stopped = any_process_stopped(stop)
+    return warm, guide, (stop["signal"] or "signal") if stopped else None
+
+
+def make_optimizers(cfg: TrainConfig, model: nn.Module, D: nn.Module) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """StyleGAN2's Adam pair (betas 0, 0.99). G's covers the generator and, at encoder_lr_mult, the
+    text encoder: at G's rate its spiking layers drift into saturation within a few kimg (firing
+    rate 0.06 -> 0.28) and the codes of different prompts collapse before D has learnt to read
+    them (measured on shapes32). Lazy R1 steps D's Adam r1_interval / (r1_interval + 1) times as
+    often, so its rate and beta2 are scaled to match (StyleGAN2's mb_ratio)."""
+    mb = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1) if cfg.loss.r1_gamma > 0 else 1.0
+    g_groups = [{"params": [p for p in model.generator.parameters() if p.requires_grad], "lr": cfg.g_lr},
+                {"params": [p for p in model.encoder.parameters() if p.requires_grad],
+                 "lr": cfg.g_lr * cfg.encoder_lr_mult}]
+    g_opt = torch.optim.Adam([g for g in g_groups if g["params"]], betas=(0.0, 0.99), eps=1e-8)
+    d_opt = torch.optim.Adam(D.parameters(), lr=cfg.d_lr * mb, betas=(0.0, 0.99**mb), eps=1e-8)
+    return g_opt, d_opt
+
+
 def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] | None = None) -> TrainResult:
     """Run (or resume) training as `cfg` says; see the module docstring. metrics_callback(model_dir,
     kimg) -> dict of numbers runs on the main process after each exported snapshot model."""
@@ -510,18 +596,12 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     swaps = WordSwaps.build(tokenizer, captions) if cfg.warmup.hard_negatives or cfg.loss.hard_negatives else None
     warm, guide = {}, None
     if resume_dir is None and cfg.warmup.kimg > 0:
-        # Every process draws the same pairs (rank 0 of 1), so all warm up alike.
-        pairs = make_loader(dataset, batch_gpu=cfg.warmup.batch, rank=0, world=1, seed=cfg.seed, start=0,
-                            workers=cfg.workers)
-        with catch_stop_signals() as stop:
-            warm, guide = warm_up_encoder(model.encoder, iter(pairs), tokenizer, cfg.warmup,
-                                          resolution=model_cfg.resolution, device=device, swaps=swaps,
-                                          should_stop=lambda: any_process_stopped(stop))
-        del pairs
-        if any_process_stopped(stop):
-            main.print(f"{stop['signal'] or 'signal'} received in the encoder warm-up, after "
-                       f"{warm['warmup/steps']} of its steps: no training state exists yet; run the same command "
-                       f"again to start over")
+        warm, guide, stopped = run_warmup(cfg, model.encoder, dataset, tokenizer, swaps,
+                                          resolution=model_cfg.resolution, device=device,
+                                          any_process_stopped=any_process_stopped)
+        if stopped:
+            main.print(f"{stopped} received in the encoder warm-up, after {warm['warmup/steps']} of its steps: no "
+                       f"training state exists yet; run the same command again to start over")
             accelerator.end_training()
             return TrainResult(out=out, model=model, ema=model, discriminator=D, tokenizer=tokenizer,
                                state=LoopState(), interrupted=True)
@@ -548,16 +628,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     loss_fn = GANLoss(cfg=cfg.loss, augment=augment if cfg.augment.mode != "off" else None, guide=guide,
                       hard_negatives=hard_negatives if swaps is not None else None)
 
-    # Lazy R1 steps D's Adam r1_interval / (r1_interval + 1) times as often (StyleGAN2's mb_ratio).
-    mb = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1) if cfg.loss.r1_gamma > 0 else 1.0
-    # The text encoder learns slower than G: at G's rate its spiking layers drift into saturation
-    # within a few kimg (firing rate 0.06 -> 0.28) and the codes of different prompts collapse
-    # before D has learnt to read them (measured on shapes32).
-    g_groups = [{"params": [p for p in model.generator.parameters() if p.requires_grad], "lr": cfg.g_lr},
-                {"params": [p for p in model.encoder.parameters() if p.requires_grad],
-                 "lr": cfg.g_lr * cfg.encoder_lr_mult}]
-    g_opt = torch.optim.Adam([g for g in g_groups if g["params"]], betas=(0.0, 0.99), eps=1e-8)
-    d_opt = torch.optim.Adam(D.parameters(), lr=cfg.d_lr * mb, betas=(0.0, 0.99**mb), eps=1e-8)
+    g_opt, d_opt = make_optimizers(cfg, model, D)
     G_step, D_ddp, g_opt, d_opt = accelerator.prepare(GeneratorStep(model), D, g_opt, d_opt)
     G_raw, D_raw = accelerator.unwrap_model(G_step), accelerator.unwrap_model(D_ddp)
 
@@ -594,7 +665,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
 
     total_nimg = int(round(cfg.kimg * 1000))
     snap_nimg, tick_nimg = max(1, int(round(cfg.snap * 1000))), max(1, int(round(cfg.tick * 1000)))
-    tick_sums: dict[str, torch.Tensor] = {}
+    tick_stats = TickStats(device)
     tick_start, tick_nimg0 = time.time(), state.nimg
     skips_in_tick = 0
 
@@ -603,16 +674,6 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     bar = tqdm(total=cfg.kimg, initial=state.nimg / 1000, unit="kimg", disable=not accelerator.is_main_process,
                bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]",
                mininterval=2.0)
-
-    ada_local = torch.zeros(2, device=device)  # this step's sum of sign(D(real)) and count
-
-    def add_stats(stats: dict[str, torch.Tensor]) -> None:
-        for k, v in stats.items():
-            if k.startswith("ada/"):
-                ada_local[0 if k == "ada/sign_sum" else 1] += v.detach().float()
-                continue
-            s = tick_sums.setdefault(k, torch.zeros(2, device=device))
-            s += torch.stack([v.detach().float(), torch.ones((), device=device)])
 
     def run_phase(phase: str, module, opt, micro: list[MicroBatch], **call) -> bool:
         """Accumulate one phase over the micro-batches, then step (True) or skip when non-finite."""
@@ -624,7 +685,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
                     loss, stats = loss_fn(phase, **inputs)
                 bad += (~torch.isfinite(loss.detach())).float()
                 accelerator.backward(loss)
-                add_stats(stats)
+                tick_stats.add(stats)
         ok = accelerator.reduce(bad, reduction="sum").item() == 0
         if ok:
             opt.step()
@@ -664,11 +725,8 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
 
     def tick() -> None:
         nonlocal tick_start, tick_nimg0, skips_in_tick
-        keys = sorted(tick_sums)
-        sums = accelerator.reduce(torch.stack([tick_sums[k] for k in keys]), reduction="sum") if keys else None
-        record: dict[str, Any] = {"kimg": round(state.nimg / 1000, 6), "step": state.step}
-        for i, k in enumerate(keys):
-            record[k] = round(float(sums[i, 0] / sums[i, 1].clamp(min=1)), 6)
+        record: dict[str, Any] = {"kimg": round(state.nimg / 1000, 6), "step": state.step,
+                                  **tick_stats.gather(accelerator)}
         dt = time.time() - tick_start
         record.update({"augment_p": round(augment.p, 6),
                        "sec_per_kimg": round(dt / max((state.nimg - tick_nimg0) / 1000, 1e-9), 3),
@@ -677,7 +735,6 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         main.append_log(record)
         bar.set_postfix({"G": record.get("loss/G"), "D": record.get("loss/D"), "p": record["augment_p"],
                          "s/kimg": record["sec_per_kimg"]}, refresh=False)
-        tick_sums.clear()
         tick_start, tick_nimg0, skips_in_tick = time.time(), state.nimg, 0
 
     interrupted = False
@@ -693,28 +750,11 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
             state.step += 1
             state.nimg += cfg.batch
             ema.update(model, cur_nimg=state.nimg, batch_size=cfg.batch)
-            if ok:
-                state.nonfinite_streak = 0
-            else:
-                state.nonfinite_total += 1
-                state.nonfinite_streak += 1
-                skips_in_tick += 1
-                if state.nonfinite_streak >= cfg.max_nonfinite:
-                    raise NonFiniteLossError(
-                        f"the loss was not finite in {state.nonfinite_streak} consecutive steps (at "
-                        f"{state.nimg / 1000:.3f} kimg; {state.nonfinite_total} skipped in all); stopping. "
-                        f"The last saved state in {out / 'checkpoints'} is whole: lower --lr, raise --gamma "
-                        f"or use --mixed-precision no, then --resume latest")
+            skips_in_tick += not ok
+            state.count_nonfinite(ok, limit=cfg.max_nonfinite, checkpoints=out / "checkpoints")
+            ada = tick_stats.pop_ada()
             if cfg.augment.mode == "ada":
-                sign_sum, count = accelerator.reduce(ada_local.clone(), reduction="sum").tolist()
-                state.ada_sign_sum += sign_sum
-                state.ada_count += count
-                if state.step % cfg.augment.interval == 0 and state.ada_count > 0:
-                    augment.p = adjust_p(augment.p, rt=state.ada_sign_sum / state.ada_count,
-                                         target=cfg.augment.target, num_images=cfg.batch * cfg.augment.interval,
-                                         speed_kimg=cfg.augment.speed_kimg)
-                    state.ada_sign_sum = state.ada_count = 0.0
-            ada_local.zero_()
+                state.adjust_augment(augment, accelerator.reduce(ada, reduction="sum").tolist(), cfg)
             state.augment_p = augment.p
             bar.update(cfg.batch / 1000)
             done = state.nimg >= total_nimg
