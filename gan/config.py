@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 RESOLUTIONS = (16, 32, 64, 128, 256)
 ARCHITECTURES = ("skip", "orig")
 UPSAMPLE_MODES = ("bilinear", "nearest")  # gan.layers.UPSAMPLE_TAPS
+WORD_HEADS = ("net", "trunk")  # gan.discriminator.Discriminator.words
 
 
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
@@ -94,6 +95,7 @@ class DiscriminatorConfig:
     mapping_layers: int = 2  # Layers of the code -> cmap mapping.
     mapping_lr_mult: float = 0.01  # Learning-rate multiplier of that mapping.
     word_classes: int = 0  # Outputs of the word classifier (the vocabulary size; 0 = none).
+    word_head: str = "net"  # Word classifier: "net" (a CNN of its own, WordNet) or "trunk" (a Linear on D's features).
     blur_down: bool = True  # FIR-blur before each stride-2 conv (StyleGAN2); False = plain strided convs.
     mbstd_group: int = 4  # Minibatch-std group size (largest divisor of the batch up to this).
     mbstd_channels: int = 1  # Minibatch-std feature channels.
@@ -104,6 +106,8 @@ class DiscriminatorConfig:
         _check_resolution(self.resolution, "discriminator")
         if self.word_classes < 0:
             raise ValueError(f"discriminator.word_classes must be >= 0, got {self.word_classes}")
+        if self.word_head not in WORD_HEADS:
+            raise ValueError(f"discriminator.word_head must be one of {WORD_HEADS}, got {self.word_head!r}")
 
     def channels(self, res: int) -> int:
         return channels_at(res, self.channel_base, self.channel_max)
@@ -177,7 +181,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         resolution=16, encoder_kind="embedding", code_dim=32,
         g=dict(z_dim=32, w_dim=32, channel_base=256, channel_max=32, attn_resolutions=(8,), attn_heads=2),
-        d=dict(channel_base=256, channel_max=32),
+        d=dict(channel_base=256, channel_max=32, word_head="trunk"),
     ),
     # The CPU main job: 32 px shapes, trains in ~20 minutes on 2 cores. Narrow networks (~25
     # CPU-seconds per kimg); mapping lr multipliers raised from StyleGAN2's 0.01 so that G's
@@ -204,7 +208,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # with the blur, 1.00 without). 50-kimg runs at R1 gamma 0.1, seeds 0 / 1 / 2: shape 0.23 / 0.24 /
         # 0.24 -> 0.31 / 0.32 / 0.31, mean attribute accuracy 0.66 / 0.62 / 0.56 -> 0.67 / 0.66 / 0.65.
         # The sharper D wins faster, so R1 is stronger with it (TRAIN_PRESETS).
-        d=dict(channel_base=1024, channel_max=64, mapping_lr_mult=1.0, blur_down=False),
+        d=dict(channel_base=1024, channel_max=64, mapping_lr_mult=1.0, blur_down=False,
+               # With --word-weight, the word classifier reads D's own features (gan/discriminator.py).
+               word_head="trunk"),
     ),
     "emoji64": dict(
         resolution=64, encoder_kind="transformer", code_dim=256,

@@ -291,6 +291,24 @@ def test_discriminator_word_classifier():
         DiscriminatorConfig(word_classes=-1)
 
 
+def test_discriminator_trunk_word_head_reads_the_projected_features():
+    _, dcfg = tiny_cfgs()
+    torch.manual_seed(0)
+    D = Discriminator(DiscriminatorConfig(**{**dcfg.__dict__, "word_classes": 9, "word_head": "trunk"})).eval()
+    feats = {}
+    D.out.register_forward_hook(lambda module, inputs, output: feats.__setitem__("x", output))
+    code, img = make_code(4), torch.randn(4, 3, 16, 16, requires_grad=True)
+    logits, words = D(img, code.pooled, words=True)
+    torch.testing.assert_close(logits, D(img, code.pooled))
+    torch.testing.assert_close(words, feats["x"] @ D.words.weight.T * D.words.weight_gain + D.words.bias * D.words.bias_gain,
+                               atol=1e-5, rtol=1e-5)
+    # The head shares D's trunk: the word loss trains the convolutions the projection reads.
+    words[:, 3].sum().backward()
+    assert img.grad.abs().sum() > 0 and D.blocks[0].conv0.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="word_head"):
+        DiscriminatorConfig(word_head="wordnet")
+
+
 def test_discriminator_blur_down_switches_every_downsampling_conv():
     torch.manual_seed(0)
     _, dcfg = tiny_cfgs()
