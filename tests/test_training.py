@@ -128,7 +128,10 @@ def test_init_from_extends_vocabulary_keeping_old_words(full_run, tmp_path):
     assert {w: new([w]).ids[0, 0].item() for w in old_words} == old_words
     assert new(["zebra"]).ids[0, 0].item() >= len(old)  # a new word, appended
     assert result.ema.encoder.vocab_size == len(new) == result.ema.cfg.vocab_size
-    assert result.discriminator.words.weight.shape[0] == len(new)  # a fresh word classifier, new words too
+    D, R = result.discriminator, result.ema.cfg.resolution
+    with torch.no_grad():  # a fresh word classifier (either head) with an output for every word, new ones too
+        _, word_logits = D(torch.zeros(2, 3, R, R), torch.zeros(2, D.cfg.c_dim), words=True)
+    assert word_logits.shape == (2, len(new))
     from gan.model import load_model
 
     model, tokenizer = load_model(tmp_path / "ft" / "model")
