@@ -15,7 +15,7 @@ esac
 # Install only when pyproject.toml changed since the last install of this job's extras.
 stamp=".venv/.installed-$job-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".$extra"
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check --no-cache-dir -e ".$extra"
   touch "$stamp"
 fi
 
