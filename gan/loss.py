@@ -48,8 +48,8 @@ by G) and G on fakes, against their own captions. Unlike the projection, which s
 code of the whole caption, it asks about each word separately.
 
 shapes32 trains with weight 3, the trunk head and a D twice as wide as G (its figures are in
-gan/config.py and gan/training.py). Measured first with shapes32's earlier, narrower D (64
-channels; trunk head, no blur), 50 kimg at 1 thread, without the term in brackets:
+gan/config.py and gan/training.py). Measured first with shapes32's earlier D, half as wide
+(32 / 64 channels; trunk head, no blur), 50 kimg at 1 thread, without the term in brackets:
 - shape accuracy 0.43 / 0.47 / 0.43 for seeds 0 / 1 / 2 [0.29 / 0.37 for seeds 0 / 1], the
   highest of any setting;
 - mean attribute accuracy 0.73 / 0.69 / 0.66 [0.68 / 0.69]: background (0.81 / 0.52 / 0.62) and
