@@ -210,10 +210,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # The sharper D wins faster, so R1 is stronger with it (TRAIN_PRESETS).
         # D is twice as wide as G (64 channels at 32 px, 128 below), and its own features name
         # the caption's words (word_head "trunk" with the word term on, TRAIN_PRESETS; AC-GAN's
-        # shared trunk). A D trained on real images alone picked a one-object image's shape among
-        # its caption's five shape variants 0.42 of the time without the head, 0.76 with it. The
-        # head on the narrow D lifted shapes too, but cost backgrounds (0.77 -> 0.53 in the main
-        # job); the wider D keeps room for both. 50-kimg runs at one thread, attribute probe:
+        # shared trunk; why, in gan/discriminator.py). The head on the narrow D lifted shapes too,
+        # but cost backgrounds (0.77 -> 0.53 in the main job); the wider D keeps room for both in
+        # most runs. 50-kimg runs at one thread, attribute probe:
         # shape 0.29 / 0.37 (seeds 0 / 1, narrow D, no word term) -> 0.53 at 40 kimg / 0.54,
         # mean 0.68 / 0.69 -> 0.72 at 40 kimg / 0.77. 1.5x the main job's wall time.
         d=dict(channel_base=2048, channel_max=128, mapping_lr_mult=1.0, blur_down=False, word_head="trunk"),

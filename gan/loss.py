@@ -62,8 +62,8 @@ gan/config.py and gan/training.py). Measured first with shapes32's earlier D, ha
 The grids show why the shape figure overstates what one sees: objects carry textures that the
 classifier (and the attribute probe, a CNN too) reads as a triangle or a star, grey backgrounds
 come out blotched, and a two-object row swapped its objects. With D twice as wide the objects
-come out clean, flat backgrounds return in two runs of three (background 0.71 and 0.86 in
-one-thread runs, 0.48 in the main job), and the two-object rows keep their order: shapes32
+come out clean, flat backgrounds return in two runs of three (background 0.71 at 40 kimg and
+0.86 in one-thread runs, 0.48 in the main job), and the two-object rows keep their order: shapes32
 uses that setting.
 Earlier, with the WordNet head and a D with blur, the classifier named the shape of real
 one-object images 88 % of the time, yet G's shapes stayed at chance; weight 10 made G paint

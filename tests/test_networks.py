@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from encoders.code import SpikeCode
 from gan import Discriminator, DiscriminatorConfig, Generator, GeneratorConfig
 from gan.config import PRESETS, preset
+from gan.layers import EqualLinear
 
 C = 16
 
@@ -300,8 +301,8 @@ def test_discriminator_trunk_word_head_reads_the_projected_features():
     code, img = make_code(4), torch.randn(4, 3, 16, 16, requires_grad=True)
     logits, words = D(img, code.pooled, words=True)
     torch.testing.assert_close(logits, D(img, code.pooled))
-    torch.testing.assert_close(words, feats["x"] @ D.words.weight.T * D.words.weight_gain + D.words.bias * D.words.bias_gain,
-                               atol=1e-5, rtol=1e-5)
+    assert isinstance(D.words, EqualLinear)
+    torch.testing.assert_close(words, D.words(feats["x"]))
     # The head shares D's trunk: the word loss trains the convolutions the projection reads.
     words[:, 3].sum().backward()
     assert img.grad.abs().sum() > 0 and D.blocks[0].conv0.weight.grad.abs().sum() > 0
