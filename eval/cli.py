@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from eval.allocator import keep_freed_memory
+
 SCHEMA = "spikegan-eval/1"
 ROW_KEYS = ("model", "model_sha256", "resolution", "values", "num_images", "seeds", "weights", "seconds")
 TOP_KEYS = ("schema", "created", "command", "data", "metrics", "settings", "rows", "seconds")
@@ -299,6 +301,7 @@ def main(argv: Sequence[str] | None = None, *, extractor: Any = None, text_embed
     """Entry point. `extractor` / `text_embedder` replace the Inception network / MiniLM (tests
     inject small stand-ins; None = the real networks)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    keep_freed_memory()  # the network's large activations reuse freed heap (eval/allocator.py)
     try:
         if argv and argv[0] == "lpips":
             lpips_main(argv[1:])

@@ -238,9 +238,10 @@ class InceptionV3(nn.Module):
         """x: [B, 3, 299, 299] float in [-1, 1] -> [B, 2048] float."""
         assert x.ndim == 4 and x.shape[1:] == (3, INPUT_SIZE, INPUT_SIZE), f"expected [B,3,299,299], got {tuple(x.shape)}"
         # The stem runs STEM_CHUNK images at a time: at batch 32 its 147x147 activations are
-        # 90-180 MB each, fresh memory from the kernel on every call; in chunks of 8 the whole
-        # forward took 0.91-0.95x the time (interleaved timings in one process; chunks of 4 or
-        # 16 gained less). Results are equal to fp32 rounding (a test).
+        # 90-180 MB each, fresh memory from the kernel on every call unless the process keeps
+        # freed memory (eval/allocator.py). Without that, chunks of 8 took 0.91-0.95x the time;
+        # with it, chunks of 4 to 32 time the same (33.9-34.9 ms/image on 2 AVX-512 cores),
+        # and chunks still bound the stem's memory. Results are equal to fp32 rounding (a test).
         x = torch.cat([self.stem(chunk) for chunk in x.split(STEM_CHUNK)]) if len(x) > STEM_CHUNK else self.stem(x)
         x = self.mixed_2(self.mixed_1(self.mixed(x)))  # [B,288,35,35]
         x = self.mixed_3(x)  # [B,768,17,17]

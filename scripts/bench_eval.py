@@ -11,6 +11,9 @@ each figure both from wall time and from process CPU time / threads, see `Timer`
 - end to end (`InceptionFeatures`: clean resize from the source resolution + network): images/s;
 - streaming: peak resident set (ru_maxrss) while `--stream` images flow through extraction into
   `FeatureStats`, and the resident set after the first batch, to show memory does not grow with N.
+
+`--keep-freed-memory on` (the default, as in the eval CLI) applies `eval.allocator.keep_freed_memory`
+first; run once with `off` to measure what it saves (system seconds per call are reported).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from eval.allocator import keep_freed_memory  # noqa: E402
 from eval.features import InceptionFeatures, iterate_batches  # noqa: E402
 from eval.fid import FeatureStats  # noqa: E402
 from eval.inception import INPUT_SIZE, load_torchscript  # noqa: E402
@@ -57,15 +61,17 @@ class Timer:
         self.threads = threads
         self.wall: dict[str, list[float]] = {}
         self.cpu: dict[str, list[float]] = {}
+        self.system: dict[str, list[float]] = {}  # kernel time (page faults), all threads
 
     def __call__(self, name: str, fn) -> None:
-        wall, cpu = time.perf_counter(), time.process_time()
+        wall, cpu, system = time.perf_counter(), time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
         fn()
         self.wall.setdefault(name, []).append(time.perf_counter() - wall)
         self.cpu.setdefault(name, []).append((time.process_time() - cpu) / self.threads)
+        self.system.setdefault(name, []).append(resource.getrusage(resource.RUSAGE_SELF).ru_stime - system)
 
     def median(self, name: str, kind: str) -> float:
-        return statistics.median((self.wall if kind == "wall" else self.cpu)[name])
+        return statistics.median({"wall": self.wall, "cpu": self.cpu, "system": self.system}[kind][name])
 
 
 def conv3x3_case(batch: int, cin: int, cout: int, hw: int):
@@ -111,10 +117,13 @@ def main() -> None:
     parser.add_argument("--resolution", type=int, default=64, help="source image size for the end-to-end run")
     parser.add_argument("--stream", type=int, default=256, help="images streamed for the memory measurement (0 = skip)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on",
+                        help="glibc keeps freed blocks for reuse (eval.allocator), as the eval CLI does")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    kept = keep_freed_memory() if args.keep_freed_memory == "on" else False
 
     extractor = InceptionFeatures("cpu", batch=args.batch)
     model = extractor.model
@@ -137,7 +146,9 @@ def main() -> None:
             timer("end_to_end", lambda: extractor(images))
 
     result = {"threads": threads, "batch": args.batch, "repeats": args.repeats, "weights": extractor.weights_file,
-              "gflop_per_image": round(flops / 1e9, 3), "load_average": list(os.getloadavg())}
+              "keep_freed_memory": kept, "gflop_per_image": round(flops / 1e9, 3),
+              "load_average": list(os.getloadavg()),
+              "plain_system_s_per_call": round(timer.median("plain", "system"), 3)}
     for kind in ("wall", "cpu"):
         conv_gflops = {name: conv_flops / timer.median(name, kind) / 1e9 for name, (_, conv_flops) in convs.items()}
         peak = max(conv_gflops.values())
