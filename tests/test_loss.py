@@ -277,6 +277,11 @@ def test_word_targets_and_loss_match_naive():
                for v in range(VOCAB)]
         want.append(sum(bce) / t[b].sum().item())
     torch.testing.assert_close(word_loss(logits, t), torch.tensor(sum(want) / 3), rtol=1e-5, atol=1e-5)
+    # negatives=False (G's half): only the caption's own words count.
+    want = [sum(-math.log(torch.sigmoid(logits[b, v])) for v in range(VOCAB) if t[b, v]) / t[b].sum().item()
+            for b in range(3)]
+    torch.testing.assert_close(word_loss(logits, t, negatives=False), torch.tensor(sum(want) / 3), rtol=1e-5, atol=1e-5)
+    assert word_loss(logits + 100 * (1 - t), t, negatives=False) == word_loss(logits, t, negatives=False)
     # Logits that agree with the targets cost less than logits that contradict them.
     assert word_loss(10 * (2 * t - 1), t) < 1e-3 < word_loss(-10 * (2 * t - 1), t)
 
@@ -303,7 +308,7 @@ def test_word_term_d_on_reals_g_on_fakes(nets):
     loss, stats = loss_fn("Gmain", G=G, D=D, z=z, batch=batch)
     img, code = G(z, batch)
     logits, fake_words = D(img, code.pooled, words=True)
-    torch.testing.assert_close(loss, F.softplus(-logits).mean() + 0.5 * word_loss(fake_words, t))
+    torch.testing.assert_close(loss, F.softplus(-logits).mean() + 0.5 * word_loss(fake_words, t, negatives=False))
     loss.backward()
     assert G.to_img.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="loss.word_weight"):
