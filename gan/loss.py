@@ -62,8 +62,8 @@ G's half with the negatives -> without: FID 179.3 / 186.9 -> 170.3 / 174.8, KID 
 
 shapes32 trains with weight 6, the trunk head and a D twice as wide as G (its figures are in
 gan/config.py and gan/training.py; weight 3 -> 6 took the main job's mean attribute accuracy
-0.69 -> 0.75 and background 0.50 -> 0.77). Measured first with shapes32's earlier D, half as wide
-(32 / 64 channels; trunk head, no blur), 50 kimg at 1 thread, without the term in brackets:
+0.69 -> 0.75 and background 0.50 -> 0.77). Measured first at weight 3 with the earlier D, half
+as wide (32 / 64 channels; trunk head, no blur), 50 kimg at 1 thread, without the term in brackets:
 - shape accuracy 0.43 / 0.47 / 0.43 for seeds 0 / 1 / 2 [0.29 / 0.37 for seeds 0 / 1], the
   highest of any setting;
 - mean attribute accuracy 0.73 / 0.69 / 0.66 [0.68 / 0.69]: background (0.81 / 0.52 / 0.62) and
