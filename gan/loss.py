@@ -40,9 +40,10 @@ conditioning pulls a conditional GAN toward one image per prompt (the contrastiv
 higher learning rate took shapes32's LPIPS diversity from 0.12 to 0.06 at 20 kimg). In pixels,
 the cheapest way for two seeds to differ is a flat background flip (white vs black: a distance of
 2 over most of the image), even when the caption names the background. Measured on the shapes32
-main job (word weight 3) with each image's per-channel mean removed before the distance (patched
-in for the test): background accuracy 0.50 -> 0.94, but LPIPS diversity 0.22 -> 0.05 and FID 170
--> 243. So most of the diversity the term buys there is background flips; it stays in pixels.
+main job (word weight 3) with each image's per-channel mean removed before the distance
+(patched in for the measurement): background accuracy 0.50 -> 0.94, but LPIPS diversity 0.22 ->
+0.05 and FID 170 -> 243. So most of the diversity the term buys there is background flips; it
+stays in pixels.
 
 Word term (AC-GAN's auxiliary classifier, with a caption's words as its labels): D's word
 classifier (`discriminator.word_head`: one linear layer on D's own features, or a small CNN of
@@ -61,9 +62,10 @@ G's half with the negatives -> without: FID 179.3 / 186.9 -> 170.3 / 174.8, KID 
 0.69 / 0.74 (seed 1 through scripts/train.py --seed 1 with the main job's scoring).
 
 shapes32 trains with weight 6, the trunk head and a D twice as wide as G (its figures are in
-gan/config.py and gan/training.py; weight 3 -> 6 took the main job's mean attribute accuracy
-0.69 -> 0.75 and background 0.50 -> 0.77). Measured first at weight 3 with the earlier D, half
-as wide (32 / 64 channels; trunk head, no blur), 50 kimg at 1 thread, without the term in brackets:
+gan/config.py and gan/training.py; weight 3 -> 6 took the mean attribute accuracy over three
+seeds 0.71 -> 0.74 and background 0.60 -> 0.73, FID 176 -> 180). Measured first at weight 3 with
+the earlier D, half as wide (32 / 64 channels; trunk head, no blur), 50 kimg at 1 thread, without
+the term in brackets:
 - shape accuracy 0.43 / 0.47 / 0.43 for seeds 0 / 1 / 2 [0.29 / 0.37 for seeds 0 / 1], the
   highest of any setting;
 - mean attribute accuracy 0.73 / 0.69 / 0.66 [0.68 / 0.69]: background (0.81 / 0.52 / 0.62) and

@@ -55,14 +55,15 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # the mode-seeking term brings back to 0.15 (the issue 5 note lists every run). The word
     # term (D's word classifier, gan/loss.py) is on, with a D twice as wide (gan/config.py); G's
     # half of it counts only the caption's own words (gan/loss.py: main-job FID 179 -> 170, LPIPS
-    # diversity 0.16 -> 0.22, attributes within noise over two seeds). Its weight 3 -> 6, main job
-    # and the same with --seed 1: mean attribute accuracy 0.691 / 0.74 -> 0.752 / 0.756, background
-    # 0.50 / 0.76 -> 0.77 / 0.84, shape 0.53 / 0.48 -> 0.59 / 0.56, colour 0.60 / 0.58 -> 0.63 /
-    # 0.63, FID 170.3 / 174.8 -> 170.7 / 175.4, LPIPS diversity 0.22 / 0.16 -> 0.18 / 0.14 (weight
-    # 10, seed 0: mean 0.752, background 0.86, shape 0.54, FID 179.0); seed 2: mean 0.710 ->
-    # 0.714, background 0.52 -> 0.59, but FID 183.9 -> 195.2. Weight 3, the main job,
-    # both measured the same day at 2 threads, D 64 channels without the term -> 128 with it
-    # (before the positives-only change): shape accuracy 0.32 -> 0.55, colour 0.54 -> 0.60,
+    # diversity 0.16 -> 0.22, attributes within noise over two seeds). Its weight 3 -> 6, seeds
+    # 0 (the main job) / 1 / 2 (scripts/train.py --seed, the main job's scoring): mean attribute
+    # accuracy 0.691 / 0.74 / 0.710 -> 0.752 / 0.756 / 0.714, background 0.50 / 0.76 / 0.52 ->
+    # 0.77 / 0.84 / 0.59, shape 0.53 / 0.48 / 0.53 -> 0.59 / 0.56 / 0.55, colour 0.60 / 0.58 /
+    # 0.62 -> 0.63 / 0.63 / 0.60, FID 170.3 / 174.8 / 183.9 -> 170.7 / 175.4 / 195.2, LPIPS
+    # diversity 0.22 / 0.16 / 0.22 -> 0.18 / 0.14 / 0.13 (weight 10, seed 0: mean 0.752,
+    # background 0.86, shape 0.54, FID 179.0). Weight 3, the main job, both measured the same
+    # day at 2 threads, D 64 channels without the term -> 128 with it (before the
+    # positives-only change): shape accuracy 0.32 -> 0.55, colour 0.54 -> 0.60,
     # position 0.90 -> 0.99, size 0.72 -> 0.73, relation 0.58 -> 0.59, count 0.93 -> 0.95,
     # background 0.77 -> 0.48, mean 0.680 -> 0.698; FID 179.8 -> 179.3, KID 0.109 -> 0.110,
     # LPIPS diversity 0.22 -> 0.16; 10:35 -> 15:46 wall, peak RSS 1.51 -> 1.64 GB. Backgrounds
