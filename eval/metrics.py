@@ -366,14 +366,16 @@ def alignment(ctx: Context) -> dict:
 @register("attributes", needs=("probe",))
 def attributes(ctx: Context) -> dict:
     """Probe accuracy per attribute vs the prompt's scene (shapes); probe_* = on real images."""
-    from eval.attributes import REPORTED, accuracy
+    from eval.attributes import EXTRA, REPORTED, accuracy
 
     acc = accuracy(ctx.generated["probe"], ctx.prompt_attributes())
     real = ctx_probe(ctx).info.get("report", {}).get("heldout", {})
     out: dict[str, float | None] = {f"attr_{k}": acc[k] for k in REPORTED}
-    out["attr_mean"] = _mean(acc.values())
+    out["attr_mean"] = _mean(acc[k] for k in REPORTED)
+    out.update({f"attr_{k}": acc[k] for k in EXTRA})
     out.update({f"probe_{k}": real.get(k) for k in REPORTED})
     out["probe_mean"] = _mean(real.get(k) for k in REPORTED)
+    out.update({f"probe_{k}": real.get(k) for k in EXTRA})  # None from a probe cached before binding existed
     return out
 
 

@@ -98,17 +98,31 @@ came out grey or black), mean 0.67 -> 0.66 / 0.63; so shapes32 leaves it off.
 Hard negatives (`hard_negatives`, NegCLIP's idea applied to D): in-batch captions usually differ
 from an image's own in several attributes at once, so D can reject them on the easiest one
 (colour) and never learn to check the rest. With this on, each caption also comes with a copy
-that has one word swapped for another word the dataset uses between the same two neighbours
-(gan.warmup.WordSwaps: "a red [circle] on" -> "a red [star] on"). D scores each real image under
+made from it (gan.warmup.WordSwaps): "replace" swaps one word for another word the dataset uses
+between the same two neighbours ("a red [circle] on" -> "a red [star] on"); "exchange" lets two
+of its own words trade places ("a [red] circle left of a [blue] square" -> "a [blue] circle left
+of a [red] square"), the same bag of words bound the other way. D scores each real image under
 its own copy from the same forward as the batch's captions (the pairs matrix grows by B
 columns): the mismatch term counts it as fake (its own mean, times match_weight), and it is one
-more negative in D's contrastive row on reals and in G's on fakes. The loop codes the swapped
-captions in a forward of their own, so CodeNorm standardises them with their own batch's
-statistics, not the real captions'. Measured on shapes32 (with the warm-up's hard negatives too,
-50 kimg, seed 0): shape accuracy 0.29 -> 0.32, mean 0.68 -> 0.69, but D's choice of the right
-shape among five captions for a real image was no better at 20 kimg (0.35 against 0.37 at 30
-kimg without), and the deterministic main job fell (mean 0.689 -> 0.652, FID 174 -> 196, LPIPS
-diversity 0.17 -> 0.11, 17.9 -> 20.1 s/kimg), so shapes32 leaves it off.
+more negative in D's contrastive row on reals and in G's on fakes. The loop codes the copies in
+a forward of their own, so CodeNorm standardises them with their own batch's statistics, not the
+real captions'. Measured on shapes32, 50 kimg, seed 0:
+- "replace" (with the warm-up's too; narrow D, before the word term): shape accuracy 0.29 -> 0.32,
+  mean 0.68 -> 0.69, but D's choice of the right shape among five captions for a real image was no
+  better at 20 kimg (0.35 against 0.37 at 30 kimg without), and the deterministic main job fell
+  (mean 0.689 -> 0.652, FID 174 -> 196, LPIPS diversity 0.17 -> 0.11, 17.9 -> 20.1 s/kimg).
+- "exchange", against the shapes32 main job: G places two objects' colours by a rule of its own
+  (red left of or above blue, for both word orders and all four relations), so a two-object scene
+  has its colours on the right sides as often as swapped (0.34 / 0.34 of 400; eval's attr_binding
+  0.349). With exchanged captions as D's negatives, D's loss on them stayed at 0.41 from 1 to 50
+  kimg (it never learnt to reject them) and nothing changed: right / swapped 0.35 / 0.34,
+  attr_binding 0.328, mean 0.752 -> 0.745, FID 170.7 -> 187.9. With the warm-up's exchange
+  negatives too: 0.31 / 0.35, attr_binding 0.332, mean 0.688, FID 203.8. The pooled code does
+  hold what is needed: from the warmed-up encoder's codes of 5000 two-object captions, an MLP
+  reads the first-named colour of 1000 others 0.92 of the time, the relation 0.998, and whether
+  the first-named object is the left / top one 0.93; but the left object's colour, which needs
+  the three together, only 0.55 (0.5 is a coin between the two colours).
+So shapes32 leaves both off.
 
 Callables the loss runs (the loop hands in DDP-wrapped or plain modules per phase):
   G(z [B, z_dim], batch) -> (img [B, 3, R, R], code SpikeCode)
@@ -127,6 +141,17 @@ from encoders.tokenizer import PAD_ID, UNK_ID, TokenBatch
 from gan.augment import AugmentPipe
 
 PHASES = ("Gmain", "Dmain", "Dreg")
+HARD_NEGATIVES = ("off", "replace", "exchange")  # kinds of hard-negative caption (gan.warmup.WordSwaps)
+
+
+def hard_negative_kind(value: str | bool, option: str) -> str:
+    """A hard-negative setting as one of HARD_NEGATIVES; True / False (how configs written before
+    "exchange" existed say it) read as "replace" / "off"."""
+    if isinstance(value, bool):
+        return "replace" if value else "off"
+    if value not in HARD_NEGATIVES:
+        raise ValueError(f"{option} must be one of {HARD_NEGATIVES}, got {value!r}")
+    return value
 
 
 @dataclass
@@ -140,7 +165,9 @@ class LossConfig:
     diversity_weight: float = 0.0  # Weight of the mode-seeking term in G (two latents per caption).
     word_weight: float = 0.0  # Weight of the word term (D's word classifier: trained on reals, G on fakes).
     guide_weight: float = 0.0  # Weight of the guide term (the warm-up's frozen image tower scores G's fakes).
-    hard_negatives: bool = False  # Captions with one word swapped join the mismatch and contrastive terms.
+    # Negative captions made from each caption (gan.warmup.WordSwaps) that join the mismatch and
+    # contrastive terms: "off", "replace" (one word replaced) or "exchange" (two words trade places).
+    hard_negatives: str = "off"
 
     def __post_init__(self) -> None:
         if self.r1_gamma < 0:
@@ -157,6 +184,7 @@ class LossConfig:
             raise ValueError(f"loss.word_weight must be >= 0, got {self.word_weight}")
         if self.guide_weight < 0:
             raise ValueError(f"loss.guide_weight must be >= 0, got {self.guide_weight}")
+        self.hard_negatives = hard_negative_kind(self.hard_negatives, "loss.hard_negatives")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -244,12 +272,12 @@ class GANLoss:
     ) -> None:
         if cfg.guide_weight > 0 and guide is None:
             raise ValueError("loss.guide_weight > 0 needs the warm-up's image tower (guide=...)")
-        if cfg.hard_negatives and hard_negatives is None:
+        if cfg.hard_negatives != "off" and hard_negatives is None:
             raise ValueError("loss.hard_negatives needs the swapped captions' codes (hard_negatives=...)")
         self.cfg = cfg
         self.augment = augment
         self.guide = guide
-        self.hard_negatives = hard_negatives if cfg.hard_negatives else None
+        self.hard_negatives = hard_negatives if cfg.hard_negatives != "off" else None
 
     def run_D(self, D: Callable, img: torch.Tensor, pooled: torch.Tensor, *, pairs: bool = False,
               words: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:

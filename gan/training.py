@@ -44,8 +44,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # Tests and smoke runs: a few steps of the 16 px networks, every loss term on.
     "tiny": dict(kimg=0.128, batch=16, snap=0.064, tick=0.032, ema_kimg=0.01, ema_rampup=None,
                  loss=dict(r1_gamma=0.1, r1_interval=4, contrastive_weight=1.0, diversity_weight=1.0,
-                           word_weight=1.0, guide_weight=1.0, hard_negatives=True),
-                 augment=dict(interval=2, speed_kimg=1.0), warmup=dict(kimg=0.032, batch=16, hard_negatives=True),
+                           word_weight=1.0, guide_weight=1.0, hard_negatives="exchange"),
+                 augment=dict(interval=2, speed_kimg=1.0), warmup=dict(kimg=0.032, batch=16, hard_negatives="replace"),
                  grid_seeds=4, grid_rows=4, workers=0),
     # The CPU main job (README command one): 32 px shapes in about 16 minutes on 2 cores
     # (measured ~16 s per kimg of training at 2 threads; 10.7 with D half as wide, same day).
@@ -223,7 +223,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.keep >= 1, f"keep must be >= 1, got {cfg.keep}")
     need(cfg.ema_kimg >= 0, f"ema_kimg must be >= 0, got {cfg.ema_kimg}")
     need(not (cfg.resume and cfg.init_from), "--resume and --init-from exclude each other")
-    need(not cfg.loss.hard_negatives or cfg.loss.match_weight > 0 or cfg.loss.contrastive_weight > 0,
+    need(cfg.loss.hard_negatives == "off" or cfg.loss.match_weight > 0 or cfg.loss.contrastive_weight > 0,
          "--hard-negatives needs --match-weight or --contrastive-weight > 0: they are the terms it joins")
     need(cfg.loss.guide_weight == 0 or cfg.warmup.kimg > 0,
          f"--guide-weight {cfg.loss.guide_weight} needs --warmup-kimg > 0: the guide is the warm-up's image tower")
@@ -612,7 +612,9 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         flag = torch.tensor(float(stop["signal"] is not None), device=device)
         return accelerator.reduce(flag, reduction="sum").item() > 0
 
-    swaps = WordSwaps.build(tokenizer, captions) if cfg.warmup.hard_negatives or cfg.loss.hard_negatives else None
+    swaps = None
+    if cfg.warmup.hard_negatives != "off" or cfg.loss.hard_negatives != "off":
+        swaps = WordSwaps.build(tokenizer, captions)
     warm, guide = {}, None
     if resume_dir is None and cfg.warmup.kimg > 0:
         warm, guide, stopped = run_warmup(cfg, model.encoder, dataset, tokenizer, swaps,
@@ -638,9 +640,9 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     augment = AugmentPipe(cfg=cfg.augment)
 
     def hard_negatives(tokens) -> tuple[torch.Tensor, torch.Tensor]:
-        """The batch's captions with one word swapped, coded by the live encoder (detached, as D's
-        view of every caption is)."""
-        swapped, valid = swaps(tokens)
+        """The batch's hard-negative captions (cfg.loss.hard_negatives), coded by the live encoder
+        (detached, as D's view of every caption is)."""
+        swapped, valid = swaps(tokens, cfg.loss.hard_negatives)
         with torch.no_grad():
             return model.encoder(swapped.to(device)).pooled, valid
 

@@ -22,9 +22,12 @@ images against their captions during the GAN (the guide term, gan/loss.py).
 
 Hard negatives (`hard_negatives`, NegCLIP, Yuksekgonul et al. 2023): in-batch retrieval can be
 solved on the easy attributes alone (98 % on shapes32 after 800 steps). With hard negatives each
-image must also rank its caption above a copy with one word swapped for another word the dataset
-uses between the same two neighbours ("a red [circle] on" -> "a red [star] on"), so the code has
-to tell every such word apart, and the tower to see it. Measured on shapes32 (with the two halves
+image must also rank its caption above a copy made from it (WordSwaps): with one word replaced by
+another word the dataset uses between the same two neighbours ("a red [circle] on" -> "a red
+[star] on"), so the code has to tell every such word apart, and the tower to see it; or with two
+of its words exchanged ("a [blue] circle left of a [red] square"), so it has to say which word
+goes with which (exchange: final loss 0.036 -> 0.232 on shapes32, the GAN's figures in
+gan/loss.py). Measured with replacement on shapes32 (with the two halves
 then encoded in separate forwards, each standardised by its own batch): the warm-up's final
 loss 0.047 -> 0.120 (the task is harder) in 1.3-2.2x the time (the swapped captions are encoded
 too); after 50 kimg of GAN, shape accuracy 0.29 -> 0.34 at an unchanged mean (0.68, one seed);
@@ -48,7 +51,7 @@ from torch import nn
 
 from data import to_float
 from encoders.tokenizer import TokenBatch
-from gan.loss import distinct_pairs, mask_identical_captions
+from gan.loss import distinct_pairs, hard_negative_kind, mask_identical_captions
 
 
 @dataclass
@@ -56,7 +59,9 @@ class WarmupConfig:
     kimg: float = 0.0  # Image-caption pairs shown, in thousands; 0 = no warm-up.
     batch: int = 64  # Pairs per step (each image's negatives are the batch's other captions).
     lr: float = 1e-3  # Adam learning rate of the encoder, the image tower and the temperature.
-    hard_negatives: bool = False  # Each image also rejects its caption with one word swapped (WordSwaps).
+    # Each image also rejects a negative made from its caption (WordSwaps): "off", "replace" (one
+    # word replaced) or "exchange" (two of its words trade places).
+    hard_negatives: str = "off"
 
     def __post_init__(self) -> None:
         if self.kimg < 0:
@@ -65,6 +70,7 @@ class WarmupConfig:
             raise ValueError(f"warmup.batch must be >= 2 (negatives come from the batch), got {self.batch}")
         if self.lr <= 0:
             raise ValueError(f"warmup.lr must be > 0, got {self.lr}")
+        self.hard_negatives = hard_negative_kind(self.hard_negatives, "warmup.hard_negatives")
 
 
 class ImageTower(nn.Module):
@@ -120,12 +126,18 @@ def clip_loss(img_emb: torch.Tensor, txt_emb: torch.Tensor, logit_scale: torch.T
 
 
 class WordSwaps:
-    """Hard-negative captions: one token replaced by another token that the corpus uses between
-    the same two neighbours ("a large red [circle] on the left" -> "... red [star] on ...").
+    """Hard-negative captions, of two kinds:
+    - "replace": one token replaced by another token that the corpus uses between the same two
+      neighbours ("a large red [circle] on the left" -> "... red [star] on ..."): a caption with
+      other words;
+    - "exchange": two of the caption's own tokens trade places, each a token the corpus uses
+      between the other's neighbours ("a [red] circle left of a [blue] square" -> "a [blue]
+      circle left of a [red] square"): the same words, bound the other way (ARO's word-order
+      negatives, Yuksekgonul et al. 2023). A bag of words cannot tell it from the caption.
 
-    Built from token ids, so it works for any tokenizer and needs no word lists; a token whose
-    neighbours never frame another token is never swapped, and a caption with no such token
-    gets no hard negative (valid False)."""
+    Built from token ids, so it works for any tokenizer and needs no word lists; a caption with no
+    such token (or, to exchange, no such pair of different tokens) gets no hard negative (valid
+    False): one-object captions on shapes have none to exchange."""
 
     def __init__(self, fillers: dict[tuple[int, int], tuple[int, ...]]) -> None:
         self.fillers = fillers  # (left id, right id) -> every id seen between them (-1: start, -2: end)
@@ -147,21 +159,33 @@ class WordSwaps:
                 fillers.setdefault(key, set()).add(i)
         return cls({k: tuple(sorted(v)) for k, v in fillers.items() if len(v) > 1})
 
-    def __call__(self, tokens: TokenBatch) -> tuple[TokenBatch, torch.Tensor]:
-        """(the batch with one swapped token per caption, valid [B] bool). Draws from torch's
-        global RNG, so a seeded run swaps alike."""
+    def __call__(self, tokens: TokenBatch, kind: str = "replace") -> tuple[TokenBatch, torch.Tensor]:
+        """(the batch with one hard negative per caption, valid [B] bool); kind "replace" or
+        "exchange". Draws from torch's global RNG, so a seeded run swaps alike."""
+        if kind not in ("replace", "exchange"):
+            raise ValueError(f"WordSwaps kind must be 'replace' or 'exchange', got {kind!r}")
         ids = tokens.ids.clone()
         words = [list(w) for w in tokens.words]
         valid = torch.zeros(len(tokens), dtype=torch.bool, device=ids.device)
+        fits = self.fillers
         for b, row in enumerate(self.contexts(tokens)):
-            spots = [(t, i, self.fillers[key]) for t, i, key in row if key in self.fillers]
-            if not spots:
+            if kind == "replace":
+                spots = [(t, i, fits[key]) for t, i, key in row if key in fits]
+                if not spots:
+                    continue
+                t, old, options = spots[int(torch.randint(len(spots), ()))]
+                others = [i for i in options if i != old]
+                new = others[int(torch.randint(len(others), ()))]
+                ids[b, t], valid[b] = new, True
+                words[b][t] = f"<{new}>"  # the id; the tokenizer's own word list is not at hand
                 continue
-            t, old, options = spots[int(torch.randint(len(spots), ()))]
-            others = [i for i in options if i != old]
-            new = others[int(torch.randint(len(others), ()))]
-            ids[b, t], valid[b] = new, True
-            words[b][t] = f"<{new}>"  # the id; the tokenizer's own word list is not at hand
+            pairs = [(t, u) for t, i, key in row for u, j, other in row
+                     if t < u and i != j and j in fits.get(key, ()) and i in fits.get(other, ())]
+            if not pairs:
+                continue
+            t, u = pairs[int(torch.randint(len(pairs), ()))]
+            ids[b, t], ids[b, u], valid[b] = ids[b, u].clone(), ids[b, t].clone(), True
+            words[b][t], words[b][u] = words[b][u], words[b][t]
         return TokenBatch(ids, tokens.mask, tokens.weights, words), valid
 
 
@@ -174,7 +198,7 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
     and the trained image side, frozen and in eval mode. `should_stop` is asked before every
     step; when it says True the warm-up ends there ("warmup/steps" counts the steps taken).
     With cfg.hard_negatives, `swaps` (WordSwaps.build on the dataset's captions) makes them."""
-    if cfg.hard_negatives and swaps is None:
+    if cfg.hard_negatives != "off" and swaps is None:
         raise ValueError("warmup.hard_negatives needs the caption corpus's WordSwaps (swaps=...)")
     scorer = ImageTextScorer(resolution=resolution, code_dim=encoder.code_dim).to(device)
     params = [*[p for p in encoder.parameters() if p.requires_grad], *scorer.parameters()]
@@ -191,8 +215,8 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
         batch = next(batches)
         tokens = tokenizer(batch["text"], emphasis=False)
         hard = None
-        if cfg.hard_negatives:  # one forward for both, so the code's batch statistics are shared
-            swapped, valid = swaps(tokens)
+        if cfg.hard_negatives != "off":  # one forward for both, so the code's batch statistics are shared
+            swapped, valid = swaps(tokens, cfg.hard_negatives)
             pooled, hard_pooled = encoder(TokenBatch.cat([tokens, swapped]).to(device)).pooled.chunk(2)
             hard = (hard_pooled, valid.to(device))
         else:

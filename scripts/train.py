@@ -45,12 +45,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight of the word term (D's word classifier: which words the caption has)")
     p.add_argument("--guide-weight", type=float, default=None,
                    help="weight of the guide term (the warm-up's frozen image tower scores G's images; needs the warm-up)")
-    p.add_argument("--hard-negatives", action=argparse.BooleanOptionalAction, default=None,
-                   help="captions with one word swapped join D's mismatch and the contrastive terms")
+    p.add_argument("--hard-negatives", choices=("off", "replace", "exchange"), default=None,
+                   help="negative captions made from each caption join D's mismatch and the contrastive terms: "
+                        "one word replaced, or two of its words exchanged (same words, other binding)")
     p.add_argument("--warmup-kimg", type=float, default=None,
                    help="kimg of contrastive encoder warm-up on the training pairs before the GAN (0 = none)")
-    p.add_argument("--warmup-hard-negatives", action=argparse.BooleanOptionalAction, default=None,
-                   help="in the warm-up, each image also rejects its caption with one word swapped (NegCLIP)")
+    p.add_argument("--warmup-hard-negatives", choices=("off", "replace", "exchange"), default=None,
+                   help="in the warm-up, each image also rejects a negative made from its caption (NegCLIP)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--snap", type=float, default=None, help="kimg between snapshots")

@@ -40,7 +40,7 @@ def test_hits_count_only_what_the_caption_mentions():
     attrs = _attrs(TWO, mentioned)
     hits = at.attribute_hits(_perfect(attrs), attrs)
     assert hits == {"count": [True], "background": [], "shape": [True, True], "colour": [True, True],
-                    "size": [True], "position": [], "relation": [True]}
+                    "size": [True], "position": [], "relation": [True], "binding": [True]}
 
 
 def test_swapped_objects_break_the_relation_but_not_the_shapes_count():
@@ -50,11 +50,17 @@ def test_swapped_objects_break_the_relation_but_not_the_shapes_count():
     pred["a_colour"], pred["b_colour"] = pred["b_colour"], pred["a_colour"]
     pred["a_shape"], pred["b_shape"] = pred["b_shape"], pred["a_shape"]
     hits = at.attribute_hits(pred, attrs)
-    assert hits["relation"] == [False] and hits["colour"] == [False, False]
-    # One colour wrong but arrangement right: the relation still holds.
+    assert hits["relation"] == [False] and hits["colour"] == [False, False] and hits["binding"] == [False]
+    # One colour wrong but arrangement right: the relation still holds, the binding does not.
     pred = _perfect(attrs)
     pred["a_colour"] = at.HEADS["a_colour"].index("pink")
-    assert at.attribute_hits(pred, attrs)["relation"] == [True]
+    hits = at.attribute_hits(pred, attrs)
+    assert hits["relation"] == [True] and hits["binding"] == [False]
+    # Both colours in place but a third object seen: no binding either.
+    pred = _perfect(attrs)
+    pred["count"] = 0
+    assert at.attribute_hits(pred, attrs)["binding"] == [False]
+    assert at.attribute_hits(_perfect(_attrs(ONE)), _attrs(ONE))["binding"] == []
 
 
 def test_accuracy_matches_naive_count():
@@ -69,6 +75,8 @@ def test_accuracy_matches_naive_count():
     naive = [ok for i, a in enumerate(attrs) for ok in at.attribute_hits(dict(zip(at.HEADS, wrong[i].tolist())), a)["colour"]]
     assert acc["colour"] == sum(naive) / len(naive) < 1.0
     assert acc["shape"] == 1.0
+    two = [i for i, a in enumerate(attrs) if len(a["objects"]) == 2]  # binding: every odd one, untouched
+    assert acc["binding"] == sum(i % 2 for i in two) / len(two) and 0 < acc["binding"] < 1
 
 
 SMALL = at.ProbeConfig(resolution=16, channels=16, hidden=128, train_images=3000, steps=250, batch=64,

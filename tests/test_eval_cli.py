@@ -66,7 +66,7 @@ def _run(argv, capsys):
 VALUE_KEYS = {
     "fid", "kid", "kid_std", "r_precision", "cosine", "r_precision_real", "cosine_real", "candidates",
     *(f"{p}_{k}" for p in ("attr", "probe") for k in ("count", "background", "shape", "colour", "size",
-                                                     "position", "relation", "mean")),
+                                                     "position", "relation", "mean", "binding")),
 }
 
 

@@ -116,7 +116,7 @@ def hard_codes(batch):
 def test_g_main_hard_negatives_join_the_contrastive_rows(nets):
     G, D = nets
     z, ids = torch.randn(4, 3), torch.tensor([0, 1, 1, 3])
-    cfg = LossConfig(contrastive_weight=0.5, hard_negatives=True)
+    cfg = LossConfig(contrastive_weight=0.5, hard_negatives="exchange")
     loss, stats = GANLoss(cfg=cfg, augment=None, hard_negatives=hard_codes)("Gmain", G=G, D=D, z=z, batch=ids)
     img, code = G(z, ids)
     p, h = code.pooled.detach(), hard_codes(ids)[0]
@@ -133,7 +133,7 @@ def test_d_main_hard_negatives_count_as_fake_and_join_the_contrastive_rows(nets)
     G, D = nets
     z, ids = torch.randn(4, 3), torch.tensor([0, 0, 2, 3])
     real = torch.rand(4, 3, 4, 4) * 2 - 1
-    cfg = LossConfig(match_weight=0.5, contrastive_weight=0.25, hard_negatives=True)
+    cfg = LossConfig(match_weight=0.5, contrastive_weight=0.25, hard_negatives="replace")
     loss, stats = GANLoss(cfg=cfg, augment=None, hard_negatives=hard_codes)("Dmain", G=G, D=D, z=z, batch=ids,
                                                                              real=real)
     with torch.no_grad():

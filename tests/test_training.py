@@ -246,7 +246,7 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
     (["--word-weight", "-1"], "--word-weight"),
     (["--warmup-kimg", "-1"], "--warmup-kimg"),
     (["--guide-weight", "-1"], "--guide-weight"),
-    (["--hard-negatives", "--match-weight", "0", "--contrastive-weight", "0"], "--hard-negatives"),
+    (["--hard-negatives", "exchange", "--match-weight", "0", "--contrastive-weight", "0"], "--hard-negatives"),
     (["--guide-weight", "1", "--warmup-kimg", "0"], "--warmup-kimg"),
     (["--batch", "16", "--batch-gpu", "3"], "--batch-gpu"),
     (["--preset", "huge"], "--preset"),
@@ -267,6 +267,9 @@ def test_argparse_choices_name_the_flag(capsys):
     with pytest.raises(SystemExit):
         train_main(["--mixed-precision", "fp8"])
     assert "--mixed-precision" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_main(["--hard-negatives", "shuffle"])
+    assert "--hard-negatives" in capsys.readouterr().err
 
 
 def test_dry_run_prints_resolved_config(capsys):
@@ -278,6 +281,8 @@ def test_dry_run_prints_resolved_config(capsys):
     loss = json.loads(capsys.readouterr().out)["train"]["loss"]
     assert loss["contrastive_weight"] == 0.5 and loss["match_weight"] == 0 and loss["r1_gamma"] == 0.1
     assert cfg["model"]["resolution"] == 16
-    assert train_main(["--preset", "tiny", "--no-warmup-hard-negatives", "--warmup-kimg", "1", "--dry-run"]) == 0
+    assert train_main(["--preset", "tiny", "--warmup-hard-negatives", "off", "--warmup-kimg", "1", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["train"]["warmup"] == {"kimg": 1.0, "batch": 16, "lr": 1e-3,
-                                                                      "hard_negatives": False}
+                                                                      "hard_negatives": "off"}
+    assert train_main(["--preset", "tiny", "--hard-negatives", "replace", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["loss"]["hard_negatives"] == "replace"

@@ -10,7 +10,7 @@ from data import to_float
 from data.shapes import ShapesDataset
 from encoders import build_encoder, make_tokenizer
 from gan.config import preset
-from gan.loss import distinct_pairs
+from gan.loss import LossConfig, distinct_pairs
 from gan.training import make_loader
 from encoders import WordTokenizer
 from gan.warmup import ImageTower, WarmupConfig, WordSwaps, clip_loss, warm_up_encoder
@@ -76,6 +76,58 @@ def test_word_swaps_replace_one_word_by_one_seen_in_its_context():
     assert seen == {"a blue circle", "a red star"}
 
 
+def naive_exchanges(tok, swaps, caption: str) -> set[str]:
+    """Every caption made by two of `caption`'s different words trading places, where each word is
+    one the corpus uses between the other's neighbours (start / end as neighbours too)."""
+    words = caption.split()
+    ids = [tok([w], emphasis=False).ids[0, 0].item() for w in words]
+    ctx = [((ids[t - 1] if t else -1), (ids[t + 1] if t + 1 < len(ids) else -2)) for t in range(len(ids))]
+    out = set()
+    for t in range(len(words)):
+        for u in range(t + 1, len(words)):
+            if ids[t] != ids[u] and ids[u] in swaps.fillers.get(ctx[t], ()) and ids[t] in swaps.fillers.get(ctx[u], ()):
+                w = list(words)
+                w[t], w[u] = w[u], w[t]
+                out.add(" ".join(w))
+    return out
+
+
+def test_word_swaps_exchange_two_of_the_captions_words():
+    corpus = ["a red circle left of a blue square", "a red square left of a blue circle", "a green circle",
+              "a red square above a blue square", "a blue circle"]
+    tok = WordTokenizer.build(corpus)
+    swaps = WordSwaps.build(tok, corpus)
+    captions = ["a red circle left of a blue square", "a green circle", "a red square above a blue square"]
+    torch.manual_seed(0)
+    seen = [set() for _ in captions]
+    for _ in range(40):
+        batch = tok(captions, emphasis=False)
+        swapped, valid = swaps(batch, "exchange")
+        # the same words (a bag of words cannot tell them apart), two of them moved
+        assert torch.equal(swapped.ids.sort(dim=1).values, batch.ids.sort(dim=1).values)
+        assert torch.equal(swapped.mask, batch.mask)
+        assert valid.tolist() == [True, False, True] and torch.equal(swapped.ids[1], batch.ids[1])
+        for k in (0, 2):
+            assert (swapped.ids[k] != batch.ids[k]).sum() == 2
+            seen[k].add(tok.decode(swapped.ids[k].tolist()))
+    assert seen[0] == naive_exchanges(tok, swaps, captions[0]) == {"a blue circle left of a red square",
+                                                                   "a red square left of a blue circle"}
+    # identical words (square, square) never trade places: that would be the caption itself
+    assert seen[2] == naive_exchanges(tok, swaps, captions[2]) == {"a blue square above a red square"}
+    with pytest.raises(ValueError, match="kind"):
+        swaps(tok(captions, emphasis=False), "shuffle")
+
+
+def test_hard_negative_settings_read_old_booleans_and_name_the_option():
+    assert WarmupConfig(hard_negatives=True).hard_negatives == "replace"
+    assert LossConfig(hard_negatives=False).hard_negatives == "off"
+    assert LossConfig(hard_negatives="exchange").hard_negatives == "exchange"
+    with pytest.raises(ValueError, match="warmup.hard_negatives"):
+        WarmupConfig(hard_negatives="shuffle")
+    with pytest.raises(ValueError, match="loss.hard_negatives"):
+        LossConfig(hard_negatives="yes")
+
+
 @pytest.mark.parametrize("resolution", [16, 32, 64])
 def test_image_tower_shapes(resolution):
     tower = ImageTower(resolution=resolution, out_features=24)
@@ -84,7 +136,7 @@ def test_image_tower_shapes(resolution):
 
 def test_warm_up_with_hard_negatives_is_deterministic_and_needs_swaps(tiny_setup):
     dataset, cfg, tokenizer = tiny_setup
-    warm = WarmupConfig(kimg=0.032, batch=16, hard_negatives=True)
+    warm = WarmupConfig(kimg=0.032, batch=16, hard_negatives="exchange")
     swaps = WordSwaps.build(tokenizer, dataset.captions())
     runs = []
     for _ in range(2):
