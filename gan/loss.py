@@ -117,7 +117,7 @@ real captions'. Measured on shapes32, 50 kimg, seed 0:
 - "exchange", against the shapes32 main job: G places two objects' colours by a rule of its own
   (red left of or above blue, for both word orders and all four relations), so a two-object scene
   has its colours on the right sides as often as swapped (0.34 / 0.34 of 400; eval's attr_binding
-  0.349). With exchanged captions as D's negatives, D's loss on them stayed at 0.41 from 1 to 50
+  0.349). With exchanged captions as D's negatives, D's loss on them stayed at 0.40-0.44 from 1 to 50
   kimg (it never learnt to reject them) and nothing changed: right / swapped 0.35 / 0.34,
   attr_binding 0.328, mean 0.752 -> 0.745, FID 170.7 -> 187.9. With the warm-up's exchange
   negatives too: 0.31 / 0.35, attr_binding 0.332, mean 0.688, FID 203.8. The pooled code does
