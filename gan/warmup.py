@@ -162,31 +162,39 @@ class WordSwaps:
     def __call__(self, tokens: TokenBatch, kind: str = "replace") -> tuple[TokenBatch, torch.Tensor]:
         """(the batch with one hard negative per caption, valid [B] bool); kind "replace" or
         "exchange". Draws from torch's global RNG, so a seeded run swaps alike."""
-        if kind not in ("replace", "exchange"):
+        edit = {"replace": self.replace, "exchange": self.exchange}.get(kind)
+        if edit is None:
             raise ValueError(f"WordSwaps kind must be 'replace' or 'exchange', got {kind!r}")
         ids = tokens.ids.clone()
         words = [list(w) for w in tokens.words]
         valid = torch.zeros(len(tokens), dtype=torch.bool, device=ids.device)
-        fits = self.fillers
         for b, row in enumerate(self.contexts(tokens)):
-            if kind == "replace":
-                spots = [(t, i, fits[key]) for t, i, key in row if key in fits]
-                if not spots:
-                    continue
-                t, old, options = spots[int(torch.randint(len(spots), ()))]
-                others = [i for i in options if i != old]
-                new = others[int(torch.randint(len(others), ()))]
-                ids[b, t], valid[b] = new, True
-                words[b][t] = f"<{new}>"  # the id; the tokenizer's own word list is not at hand
-                continue
-            pairs = [(t, u) for t, i, key in row for u, j, other in row
-                     if t < u and i != j and j in fits.get(key, ()) and i in fits.get(other, ())]
-            if not pairs:
-                continue
-            t, u = pairs[int(torch.randint(len(pairs), ()))]
-            ids[b, t], ids[b, u], valid[b] = ids[b, u].clone(), ids[b, t].clone(), True
-            words[b][t], words[b][u] = words[b][u], words[b][t]
+            changes = edit(row, words[b])
+            for t, new_id, new_word in changes:
+                ids[b, t], words[b][t] = new_id, new_word
+            valid[b] = bool(changes)
         return TokenBatch(ids, tokens.mask, tokens.weights, words), valid
+
+    def replace(self, row: list, words: list[str]) -> list[tuple[int, int, str]]:
+        """One token of a caption's context row replaced: [(position, new id, new word)], or []."""
+        spots = [(t, i, self.fillers[key]) for t, i, key in row if key in self.fillers]
+        if not spots:
+            return []
+        t, old, options = spots[int(torch.randint(len(spots), ()))]
+        others = [i for i in options if i != old]
+        new = others[int(torch.randint(len(others), ()))]
+        return [(t, new, f"<{new}>")]  # the id as its word: the tokenizer's word list is not at hand
+
+    def exchange(self, row: list, words: list[str]) -> list[tuple[int, int, str]]:
+        """Two different tokens of a caption's context row, each a filler of the other's
+        neighbours, trade places: [(position, new id, new word)] twice, or []."""
+        fits = self.fillers
+        pairs = [(t, i, u, j) for t, i, key in row for u, j, other in row
+                 if t < u and i != j and j in fits.get(key, ()) and i in fits.get(other, ())]
+        if not pairs:
+            return []
+        t, i, u, j = pairs[int(torch.randint(len(pairs), ()))]
+        return [(t, j, words[u]), (u, i, words[t])]
 
 
 def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg: WarmupConfig, *,
