@@ -74,14 +74,20 @@ class MiniLMTokenizer:
         """WordPiece covers any text: nothing to add (fine-tuning keeps the vocabulary)."""
         return []
 
-    def encode(self, prompt: str, *, emphasis: bool = True) -> tuple[list[int], list[float], list[str]]:
+    def pieces(self, prompt: str, *, emphasis: bool = True) -> list[tuple[int, float]]:
+        """(WordPiece id, its word's weight) of every sub-token of `prompt`, before the cut."""
         pairs = weighted_words(prompt, emphasis=emphasis)
         if not pairs:
-            return [], [], []
+            return []
         enc = self.hf([w for w, _ in pairs], is_split_into_words=True, add_special_tokens=False)
-        ids = enc["input_ids"]
-        weights = [pairs[i][1] for i in enc.word_ids()]
-        rows = truncate(prompt, list(zip(ids, weights)), self.max_length)
+        return [(i, pairs[word][1]) for i, word in zip(enc["input_ids"], enc.word_ids())]
+
+    def length(self, prompt: str, *, emphasis: bool = True) -> int:
+        """Tokens of `prompt` before the cut to max_length."""
+        return len(self.pieces(prompt, emphasis=emphasis))
+
+    def encode(self, prompt: str, *, emphasis: bool = True) -> tuple[list[int], list[float], list[str]]:
+        rows = truncate(prompt, self.pieces(prompt, emphasis=emphasis), self.max_length)
         ids = [i for i, _ in rows]
         return ids, [w for _, w in rows], self.hf.convert_ids_to_tokens(ids)
 

@@ -6,9 +6,10 @@ import os
 import re
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 
@@ -100,15 +101,40 @@ def weighted_words(prompt: str, *, emphasis: bool = True) -> list[tuple[str, flo
     return [(word, weight) for chunk, weight in chunks for word in split_words(chunk)]
 
 
+class PromptCutWarning(UserWarning):
+    """A prompt longer than the tokenizer's max_length lost its last tokens."""
+
+
 def truncate(prompt: str, row: list, max_length: int) -> list:
     """Cut a token row to max_length, with a warning that names the prompt."""
     if len(row) > max_length:
         warnings.warn(
             f"prompt cut to max_length={max_length} tokens ({len(row) - max_length} dropped): {prompt!r}",
-            stacklevel=3,
+            PromptCutWarning, stacklevel=3,
         )
         return row[:max_length]
     return row
+
+
+def cut_report(tokenizer, captions: Sequence[str]) -> str | None:
+    """One line on the captions (read literally) longer than the tokenizer's max_length, or None
+    when every one fits: how many, and the longest with its length in tokens."""
+    lengths = [tokenizer.length(text, emphasis=False) for text in captions]
+    cut = sum(n > tokenizer.max_length for n in lengths)
+    if not cut:
+        return None
+    longest, text = max(zip(lengths, captions), key=lambda pair: pair[0])
+    return (f"{cut} of {len(captions)} captions are longer than max_length={tokenizer.max_length} tokens and lose "
+            f"their last tokens; the longest has {longest}: {text!r}")
+
+
+@contextmanager
+def cuts_reported() -> Iterator[None]:
+    """Silence PromptCutWarning inside: for dataset captions whose cuts cut_report has counted
+    once, instead of one warning per caption."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PromptCutWarning)
+        yield
 
 
 class WordTokenizer:
@@ -156,6 +182,10 @@ class WordTokenizer:
 
     def __len__(self) -> int:
         return len(self.vocab)
+
+    def length(self, prompt: str, *, emphasis: bool = True) -> int:
+        """Tokens of `prompt` before the cut to max_length."""
+        return len(weighted_words(prompt, emphasis=emphasis))
 
     def encode(self, prompt: str, *, emphasis: bool = True) -> tuple[list[int], list[float], list[str]]:
         """One prompt -> (ids, weights, words), cut to max_length."""

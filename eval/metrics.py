@@ -24,6 +24,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -32,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from encoders.tokenizer import cut_report, cuts_reported
 from eval import cache
 
 
@@ -203,11 +205,17 @@ class Context:
         t = time.perf_counter()
         prompts, seeds = self.prompts(), self.seeds()
         self.log(f"generating {len(prompts)} images for {', '.join(todo)}")
+        quiet = nullcontext()
+        if not self.emphasis:  # reference captions: their cuts are reported once, not one by one
+            if report := cut_report(self.tokenizer, list(dict.fromkeys(prompts))):
+                self.log(report)
+            quiet = cuts_reported()
         states = {k: c.start(self) for k, c in todo.items()}
-        for images in generate(self.model, self.tokenizer, prompts, seeds, batch=self.opts.batch,
-                               device=self.opts.device, psi=self.opts.psi, emphasis=self.emphasis):
-            for k, c in todo.items():
-                c.update(states[k], images)
+        with quiet:
+            for images in generate(self.model, self.tokenizer, prompts, seeds, batch=self.opts.batch,
+                                   device=self.opts.device, psi=self.opts.psi, emphasis=self.emphasis):
+                for k, c in todo.items():
+                    c.update(states[k], images)
         for k, c in todo.items():
             self.generated[k] = c.finish(states[k])
         self.seconds["generation_pass"] = time.perf_counter() - t

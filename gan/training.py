@@ -22,7 +22,7 @@ import os
 import resource
 import signal
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from encoders.tokenizer import cut_report, cuts_reported
 from gan.augment import AugmentConfig, AugmentPipe, adjust_p
 from gan.checkpoint import (TOKENIZER_FILE, load_guide_state, load_training_state, read_trainer, resolve_resume,
                             save_training_state)
@@ -615,14 +616,19 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         flag = torch.tensor(float(stop["signal"] is not None), device=device)
         return accelerator.reduce(flag, reduction="sum").item() > 0
 
+    # Captions longer than max_length are reported once here, not warned about one by one below.
+    if report := cut_report(tokenizer, captions):
+        main.print(f"{report} (--max-length sets the limit of a fresh run)")
     swaps = None
     if cfg.warmup.hard_negatives != "off" or cfg.loss.hard_negatives != "off":
-        swaps = WordSwaps.build(tokenizer, captions)
+        with cuts_reported():
+            swaps = WordSwaps.build(tokenizer, captions)
     warm, guide = {}, None
     if resume_dir is None and cfg.warmup.kimg > 0:
-        warm, guide, stopped = run_warmup(cfg, model.encoder, dataset, tokenizer, swaps,
-                                          resolution=model_cfg.resolution, device=device,
-                                          any_process_stopped=any_process_stopped)
+        with cuts_reported():
+            warm, guide, stopped = run_warmup(cfg, model.encoder, dataset, tokenizer, swaps,
+                                              resolution=model_cfg.resolution, device=device,
+                                              any_process_stopped=any_process_stopped)
         if stopped:
             main.print(f"{stopped} received in the encoder warm-up, after {warm['warmup/steps']} of its steps: no "
                        f"training state exists yet; run the same command again to start over")
@@ -681,8 +687,9 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         from data import to_float
 
         b = next(batches)
-        return MicroBatch(real=to_float(b["image"]).to(device), tokens=tokenizer(b["text"], emphasis=False).to(device),
-                          index=b["index"])
+        with cuts_reported():
+            tokens = tokenizer(b["text"], emphasis=False)
+        return MicroBatch(real=to_float(b["image"]).to(device), tokens=tokens.to(device), index=b["index"])
 
     exits = ExitStack()
     stop = exits.enter_context(catch_stop_signals())
@@ -733,8 +740,9 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
             from gan.model import save_model
 
             (out / "samples").mkdir(exist_ok=True)
-            render_grid(ema.model, tokenizer, prompts, list(range(cfg.grid_seeds)), device=device).save(
-                out / "samples" / f"grid-{kimg:08.3f}.png")
+            with cuts_reported() if not cfg.grid_prompts else nullcontext():  # dataset captions: reported
+                grid = render_grid(ema.model, tokenizer, prompts, list(range(cfg.grid_seeds)), device=device)
+            grid.save(out / "samples" / f"grid-{kimg:08.3f}.png")
             save_model(out / "model", ema.model, tokenizer)
             if metrics_callback is not None:
                 metrics = metrics_callback(out / "model", kimg)

@@ -19,7 +19,6 @@ import json
 import statistics
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -27,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout too
 
 from encoders import EncoderConfig, build_encoder, make_tokenizer  # noqa: E402
+from encoders.tokenizer import cuts_reported  # noqa: E402
 
 COLOURS = ["red", "green", "blue", "yellow", "purple", "orange", "white", "black"]
 SHAPES = ["circle", "square", "triangle", "star", "hexagon", "heart"]
@@ -59,8 +59,7 @@ def reference_ms() -> float:
 def bench(cfg: EncoderConfig, texts: list[str], reps: int) -> dict:
     tok = make_tokenizer(cfg, texts)
     enc = build_encoder(cfg, len(tok))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # WordPiece may cut a 16-word prompt to max_length tokens
+    with cuts_reported():  # WordPiece may cut a 16-word prompt to max_length tokens
         batch = tok(texts)
     assert batch.ids.shape[1] == max(batch.lengths.tolist()), batch.ids.shape
 
@@ -117,8 +116,7 @@ def gan_share(preset_name: str, texts: list[str], reps: int) -> dict:
     tok = make_tokenizer(cfg, texts)
     enc = build_encoder(cfg, len(tok)).train()
     G, D = Generator(mcfg.generator).train(), Discriminator(mcfg.discriminator).train()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with cuts_reported():
         batch = tok(texts)
     B, R = len(texts), mcfg.resolution
     z = torch.randn(B, mcfg.generator.z_dim)

@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="kimg of contrastive encoder warm-up on the training pairs before the GAN (0 = none)")
     p.add_argument("--warmup-hard-negatives", choices=("off", "replace", "exchange"), default=None,
                    help="in the warm-up, each image also rejects a negative made from its caption (NegCLIP)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per caption (a fresh run); longer captions lose their last tokens")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--snap", type=float, default=None, help="kimg between snapshots")
@@ -74,7 +76,8 @@ def build_config(args: argparse.Namespace):
     for flag, value, low in (("--kimg", args.kimg, 0), ("--snap", args.snap, 0), ("--lr", args.lr, 0)):
         if value is not None and not value > low:
             raise ValueError(f"{flag} must be > {low}, got {value}")
-    for flag, value in (("--batch", args.batch), ("--batch-gpu", args.batch_gpu), ("--threads", args.threads)):
+    for flag, value in (("--batch", args.batch), ("--batch-gpu", args.batch_gpu), ("--threads", args.threads),
+                        ("--max-length", args.max_length)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     for flag, value in (("--gamma", args.gamma), ("--match-weight", args.match_weight),
@@ -96,6 +99,11 @@ def build_config(args: argparse.Namespace):
             "guide_weight": args.guide_weight, "hard_negatives": args.hard_negatives}
     if loss := {k: v for k, v in loss.items() if v is not None}:
         overrides["loss"] = loss
+    if args.max_length is not None:
+        if args.resume is not None or args.init_from is not None:
+            raise ValueError("--max-length applies to a fresh run: --resume and --init-from keep the tokenizer "
+                             "they load")
+        overrides["model"] = {"encoder": {"max_length": args.max_length}}
     if args.augment is not None:
         overrides["augment"] = {"mode": args.augment}
     if args.warmup_kimg is not None:

@@ -2,6 +2,7 @@
 import dataclasses
 import importlib.util
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -134,6 +135,22 @@ def test_compute_matches_cli_and_generation_is_per_seed(tiny_model, tmp_path):
         want = to_uint8(model.generator(seed_latents([7], model.generator.z_dim), code, noise_mode="const"))
     assert torch.equal(next(metrics.generate(model, tok, [caption], [7], emphasis=False)), want)
     assert not torch.equal(next(metrics.generate(model, tok, [caption], [7])), want)
+
+
+def test_cut_reference_captions_are_reported_once(tiny_model, tmp_path):
+    from encoders.tokenizer import PromptCutWarning
+    from gan.model import load_model
+
+    model, tok = load_model(tiny_model[0])
+    tok.max_length = 4  # every shapes caption is longer
+    logs = []
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        metrics.compute(["fid"], model, tok, ShapesDataset(16), num=6, seed=0, batch=4, cache_dir=str(tmp_path),
+                        extractor=TinyFeatures(), log=logs.append)
+    assert not [w for w in seen if issubclass(w.category, PromptCutWarning)]
+    assert [m.split(";")[0] for m in logs if "max_length" in m] == [
+        "6 of 6 captions are longer than max_length=4 tokens and lose their last tokens"]
 
 
 def test_snapshot_callback(tiny_model, tmp_path):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from encoders import TokenBatch, WordTokenizer, load_tokenizer
-from encoders.tokenizer import PAD_ID, UNK_ID, split_words
+from encoders.tokenizer import PAD_ID, UNK_ID, PromptCutWarning, cut_report, cuts_reported, split_words
 
 CAPTIONS = ["A red circle.", "a blue square, left of a red circle", "A big red triangle"]
 
@@ -68,12 +68,39 @@ def test_empty_prompts():
 
 def test_truncation_warns_and_cuts():
     tok = WordTokenizer.build(CAPTIONS, max_length=4)
-    with pytest.warns(UserWarning, match="max_length=4"):
+    with pytest.warns(PromptCutWarning, match="max_length=4"):
         b = tok(["a red circle left of a blue square"])
     assert b.ids.shape == (1, 4) and b.words[0] == ["a", "red", "circle", "left"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         tok(["a red circle left"])  # exactly max_length: no warning
+
+
+def test_length_counts_tokens_before_the_cut():
+    tok = WordTokenizer.build(CAPTIONS, max_length=4)
+    assert tok.length("a red circle, left of a (blue:1.5) square") == 9  # the comma is a token
+    assert tok.length("(blue:1.5)") == 1 and tok.length("(blue:1.5)", emphasis=False) == 7  # ( blue : 1 . 5 )
+    assert tok.length("") == 0
+
+
+def test_cut_report_counts_the_long_captions_and_names_the_longest():
+    tok = WordTokenizer.build(CAPTIONS, max_length=4)
+    assert cut_report(tok, ["a red circle", "a blue square left"]) is None
+    report = cut_report(tok, ["a red circle", "a red circle left of a blue square", "a big red triangle here"])
+    assert report == ("2 of 3 captions are longer than max_length=4 tokens and lose their last tokens; "
+                      "the longest has 8: 'a red circle left of a blue square'")
+    assert "(" in cut_report(WordTokenizer.build(CAPTIONS, max_length=2), ["(a b)"])  # read literally: 4 tokens
+
+
+def test_cuts_reported_silences_only_the_cut_warning():
+    tok = WordTokenizer.build(CAPTIONS, max_length=2)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with cuts_reported():
+            assert tok(["a red circle left"]).ids.shape == (1, 2)  # cut all the same
+            warnings.warn("something else")
+        tok(["a red circle left"])  # outside: warned again
+    assert [w.category for w in seen] == [UserWarning, PromptCutWarning]
 
 
 def test_save_load_roundtrip(tmp_path):
@@ -161,9 +188,12 @@ def test_minilm_truncation_warns():
     from encoders import MiniLMTokenizer
 
     tok = MiniLMTokenizer(max_length=3)
-    with pytest.warns(UserWarning, match="max_length=3"):
+    with pytest.warns(PromptCutWarning, match="max_length=3"):
         b = tok(["a red circle left of a square"])
     assert b.ids.shape == (1, 3)
+    # length counts WordPiece tokens before the cut: "cyan" is two of them.
+    assert tok.length("a cyan star") == 4 == len(MiniLMTokenizer(max_length=8)(["a cyan star"]).words[0])
+    assert cut_report(tok, ["a red circle", "a cyan star"]).endswith("the longest has 4: 'a cyan star'")
 
 
 def test_missing_minilm_extra_names_the_install_command(monkeypatch):

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ import PIL.Image
 import pytest
 import torch
 
+from encoders.tokenizer import PromptCutWarning
 from gan.checkpoint import CheckpointError, list_states
 from gan.loss import GANLoss
 from gan.training import (NonFiniteLossError, StreamSampler, TrainConfig, resolve_config, split_batch,
@@ -46,6 +48,16 @@ def full_run(tmp_path_factory):
     """0.128 kimg of the tiny preset in one go (8 steps of 16 images)."""
     out = tmp_path_factory.mktemp("full")
     return train(tiny(out, kimg=0.128))
+
+
+def test_long_captions_are_reported_once(tmp_path, capsys):
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        train(tiny(tmp_path, kimg=0.032, snap=0.032, model={"encoder": {"max_length": 4}}))
+    assert not [w for w in seen if issubclass(w.category, PromptCutWarning)]
+    out = capsys.readouterr()
+    report = [line for line in (out.out + out.err).splitlines() if "longer than max_length=4" in line]
+    assert len(report) == 1 and report[0].endswith("(--max-length sets the limit of a fresh run)")
 
 
 def test_exact_resume_equals_one_go(full_run, tmp_path):
@@ -255,6 +267,8 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
     (["--resume", "latest"], "--resume"),
     (["--resume", "latest", "--init-from", "x"], "--resume"),
     (["--metrics", "fid,bogus"], "--metrics"),
+    (["--max-length", "0"], "--max-length"),
+    (["--max-length", "8", "--resume", "latest"], "--max-length"),
 ])
 def test_bad_options_name_the_flag(argv, flag, tmp_path, capsys):
     base = ["--out", str(tmp_path / "run")] + ([] if "--preset" in argv else ["--preset", "tiny"])
@@ -286,3 +300,5 @@ def test_dry_run_prints_resolved_config(capsys):
                                                                       "hard_negatives": "off"}
     assert train_main(["--preset", "tiny", "--hard-negatives", "replace", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["train"]["loss"]["hard_negatives"] == "replace"
+    assert train_main(["--preset", "tiny", "--max-length", "9", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["encoder"]["max_length"] == 9
