@@ -17,6 +17,7 @@ RESOLUTIONS = (16, 32, 64, 128, 256)
 ARCHITECTURES = ("skip", "orig")
 UPSAMPLE_MODES = ("bilinear", "nearest")  # gan.layers.UPSAMPLE_TAPS
 WORD_HEADS = ("net", "trunk")  # gan.discriminator.Discriminator.words
+WORD_REGION_HEADS = 4  # Heads of the word-region term's self-attention over the caption's tokens.
 
 
 def channels_at(resolution: int, channel_base: int, channel_max: int) -> int:
@@ -97,6 +98,10 @@ class DiscriminatorConfig:
     word_classes: int = 0  # Outputs of the word classifier (the vocabulary size; 0 = none).
     word_head: str = "net"  # Word classifier: "net" (a CNN of its own, WordNet) or "trunk" (a Linear on D's features).
     blur_down: bool = True  # FIR-blur before each stride-2 conv (StyleGAN2); False = plain strided convs.
+    # Word-region term (XMC-GAN): each caption token, in context, attends over D's 4x4 cells, and the
+    # logit adds how well the tokens agree with what they attend to (gan.discriminator.WordRegion).
+    word_region: bool = False
+    max_tokens: int = 64  # Longest caption the word-region term takes (its learned positions).
     mbstd_group: int = 4  # Minibatch-std group size (largest divisor of the batch up to this).
     mbstd_channels: int = 1  # Minibatch-std feature channels.
     channels_last: bool = True  # Run convolutions in NHWC memory format.
@@ -108,6 +113,10 @@ class DiscriminatorConfig:
             raise ValueError(f"discriminator.word_classes must be >= 0, got {self.word_classes}")
         if self.word_head not in WORD_HEADS:
             raise ValueError(f"discriminator.word_head must be one of {WORD_HEADS}, got {self.word_head!r}")
+        if self.word_region and self.c_dim % WORD_REGION_HEADS:
+            raise ValueError(f"discriminator.word_region needs c_dim divisible by {WORD_REGION_HEADS}, got {self.c_dim}")
+        if self.max_tokens < 1:
+            raise ValueError(f"discriminator.max_tokens must be >= 1, got {self.max_tokens}")
 
     def channels(self, res: int) -> int:
         return channels_at(res, self.channel_base, self.channel_max)
@@ -128,6 +137,10 @@ class ModelConfig:
                 raise ValueError(f"{what}.resolution {cfg.resolution} != resolution {self.resolution}")
             if cfg.c_dim != self.encoder.code_dim:
                 raise ValueError(f"{what}.c_dim {cfg.c_dim} != encoder.code_dim {self.encoder.code_dim}")
+        d = self.discriminator
+        if d.word_region and self.encoder.max_length > d.max_tokens:
+            raise ValueError(f"encoder.max_length {self.encoder.max_length} > discriminator.max_tokens {d.max_tokens}: "
+                             f"the word-region term has positions for {d.max_tokens} tokens")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -24,7 +24,7 @@ import math
 import torch
 from torch import nn
 
-from .config import DiscriminatorConfig
+from .config import WORD_REGION_HEADS, DiscriminatorConfig
 from .generator import MappingNetwork
 from .layers import EqualConv2d, EqualLinear
 
@@ -116,6 +116,62 @@ class WordNet(nn.Module):
         return self.head(self.features(img))
 
 
+class WordRegion(nn.Module):
+    """XMC-GAN's word-region agreement (Zhang et al. 2021) as a term of D's logit.
+
+    The caption's token codes, with learned positions, pass one self-attention layer, so each
+    token carries its caption around it ("blue" in "a red circle left of a blue square" knows it
+    is the object on the right). Each token then attends over D's 4x4 cells, and the score is the
+    mean over real tokens of <token value, attended cells>. The projection on the pooled code
+    scores a caption as a whole and cannot tell it from the same words bound the other way; this
+    term can. Trained on real shapes32 images alone (matching-aware and exchange negatives, the
+    main job's frozen encoder, 1800 steps of 32), D preferred a two-object image's own caption to
+    its exchanged copy 0.52 of the time without it, 0.57 with the term but no self-attention,
+    0.76 with both (and rising).
+    """
+
+    def __init__(
+        self,
+        channels: int,  # Channels of D's 4x4 features.
+        code_dim: int,  # Width of the token codes.
+        *,
+        max_tokens: int,  # Learned positions.
+        heads: int = WORD_REGION_HEADS,  # Heads of the self-attention over tokens.
+        dim: int = 64,  # Width of the word-region queries, keys and values.
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.pos = nn.Parameter(torch.zeros(max_tokens, code_dim))
+        self.context = nn.TransformerEncoderLayer(code_dim, heads, 2 * code_dim, dropout=0.0, batch_first=True)
+        self.query, self.value = EqualLinear(code_dim, dim), EqualLinear(code_dim, dim)
+        self.key, self.cell = EqualLinear(channels, dim), EqualLinear(channels, dim)
+
+    def forward(self, feats: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor, *, pairs: bool) -> torch.Tensor:
+        """feats [B, C, H, W]; tokens [N, L, code_dim], mask [N, L] -> scores [B, N] (pairs) or [B]
+        (N == B, image i under caption i)."""
+        N, L, _ = tokens.shape
+        if L > len(self.pos):
+            raise ValueError(f"captions of {L} tokens: the word-region term takes {len(self.pos)} "
+                             f"(discriminator.max_tokens)")
+        mask = mask.to(torch.bool)
+        # A caption without tokens attends to its first (padding) slot, so no row is all masked (NaN).
+        ignore = ~mask
+        ignore[:, 0] &= mask.any(dim=1)
+        t = self.context(tokens + self.pos[:L].to(tokens.dtype), src_key_padding_mask=ignore)
+        q, u = self.query(t), self.value(t)  # [N, L, d]
+        cells = feats.flatten(2).transpose(1, 2)  # [B, HW, C]
+        k, v = self.key(cells), self.cell(cells)  # [B, HW, d]
+        scale = self.dim**-0.5
+        if pairs:
+            attn = (torch.einsum("nld,brd->bnlr", q, k) * scale).softmax(dim=-1)
+            agree = (torch.einsum("bnlr,brd->bnld", attn, v) * u).sum(dim=-1) * scale  # [B, N, L]
+        else:
+            attn = (torch.einsum("bld,brd->blr", q, k) * scale).softmax(dim=-1)
+            agree = (torch.einsum("blr,brd->bld", attn, v) * u).sum(dim=-1) * scale  # [B, L]
+        m = mask.to(agree.dtype)
+        return (agree * m).sum(dim=-1) / m.sum(dim=-1).clamp(min=1)
+
+
 class Discriminator(nn.Module):
     """Residual D from R down to 4x4, minibatch std, fc, projection on the pooled code."""
 
@@ -141,6 +197,7 @@ class Discriminator(nn.Module):
             self.words = WordNet(R, cfg.word_classes)
         else:
             self.words = EqualLinear(self.cmap_dim, cfg.word_classes)
+        self.word_region = (WordRegion(c4, cfg.c_dim, max_tokens=cfg.max_tokens) if cfg.word_region else None)
         self.cmap = MappingNetwork(
             z_dim=0, c_dim=cfg.c_dim, w_dim=self.cmap_dim, num_ws=None, num_layers=cfg.mapping_layers,
             lr_mult=cfg.mapping_lr_mult, w_avg_beta=None,
@@ -149,13 +206,18 @@ class Discriminator(nn.Module):
             self.to(memory_format=torch.channels_last)
 
     def forward(
-        self, img: torch.Tensor, pooled: torch.Tensor, *, pairs: bool = False, words: bool = False,
+        self, img: torch.Tensor, pooled: torch.Tensor, *, tokens: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None, pairs: bool = False, words: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """img [B, 3, R, R] in [-1, 1], pooled [B, c_dim] -> logits [B] (pairs=True: pooled may
         hold any N prompts, logits [B, N], entry [i, j] scores image i under prompt j); words=True:
-        (logits, word_logits [B, V])."""
+        (logits, word_logits [B, V]). tokens [N, L, c_dim] and mask [N, L], the prompts' token
+        codes (SpikeCode.tokens / .mask), are read by the word-region term and needed with it."""
         if words and self.words is None:
             raise ValueError("this discriminator has no word classifier (discriminator.word_classes = 0)")
+        if self.word_region is not None and (tokens is None or mask is None):
+            raise ValueError("this discriminator's word-region term (discriminator.word_region) needs the "
+                             "prompts' token codes: D(img, pooled, tokens=..., mask=...)")
         B = img.shape[0]
         R = self.cfg.resolution
         assert img.shape == (B, 3, R, R), (img.shape, R)
@@ -163,14 +225,16 @@ class Discriminator(nn.Module):
             pooled.shape, B, self.cfg.c_dim)
         if self.cfg.channels_last:
             img = img.contiguous(memory_format=torch.channels_last)
-        x = self.blocks(self.from_rgb(img))  # [B, c4, 4, 4]
-        x = self.conv(self.mbstd(x))
+        x4 = self.blocks(self.from_rgb(img))  # [B, c4, 4, 4]
+        x = self.conv(self.mbstd(x4))
         x = self.out(self.fc(x.flatten(1)))  # [B, cmap_dim]
         cmap = self.cmap(None, pooled).to(x.dtype)  # [B, cmap_dim]
         if pairs:
             logits = x @ cmap.T / math.sqrt(self.cmap_dim)
         else:
             logits = (x * cmap).sum(dim=1) / math.sqrt(self.cmap_dim)
+        if self.word_region is not None:
+            logits = logits + self.word_region(x4, tokens.to(x.dtype), mask, pairs=pairs)
         if not words:
             return logits
         return logits, self.words(img if self.cfg.word_head == "net" else x)

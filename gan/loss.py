@@ -15,7 +15,7 @@ Phases the training loop calls:
 
 How the text encoder trains: it sits inside G (one module with G's optimiser) and learns
 through its surrogate gradients from the Gmain loss, via the mapping network and the
-cross-attention that read the code. D always receives a *detached* pooled code: if the G
+cross-attention that read the code. D always receives a *detached* code: if the G
 loss could also move the code inside D's projection head, the encoder would win the G loss
 by shifting codes toward what D calls real instead of by changing images, a shortcut that
 chases D and does not improve samples. D's view of a caption is therefore whatever the
@@ -129,8 +129,9 @@ So shapes32 leaves both off.
 
 Callables the loss runs (the loop hands in DDP-wrapped or plain modules per phase):
   G(z [B, z_dim], batch) -> (img [B, 3, R, R], code SpikeCode)
-  D(img [B, 3, R, R], pooled [B, C], pairs=False) -> logits [B]  (pairs=True: pooled [N, C], [B, N];
-      words=True: (logits, word_logits [B, V]))
+  D(img [B, 3, R, R], pooled [B, C], tokens=, mask=, pairs=False) -> logits [B]  (pairs=True:
+      N prompts' codes, [B, N]; words=True: (logits, word_logits [B, V])); the loss hands D each
+      prompt's whole SpikeCode, detached.
 """
 from __future__ import annotations
 
@@ -140,6 +141,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from encoders.code import SpikeCode
 from encoders.tokenizer import PAD_ID, UNK_ID, TokenBatch
 from gan.augment import AugmentPipe
 
@@ -270,7 +272,7 @@ class GANLoss:
         cfg: LossConfig,  # Term weights.
         augment: AugmentPipe | None,  # Applied to every image D sees; None = no augmentation.
         guide: Callable | None = None,  # The frozen warm-up scorer (gan.warmup.ImageTextScorer) for the guide term.
-        # batch -> (pooled codes [B, C] of its captions with one word swapped, detached; valid [B] bool).
+        # batch -> (SpikeCode of its captions' hard-negative copies, detached; valid [B] bool).
         hard_negatives: Callable | None = None,
     ) -> None:
         if cfg.guide_weight > 0 and guide is None:
@@ -282,13 +284,13 @@ class GANLoss:
         self.guide = guide
         self.hard_negatives = hard_negatives if cfg.hard_negatives != "off" else None
 
-    def run_D(self, D: Callable, img: torch.Tensor, pooled: torch.Tensor, *, pairs: bool = False,
+    def run_D(self, D: Callable, img: torch.Tensor, code: SpikeCode, *, pairs: bool = False,
               words: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if self.augment is not None:
             img = self.augment(img)
-        out = D(img, pooled, pairs=pairs, words=words)
+        out = D(img, code.pooled, tokens=code.tokens, mask=code.mask, pairs=pairs, words=words)
         logits = out[0] if words else out
-        assert logits.shape == ((img.shape[0], pooled.shape[0]) if pairs else (img.shape[0],)), logits.shape
+        assert logits.shape == ((img.shape[0], code.batch_size) if pairs else (img.shape[0],)), logits.shape
         return out
 
     def __call__(self, phase: str, **inputs: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -306,14 +308,15 @@ class GANLoss:
         if diversity:
             batch = take_rows(batch, paired_rows(z.shape[0]))
         img, code = G(z, batch)
-        pooled = code.pooled.detach()
+        cond = code.detach()  # D's view of the prompts
+        pooled = cond.pooled
         contrastive, words, guide = (self.cfg.contrastive_weight > 0, self.cfg.word_weight > 0,
                                      self.cfg.guide_weight > 0)
         hard = contrastive and self.hard_negatives is not None  # they join G's contrastive rows
         distinct = distinct_pairs(pooled) if contrastive or guide else None
         if hard:
-            hard_pooled, hard_valid = self.hard_negatives(batch)
-        scores = self.run_D(D, img, torch.cat([pooled, hard_pooled]) if hard else pooled, pairs=contrastive,
+            hard_code, hard_valid = self.hard_negatives(batch)
+        scores = self.run_D(D, img, SpikeCode.cat([cond, hard_code]) if hard else cond, pairs=contrastive,
                             words=words)
         if words:
             scores, word_logits = scores
@@ -344,14 +347,15 @@ class GANLoss:
     def d_main(self, *, G: Callable, D: Callable, z: torch.Tensor, batch: Any, real: torch.Tensor):
         with torch.no_grad():
             fake, code = G(z, batch)
-        pooled = code.pooled.detach()
+        cond = code.detach()
+        pooled = cond.pooled
         pairs = self.cfg.match_weight > 0 or self.cfg.contrastive_weight > 0
         hard = pairs and self.hard_negatives is not None
         words = self.cfg.word_weight > 0
         if hard:
-            hard_pooled, hard_valid = self.hard_negatives(batch)
-        fake_logits = self.run_D(D, fake.detach(), pooled)
-        real_scores = self.run_D(D, real, torch.cat([pooled, hard_pooled]) if hard else pooled, pairs=pairs,
+            hard_code, hard_valid = self.hard_negatives(batch)
+        fake_logits = self.run_D(D, fake.detach(), cond)
+        real_scores = self.run_D(D, real, SpikeCode.cat([cond, hard_code]) if hard else cond, pairs=pairs,
                                  words=words)
         if words:
             real_scores, word_logits = real_scores
@@ -394,10 +398,10 @@ class GANLoss:
         stats["loss/D"] = loss.detach()
         return loss, stats
 
-    def d_reg(self, *, D: Callable, real: torch.Tensor, pooled: torch.Tensor):
+    def d_reg(self, *, D: Callable, real: torch.Tensor, code: SpikeCode):
         real = real.detach().requires_grad_(True)
         words = self.cfg.word_weight > 0
-        logits = self.run_D(D, real, pooled.detach(), words=words)
+        logits = self.run_D(D, real, code.detach(), words=words)
         if words:  # the word classifier joins the graph below, as DDP expects
             logits, word_logits = logits
             logits = logits + (word_logits * 0).sum(dim=1)

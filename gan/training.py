@@ -30,6 +30,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from encoders.code import SpikeCode
 from encoders.tokenizer import cut_report, cuts_reported
 from gan.augment import AugmentConfig, AugmentPipe, adjust_p
 from gan.checkpoint import (TOKENIZER_FILE, load_guide_state, load_training_state, read_trainer, resolve_resume,
@@ -648,12 +649,12 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     ema = EMA(source=model, ema_kimg=cfg.ema_kimg, ema_rampup=cfg.ema_rampup)
     augment = AugmentPipe(cfg=cfg.augment)
 
-    def hard_negatives(tokens) -> tuple[torch.Tensor, torch.Tensor]:
+    def hard_negatives(tokens) -> tuple[SpikeCode, torch.Tensor]:
         """The batch's hard-negative captions (cfg.loss.hard_negatives), coded by the live encoder
         (detached, as D's view of every caption is)."""
         swapped, valid = swaps(tokens, cfg.loss.hard_negatives)
         with torch.no_grad():
-            return model.encoder(swapped.to(device)).pooled, valid
+            return model.encoder(swapped.to(device)), valid
 
     loss_fn = GANLoss(cfg=cfg.loss, augment=augment if cfg.augment.mode != "off" else None, guide=guide,
                       hard_negatives=hard_negatives if swaps is not None else None)
@@ -730,8 +731,8 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         if phase == "Dmain":
             return dict(G=G_raw, D=D_ddp, z=z, batch=m.tokens, real=m.real)
         with torch.no_grad():
-            pooled = model.encoder(m.tokens).pooled
-        return dict(D=D_ddp, real=m.real, pooled=pooled)
+            code = model.encoder(m.tokens)
+        return dict(D=D_ddp, real=m.real, code=code)
 
     def snapshot() -> None:
         kimg = state.nimg / 1000

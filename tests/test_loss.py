@@ -38,7 +38,7 @@ class TinyD(nn.Module):
         self.out = nn.Linear(4, 1)
         self.word_head = nn.Linear(4, VOCAB)
 
-    def forward(self, img, pooled, pairs=False, words=False):
+    def forward(self, img, pooled, *, tokens=None, mask=None, pairs=False, words=False):
         h = torch.relu(self.feat(img.flatten(1)))
         if pairs:
             logits = self.out(h) + h @ pooled.T  # [B, B]
@@ -108,9 +108,14 @@ def naive_contrastive(scores, distinct, hard_scores, valid):
 HARD_VALID = torch.tensor([True, False, True, True])
 
 
+def as_code(pooled):
+    """A SpikeCode of pooled codes, each with one token (itself)."""
+    return SpikeCode(pooled, pooled[:, None], torch.ones(len(pooled), 1, dtype=torch.bool))
+
+
 def hard_codes(batch):
     """Stand-in for the loop's swapped captions: fixed codes, the second caption without one."""
-    return torch.linspace(-1, 1, 16).reshape(4, 4), HARD_VALID
+    return as_code(torch.linspace(-1, 1, 16).reshape(4, 4)), HARD_VALID
 
 
 def test_g_main_hard_negatives_join_the_contrastive_rows(nets):
@@ -119,7 +124,7 @@ def test_g_main_hard_negatives_join_the_contrastive_rows(nets):
     cfg = LossConfig(contrastive_weight=0.5, hard_negatives="exchange")
     loss, stats = GANLoss(cfg=cfg, augment=None, hard_negatives=hard_codes)("Gmain", G=G, D=D, z=z, batch=ids)
     img, code = G(z, ids)
-    p, h = code.pooled.detach(), hard_codes(ids)[0]
+    p, h = code.pooled.detach(), hard_codes(ids)[0].pooled
     scores = torch.stack([torch.stack([D(img[i:i + 1], p[j:j + 1])[0] for j in range(4)]) for i in range(4)])
     hard = torch.stack([D(img[i:i + 1], h[i:i + 1])[0] for i in range(4)])
     con = naive_contrastive(scores, distinct_pairs(p), hard, HARD_VALID)
@@ -138,7 +143,7 @@ def test_d_main_hard_negatives_count_as_fake_and_join_the_contrastive_rows(nets)
                                                                              real=real)
     with torch.no_grad():
         fake, code = G(z, ids)
-        p, h = code.pooled, hard_codes(ids)[0]
+        p, h = code.pooled, hard_codes(ids)[0].pooled
         scores = torch.stack([torch.stack([D(real[i:i + 1], p[j:j + 1])[0] for j in range(4)]) for i in range(4)])
         hard = torch.stack([D(real[i:i + 1], h[i:i + 1])[0] for i in range(4)])
         mis = [scores[i, j] for i in range(4) for j in range(4) if ids[i] != ids[j]]
@@ -221,7 +226,7 @@ def test_d_reg_is_lazy_r1_scaled_by_interval(nets):
     real = torch.rand(3, 3, 4, 4) * 2 - 1
     pooled = torch.randn(3, 4)
     cfg = LossConfig(r1_gamma=2.0, r1_interval=4)
-    loss, stats = GANLoss(cfg=cfg, augment=None)("Dreg", D=D, real=real, pooled=pooled)
+    loss, stats = GANLoss(cfg=cfg, augment=None)("Dreg", D=D, real=real, code=as_code(pooled))
     # Naive: per-image gradient norms by finite loop.
     norms = []
     for i in range(3):
@@ -318,9 +323,9 @@ def test_word_term_d_on_reals_g_on_fakes(nets):
 def test_d_reg_with_word_head_keeps_r1_and_the_head_in_the_graph(nets):
     _, D = nets
     real, pooled = torch.rand(3, 3, 4, 4) * 2 - 1, torch.randn(3, 4)
-    plain, _ = GANLoss(cfg=LossConfig(r1_gamma=2.0), augment=None)("Dreg", D=D, real=real, pooled=pooled)
+    plain, _ = GANLoss(cfg=LossConfig(r1_gamma=2.0), augment=None)("Dreg", D=D, real=real, code=as_code(pooled))
     loss, _ = GANLoss(cfg=LossConfig(r1_gamma=2.0, word_weight=1.0), augment=None)("Dreg", D=D, real=real,
-                                                                                  pooled=pooled)
+                                                                                  code=as_code(pooled))
     torch.testing.assert_close(loss, plain)
     loss.backward()
     assert D.word_head.weight.grad is not None  # zero, but present: DDP sees every parameter used

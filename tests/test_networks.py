@@ -380,3 +380,80 @@ def test_autocast_bf16_runs_and_tracks_fp32(nets):
     assert (img.float() - ref).abs().max() < 0.1 * ref.abs().max()
     logits.float().sum().backward()
     assert torch.isfinite(code.pooled.grad).all() and code.pooled.grad.abs().sum() > 0
+
+
+def naive_word_region(wr, feats, tokens, mask):
+    """WordRegion of image i under caption i, one caption at a time on its real tokens alone."""
+    out = []
+    for i in range(len(tokens)):
+        n = int(mask[i].sum())
+        if n == 0:
+            out.append(torch.zeros(()))
+            continue
+        t = wr.context(tokens[i : i + 1, :n] + wr.pos[:n])[0]  # [n, C], no padding at all
+        cells = feats[i].flatten(1).T  # [HW, channels]
+        k, v = wr.key(cells), wr.cell(cells)
+        terms = []
+        for q, u in zip(wr.query(t), wr.value(t)):  # one token at a time
+            attn = (k @ q / wr.dim**0.5).softmax(dim=0)  # over the cells
+            terms.append((attn @ v) @ u / wr.dim**0.5)
+        out.append(torch.stack(terms).mean())
+    return torch.stack(out)
+
+
+def test_word_region_term_equals_a_naive_loop_and_ignores_padding():
+    _, dcfg = tiny_cfgs()
+    torch.manual_seed(0)
+    D = Discriminator(DiscriminatorConfig(**{**dcfg.__dict__, "word_region": True})).eval()
+    wr = D.word_region
+    with torch.no_grad():
+        wr.pos.normal_()  # learned positions start at zero; make them count here
+    code, img = make_code(4, L=6), torch.randn(4, 3, 16, 16)
+    code.mask[3] = False  # a caption without tokens
+    feats = D.blocks(D.from_rgb(img))
+    with torch.no_grad():
+        got = wr(feats, code.tokens, code.mask, pairs=False)
+        torch.testing.assert_close(got, naive_word_region(wr, feats, code.tokens, code.mask), atol=1e-5, rtol=1e-5)
+        pairs = wr(feats, code.tokens, code.mask, pairs=True)
+        torch.testing.assert_close(pairs.diagonal(), got, atol=1e-5, rtol=1e-5)
+        assert pairs.shape == (4, 4) and torch.isfinite(pairs).all() and (pairs[:, 3] == 0).all()
+        # Padding holds anything: the scores do not change.
+        noisy = code.tokens.masked_fill(~code.mask[..., None], 7.0)
+        torch.testing.assert_close(wr(feats, noisy, code.mask, pairs=True), pairs, atol=1e-5, rtol=1e-5)
+        # D's logit is the projection plus the term; the order of the words matters to it.
+        plain = Discriminator(dcfg).eval()
+        plain.load_state_dict({k: v for k, v in D.state_dict().items() if not k.startswith("word_region.")})
+        logits = D(img, code.pooled, tokens=code.tokens, mask=code.mask)
+        torch.testing.assert_close(logits, plain(img, code.pooled) + got, atol=1e-5, rtol=1e-5)
+        flipped = D(img, code.pooled, tokens=code.tokens.flip(1), mask=code.mask.flip(1))
+        assert not torch.allclose(flipped[:3], logits[:3])
+    with pytest.raises(ValueError, match="token codes"):
+        D(img, code.pooled)
+
+
+def test_word_region_gradients_reach_d_and_the_image():
+    _, dcfg = tiny_cfgs()
+    torch.manual_seed(0)
+    D = Discriminator(DiscriminatorConfig(**{**dcfg.__dict__, "word_region": True}))
+    code, img = make_code(4), torch.randn(4, 3, 16, 16, requires_grad=True)
+    D(img, code.pooled, tokens=code.tokens, mask=code.mask, pairs=True).sum().backward()
+    assert img.grad.abs().sum() > 0
+    for name, p in D.word_region.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_word_region_config_errors():
+    from encoders import EncoderConfig
+    from gan.config import ModelConfig
+
+    with pytest.raises(ValueError, match="divisible by 4"):
+        DiscriminatorConfig(c_dim=18, word_region=True)
+    gcfg, dcfg = tiny_cfgs()
+    dcfg = DiscriminatorConfig(**{**dcfg.__dict__, "word_region": True, "max_tokens": 8})
+    with pytest.raises(ValueError, match="discriminator.max_tokens 8"):
+        ModelConfig(name="x", resolution=16, encoder=EncoderConfig(code_dim=C, max_length=16), generator=gcfg,
+                    discriminator=dcfg)
+    D = Discriminator(dcfg)
+    code = make_code(2, L=9)
+    with pytest.raises(ValueError, match="captions of 9 tokens"):
+        D(torch.randn(2, 3, 16, 16), code.pooled, tokens=code.tokens, mask=code.mask)
