@@ -481,7 +481,7 @@ def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess)
     fine-tuned run."""
     from data import open_dataset
     from encoders import load_tokenizer, make_tokenizer
-    from gan.config import ModelConfig
+    from gan.config import DiscriminatorConfig, ModelConfig
     from gan.discriminator import Discriminator
     from gan.model import TextToImage, load_model
 
@@ -498,7 +498,9 @@ def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess)
         captions = dataset.captions()
         added = tokenizer.extend(captions)
         model.encoder.resize_vocab(len(tokenizer))
-        model_cfg = model.cfg.replace(vocab_size=len(tokenizer))
+        # D starts afresh (a model directory holds none), so cfg.model may still reshape it.
+        d = deep_merge(dataclasses.asdict(model.cfg.discriminator), cfg.model.get("discriminator", {}))
+        model_cfg = model.cfg.replace(vocab_size=len(tokenizer), discriminator=DiscriminatorConfig(**d))
         model.cfg = model_cfg
         main.print(f"fine-tuning {cfg.init_from}: vocabulary {old_size} -> {len(tokenizer)} words "
                    f"(new: {' '.join(added[:20])}{' ...' if len(added) > 20 else ''})")

@@ -52,6 +52,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="kimg of contrastive encoder warm-up on the training pairs before the GAN (0 = none)")
     p.add_argument("--warmup-hard-negatives", choices=("off", "replace", "exchange"), default=None,
                    help="in the warm-up, each image also rejects a negative made from its caption (NegCLIP)")
+    p.add_argument("--word-region", choices=("on", "off"), default=None,
+                   help="D's word-region term (a fresh run): caption tokens in context attend over D's cells")
     p.add_argument("--max-length", type=int, default=None,
                    help="tokens per caption (a fresh run); longer captions lose their last tokens")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
@@ -99,11 +101,18 @@ def build_config(args: argparse.Namespace):
             "guide_weight": args.guide_weight, "hard_negatives": args.hard_negatives}
     if loss := {k: v for k, v in loss.items() if v is not None}:
         overrides["loss"] = loss
+    model: dict[str, Any] = {}
     if args.max_length is not None:
         if args.resume is not None or args.init_from is not None:
             raise ValueError("--max-length applies to a fresh run: --resume and --init-from keep the tokenizer "
                              "they load")
-        overrides["model"] = {"encoder": {"max_length": args.max_length}}
+        model["encoder"] = {"max_length": args.max_length}
+    if args.word_region is not None:
+        if args.resume is not None:
+            raise ValueError("--word-region applies to a fresh run: --resume keeps the discriminator it loads")
+        model["discriminator"] = {"word_region": args.word_region == "on"}
+    if model:
+        overrides["model"] = model
     if args.augment is not None:
         overrides["augment"] = {"mode": args.augment}
     if args.warmup_kimg is not None:

@@ -134,15 +134,19 @@ def test_init_from_extends_vocabulary_keeping_old_words(full_run, tmp_path):
             f.write(json.dumps({"file_name": f"{i}.png", "text": text}) + "\n")
     old = full_run.tokenizer
     old_words = {w: old([w]).ids[0, 0].item() for w in ("red", "circle", "left")}
-    result = train(tiny(tmp_path / "ft", data=str(data), kimg=0.032, init_from=str(full_run.out / "model")))
+    # The fresh D may take options of its own (here the word-region term; the tiny preset has none).
+    result = train(tiny(tmp_path / "ft", data=str(data), kimg=0.032, init_from=str(full_run.out / "model"),
+                        model={"discriminator": {"word_region": True}}))
     new = result.tokenizer
     assert len(new) > len(old)
     assert {w: new([w]).ids[0, 0].item() for w in old_words} == old_words
     assert new(["zebra"]).ids[0, 0].item() >= len(old)  # a new word, appended
     assert result.ema.encoder.vocab_size == len(new) == result.ema.cfg.vocab_size
     D, R = result.discriminator, result.ema.cfg.resolution
+    assert D.word_region is not None and D.cfg.word_region
     with torch.no_grad():  # a fresh word classifier (either head) with an output for every word, new ones too
-        _, word_logits = D(torch.zeros(2, 3, R, R), torch.zeros(2, D.cfg.c_dim), words=True)
+        _, word_logits = D(torch.zeros(2, 3, R, R), torch.zeros(2, D.cfg.c_dim), tokens=torch.zeros(2, 1, D.cfg.c_dim),
+                           mask=torch.ones(2, 1, dtype=torch.bool), words=True)
     assert word_logits.shape == (2, len(new))
     from gan.model import load_model
 
@@ -269,6 +273,7 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
     (["--metrics", "fid,bogus"], "--metrics"),
     (["--max-length", "0"], "--max-length"),
     (["--max-length", "8", "--resume", "latest"], "--max-length"),
+    (["--word-region", "on", "--resume", "latest"], "--word-region"),
 ])
 def test_bad_options_name_the_flag(argv, flag, tmp_path, capsys):
     base = ["--out", str(tmp_path / "run")] + ([] if "--preset" in argv else ["--preset", "tiny"])
@@ -302,3 +307,6 @@ def test_dry_run_prints_resolved_config(capsys):
     assert json.loads(capsys.readouterr().out)["train"]["loss"]["hard_negatives"] == "replace"
     assert train_main(["--preset", "tiny", "--max-length", "9", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["model"]["encoder"]["max_length"] == 9
+    assert train_main(["--preset", "tiny", "--word-region", "on", "--max-length", "9", "--dry-run"]) == 0
+    resolved = json.loads(capsys.readouterr().out)["model"]
+    assert resolved["discriminator"]["word_region"] is True and resolved["encoder"]["max_length"] == 9
