@@ -440,9 +440,11 @@ def grid_prompts(cfg: TrainConfig, captions: list[str]) -> list[str]:
 
 
 @torch.no_grad()
-def render_grid(model: nn.Module, tokenizer, prompts: list[str], seeds: list[int], *, device) -> Any:
+def render_grid(model: nn.Module, tokenizer, prompts: list[str], seeds: list[int], *, device,
+                emphasis: bool = True) -> Any:
     """PIL grid: one row per prompt (its text in a left margin), one column per latent seed;
-    EMA model, constant noise, 32 px and smaller tiles doubled (nearest) for legibility."""
+    EMA model, constant noise, 32 px and smaller tiles doubled (nearest) for legibility.
+    emphasis=False reads the prompts literally (dataset captions, as training reads them)."""
     import PIL.Image
     import PIL.ImageDraw
 
@@ -452,7 +454,7 @@ def render_grid(model: nn.Module, tokenizer, prompts: list[str], seeds: list[int
     model.eval()
     z_dim = model.generator.z_dim
     z = torch.cat([torch.randn(1, z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
-    tokens = tokenizer([p for p in prompts for _ in seeds]).to(device)  # row-major: prompt, then seed
+    tokens = tokenizer([p for p in prompts for _ in seeds], emphasis=emphasis).to(device)  # row-major: prompt, seed
     img = model.generator(z.repeat(len(prompts), 1), model.encoder(tokens), noise_mode="const")
     rows = to_pil(img.float())
     model.train(was_training)
@@ -743,8 +745,12 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
             from gan.model import save_model
 
             (out / "samples").mkdir(exist_ok=True)
-            with cuts_reported() if not cfg.grid_prompts else nullcontext():  # dataset captions: reported
-                grid = render_grid(ema.model, tokenizer, prompts, list(range(cfg.grid_seeds)), device=device)
+            # Rows taken from the dataset are captions: read literally ("smile (" is no broken emphasis),
+            # their cuts already reported.
+            from_data = not cfg.grid_prompts
+            with cuts_reported() if from_data else nullcontext():
+                grid = render_grid(ema.model, tokenizer, prompts, list(range(cfg.grid_seeds)), device=device,
+                                   emphasis=not from_data)
             grid.save(out / "samples" / f"grid-{kimg:08.3f}.png")
             save_model(out / "model", ema.model, tokenizer)
             if metrics_callback is not None:

@@ -60,6 +60,18 @@ def test_long_captions_are_reported_once(tmp_path, capsys):
     assert len(report) == 1 and report[0].endswith("(--max-length sets the limit of a fresh run)")
 
 
+def test_grid_reads_dataset_captions_literally(tmp_path):
+    data = tmp_path / "faces"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    with open(data / "metadata.jsonl", "w") as f:
+        for i, text in enumerate(["a :) face", "smile (", "a (big) grin", "a frown"] * 4):
+            PIL.Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(data / f"{i}.png")
+            f.write(json.dumps({"file_name": f"{i}.png", "text": text}) + "\n")
+    result = train(tiny(tmp_path / "run", data=str(data), kimg=0.016, snap=0.016))  # prompt syntax would raise
+    assert len(list((result.out / "samples").glob("grid-*.png"))) == 1
+
+
 def test_exact_resume_equals_one_go(full_run, tmp_path):
     first = train(tiny(tmp_path, kimg=0.064))
     assert first.state.nimg == 64
