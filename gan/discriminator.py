@@ -134,7 +134,10 @@ class WordRegion(nn.Module):
     Inside the GAN it did not learn that within the main job's 50 kimg (shapes32, seed 0, exchange
     negatives): 0.51 / 0.53 / 0.52 / 0.51 at 20 / 30 / 40 / 50 kimg (the main job's D 0.49), and
     the samples got worse: mean attribute accuracy 0.752 -> 0.725, attr_binding 0.35 -> 0.30,
-    FID 170.7 -> 191.7 (without the exchange negatives 0.709, 0.24, 208.5). So shapes32 leaves it off.
+    FID 170.7 -> 191.7 (without the exchange negatives 0.709, 0.24, 208.5). The probe learnt far
+    slower at D's GAN rate (0.005: 0.53 at 1800 steps) or beside shapes32's word term (0.56), but
+    giving the term its own rate of 0.002 in the GAN did not help either: 0.47 / 0.50 / 0.51 at
+    30 / 40 / 50 kimg, mean 0.703, attr_binding 0.30, FID 181.6. So shapes32 leaves it off.
     """
 
     def __init__(
