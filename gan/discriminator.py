@@ -207,7 +207,7 @@ class Discriminator(nn.Module):
             self.words = WordNet(R, cfg.word_classes)
         else:
             self.words = EqualLinear(self.cmap_dim, cfg.word_classes)
-        self.word_region = (WordRegion(c4, cfg.c_dim, max_tokens=cfg.max_tokens) if cfg.word_region else None)
+        self.word_region = WordRegion(c4, cfg.c_dim, max_tokens=cfg.max_tokens) if cfg.word_region else None
         self.cmap = MappingNetwork(
             z_dim=0, c_dim=cfg.c_dim, w_dim=self.cmap_dim, num_ws=None, num_layers=cfg.mapping_layers,
             lr_mult=cfg.mapping_lr_mult, w_avg_beta=None,

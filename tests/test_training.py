@@ -33,6 +33,17 @@ def tiny(out, **kw) -> TrainConfig:
     return resolve_config("tiny", out=str(out), **{**TINY, **kw})
 
 
+def caption_folder(path, captions):
+    """A folder dataset of random 16 px images, one per caption (metadata.jsonl)."""
+    path.mkdir()
+    rng = np.random.default_rng(0)
+    with open(path / "metadata.jsonl", "w") as f:
+        for i, text in enumerate(captions):
+            PIL.Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path / f"{i}.png")
+            f.write(json.dumps({"file_name": f"{i}.png", "text": text}) + "\n")
+    return path
+
+
 def weights(module):
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
@@ -61,13 +72,7 @@ def test_long_captions_are_reported_once(tmp_path, capsys):
 
 
 def test_grid_reads_dataset_captions_literally(tmp_path):
-    data = tmp_path / "faces"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    with open(data / "metadata.jsonl", "w") as f:
-        for i, text in enumerate(["a :) face", "smile (", "a (big) grin", "a frown"] * 4):
-            PIL.Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(data / f"{i}.png")
-            f.write(json.dumps({"file_name": f"{i}.png", "text": text}) + "\n")
+    data = caption_folder(tmp_path / "faces", ["a :) face", "smile (", "a (big) grin", "a frown"] * 4)
     result = train(tiny(tmp_path / "run", data=str(data), kimg=0.016, snap=0.016))  # prompt syntax would raise
     assert len(list((result.out / "samples").glob("grid-*.png"))) == 1
 
@@ -137,13 +142,7 @@ def test_split_batch_names_flags():
 
 
 def test_init_from_extends_vocabulary_keeping_old_words(full_run, tmp_path):
-    data = tmp_path / "zoo"
-    data.mkdir()
-    rng = np.random.default_rng(0)
-    with open(data / "metadata.jsonl", "w") as f:
-        for i, text in enumerate(["a striped zebra", "a grey elephant", "a red circle", "a tall giraffe"] * 2):
-            PIL.Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(data / f"{i}.png")
-            f.write(json.dumps({"file_name": f"{i}.png", "text": text}) + "\n")
+    data = caption_folder(tmp_path / "zoo", ["a striped zebra", "a grey elephant", "a red circle", "a tall giraffe"] * 2)
     old = full_run.tokenizer
     old_words = {w: old([w]).ids[0, 0].item() for w in ("red", "circle", "left")}
     # The fresh D may take options of its own (here the word-region term; the tiny preset has none).
