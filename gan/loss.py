@@ -272,17 +272,22 @@ class GANLoss:
         cfg: LossConfig,  # Term weights.
         augment: AugmentPipe | None,  # Applied to every image D sees; None = no augmentation.
         guide: Callable | None = None,  # The frozen warm-up scorer (gan.warmup.ImageTextScorer) for the guide term.
-        # batch -> (SpikeCode of its captions' hard-negative copies, detached; valid [B] bool).
+        # (batch, kind) -> (SpikeCode of its captions' hard-negative copies of that kind, detached;
+        # valid [B] bool). Needed by loss.hard_negatives and by a guide warmed up with them.
         hard_negatives: Callable | None = None,
     ) -> None:
         if cfg.guide_weight > 0 and guide is None:
             raise ValueError("loss.guide_weight > 0 needs the warm-up's image tower (guide=...)")
-        if cfg.hard_negatives != "off" and hard_negatives is None:
-            raise ValueError("loss.hard_negatives needs the swapped captions' codes (hard_negatives=...)")
         self.cfg = cfg
         self.augment = augment
-        self.guide = guide
-        self.hard_negatives = hard_negatives if cfg.hard_negatives != "off" else None
+        self.guide = guide if cfg.guide_weight > 0 else None
+        # The guide scores G's images as the warm-up trained it: with its kind of hard negatives.
+        self.guide_negatives = getattr(self.guide, "hard_negatives", "off")
+        if "off" != cfg.hard_negatives or "off" != self.guide_negatives:
+            if hard_negatives is None:
+                raise ValueError("loss.hard_negatives (or a guide warmed up with hard negatives) needs the swapped "
+                                 "captions' codes (hard_negatives=...)")
+        self.hard_negatives = hard_negatives
 
     def run_D(self, D: Callable, img: torch.Tensor, code: SpikeCode, *, pairs: bool = False,
               words: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -312,10 +317,10 @@ class GANLoss:
         pooled = cond.pooled
         contrastive, words, guide = (self.cfg.contrastive_weight > 0, self.cfg.word_weight > 0,
                                      self.cfg.guide_weight > 0)
-        hard = contrastive and self.hard_negatives is not None  # they join G's contrastive rows
+        hard = contrastive and self.cfg.hard_negatives != "off"  # they join G's contrastive rows
         distinct = distinct_pairs(pooled) if contrastive or guide else None
         if hard:
-            hard_code, hard_valid = self.hard_negatives(batch)
+            hard_code, hard_valid = self.hard_negatives(batch, self.cfg.hard_negatives)
         scores = self.run_D(D, img, SpikeCode.cat([cond, hard_code]) if hard else cond, pairs=contrastive,
                             words=words)
         if words:
@@ -337,7 +342,11 @@ class GANLoss:
             loss = loss + self.cfg.word_weight * loss_word
             stats["loss/G_word"] = loss_word.detach()
         if guide:
-            loss_guide, _ = self.guide(img, pooled, distinct)
+            guide_hard = None
+            if self.guide_negatives != "off":
+                same = hard and self.guide_negatives == self.cfg.hard_negatives
+                guide_hard = (hard_code, hard_valid) if same else self.hard_negatives(batch, self.guide_negatives)
+            loss_guide, _ = self.guide(img, cond, distinct, guide_hard)
             loss = loss + self.cfg.guide_weight * loss_guide
             stats["loss/G_guide"] = loss_guide.detach()
         # The encoder's spike statistics (firing rate, spikes and synaptic operations per prompt).
@@ -350,10 +359,10 @@ class GANLoss:
         cond = code.detach()
         pooled = cond.pooled
         pairs = self.cfg.match_weight > 0 or self.cfg.contrastive_weight > 0
-        hard = pairs and self.hard_negatives is not None
+        hard = pairs and self.cfg.hard_negatives != "off"
         words = self.cfg.word_weight > 0
         if hard:
-            hard_code, hard_valid = self.hard_negatives(batch)
+            hard_code, hard_valid = self.hard_negatives(batch, self.cfg.hard_negatives)
         fake_logits = self.run_D(D, fake.detach(), cond)
         real_scores = self.run_D(D, real, SpikeCode.cat([cond, hard_code]) if hard else cond, pairs=pairs,
                                  words=words)

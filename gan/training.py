@@ -47,7 +47,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(kimg=0.128, batch=16, snap=0.064, tick=0.032, ema_kimg=0.01, ema_rampup=None,
                  loss=dict(r1_gamma=0.1, r1_interval=4, contrastive_weight=1.0, diversity_weight=1.0,
                            word_weight=1.0, guide_weight=1.0, hard_negatives="exchange"),
-                 augment=dict(interval=2, speed_kimg=1.0), warmup=dict(kimg=0.032, batch=16, hard_negatives="replace"),
+                 augment=dict(interval=2, speed_kimg=1.0),
+                 warmup=dict(kimg=0.032, batch=16, hard_negatives="replace", word_region=True),
                  grid_seeds=4, grid_rows=4, workers=0),
     # The CPU main job (README command one): 32 px shapes in about 16 minutes on 2 cores
     # (measured ~16 s per kimg of training at 2 threads; 10.7 with D half as wide, same day).
@@ -625,7 +626,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     if report := cut_report(tokenizer, captions):
         main.print(f"{report} (--max-length sets the limit of a fresh run)")
     swaps = None
-    if cfg.warmup.hard_negatives != "off" or cfg.loss.hard_negatives != "off":
+    if cfg.warmup.hard_negatives != "off" or cfg.loss.hard_negatives != "off":  # the guide's are the warm-up's
         with cuts_reported():
             swaps = WordSwaps.build(tokenizer, captions)
     warm, guide = {}, None
@@ -645,18 +646,23 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     if cfg.loss.guide_weight == 0:
         guide = None
     elif resume_dir is not None:  # the scorer the run warmed up, from its state
-        guide = ImageTextScorer(resolution=model_cfg.resolution, code_dim=model_cfg.encoder.code_dim)
-        guide.load_state_dict(load_guide_state(resume_dir))
+        saved = load_guide_state(resume_dir)
+        positions = saved.get("words.pos")  # present when the warm-up had the word-region term
+        guide = ImageTextScorer(resolution=model_cfg.resolution, code_dim=model_cfg.encoder.code_dim,
+                                word_region=positions is not None,
+                                max_tokens=len(positions) if positions is not None else 64,
+                                hard_negatives=cfg.warmup.hard_negatives)
+        guide.load_state_dict(saved)
         guide = guide.to(device).requires_grad_(False).eval()
     model.train()
     D.train()
     ema = EMA(source=model, ema_kimg=cfg.ema_kimg, ema_rampup=cfg.ema_rampup)
     augment = AugmentPipe(cfg=cfg.augment)
 
-    def hard_negatives(tokens) -> tuple[SpikeCode, torch.Tensor]:
-        """The batch's hard-negative captions (cfg.loss.hard_negatives), coded by the live encoder
-        (detached, as D's view of every caption is)."""
-        swapped, valid = swaps(tokens, cfg.loss.hard_negatives)
+    def hard_negatives(tokens, kind: str) -> tuple[SpikeCode, torch.Tensor]:
+        """The batch's hard-negative captions of `kind`, coded by the live encoder (detached, as
+        D's view of every caption is)."""
+        swapped, valid = swaps(tokens, kind)
         with torch.no_grad():
             return model.encoder(swapped.to(device)), valid
 

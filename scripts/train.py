@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="kimg of contrastive encoder warm-up on the training pairs before the GAN (0 = none)")
     p.add_argument("--warmup-hard-negatives", choices=("off", "replace", "exchange"), default=None,
                    help="in the warm-up, each image also rejects a negative made from its caption (NegCLIP)")
+    p.add_argument("--warmup-word-region", choices=("on", "off"), default=None,
+                   help="the warm-up's scorer (the guide) also reads the caption's tokens over its image cells "
+                        "(a fresh run), so it can tell which word goes with which part of the image")
     p.add_argument("--word-region", choices=("on", "off"), default=None,
                    help="D's word-region term (a fresh run): caption tokens in context attend over D's cells")
     p.add_argument("--max-length", type=int, default=None,
@@ -121,6 +124,10 @@ def build_config(args: argparse.Namespace):
         overrides["warmup"] = {"kimg": args.warmup_kimg}
     if args.warmup_hard_negatives is not None:
         overrides.setdefault("warmup", {})["hard_negatives"] = args.warmup_hard_negatives
+    if args.warmup_word_region is not None:
+        if args.resume is not None:
+            raise ValueError("--warmup-word-region applies to a fresh run: --resume keeps the guide it loads")
+        overrides.setdefault("warmup", {})["word_region"] = args.warmup_word_region == "on"
     try:
         cfg = resolve_config(args.preset, **overrides)
     except ValueError as e:

@@ -113,8 +113,9 @@ def as_code(pooled):
     return SpikeCode(pooled, pooled[:, None], torch.ones(len(pooled), 1, dtype=torch.bool))
 
 
-def hard_codes(batch):
+def hard_codes(batch, kind):
     """Stand-in for the loop's swapped captions: fixed codes, the second caption without one."""
+    assert kind in ("replace", "exchange"), kind
     return as_code(torch.linspace(-1, 1, 16).reshape(4, 4)), HARD_VALID
 
 
@@ -124,7 +125,7 @@ def test_g_main_hard_negatives_join_the_contrastive_rows(nets):
     cfg = LossConfig(contrastive_weight=0.5, hard_negatives="exchange")
     loss, stats = GANLoss(cfg=cfg, augment=None, hard_negatives=hard_codes)("Gmain", G=G, D=D, z=z, batch=ids)
     img, code = G(z, ids)
-    p, h = code.pooled.detach(), hard_codes(ids)[0].pooled
+    p, h = code.pooled.detach(), hard_codes(ids, "exchange")[0].pooled
     scores = torch.stack([torch.stack([D(img[i:i + 1], p[j:j + 1])[0] for j in range(4)]) for i in range(4)])
     hard = torch.stack([D(img[i:i + 1], h[i:i + 1])[0] for i in range(4)])
     con = naive_contrastive(scores, distinct_pairs(p), hard, HARD_VALID)
@@ -143,7 +144,7 @@ def test_d_main_hard_negatives_count_as_fake_and_join_the_contrastive_rows(nets)
                                                                              real=real)
     with torch.no_grad():
         fake, code = G(z, ids)
-        p, h = code.pooled, hard_codes(ids)[0].pooled
+        p, h = code.pooled, hard_codes(ids, "replace")[0].pooled
         scores = torch.stack([torch.stack([D(real[i:i + 1], p[j:j + 1])[0] for j in range(4)]) for i in range(4)])
         hard = torch.stack([D(real[i:i + 1], h[i:i + 1])[0] for i in range(4)])
         mis = [scores[i, j] for i in range(4) for j in range(4) if ids[i] != ids[j]]
@@ -347,6 +348,7 @@ def test_guide_term_scores_fakes_with_the_frozen_scorer(nets):
     pooled = code.pooled.detach()
     want, _ = clip_loss(scorer.image(img), pooled, scorer.logit_scale, distinct_pairs(pooled))
     torch.testing.assert_close(stats["loss/G_guide"], want.detach())
+    torch.testing.assert_close(scorer(img, code.detach(), distinct_pairs(pooled))[0], want)
     torch.testing.assert_close(loss, plain + 0.5 * want)
     G.zero_grad()
     loss.backward()
@@ -356,3 +358,36 @@ def test_guide_term_scores_fakes_with_the_frozen_scorer(nets):
         GANLoss(cfg=LossConfig(guide_weight=1.0), augment=None)
     with pytest.raises(ValueError, match="loss.guide_weight"):
         LossConfig(guide_weight=-1.0)
+
+
+def test_guide_scores_fakes_against_the_hard_negatives_it_was_warmed_up_with(nets):
+    """A guide warmed up with "replace" negatives (and a word-region term) scores G's images
+    against their captions' replaced copies, also when the loss itself has none; when the loss
+    draws the same kind, one draw serves both."""
+    from gan.warmup import ImageTextScorer
+
+    G, D = nets
+    torch.manual_seed(2)
+    scorer = ImageTextScorer(resolution=4, code_dim=4, word_region=True, max_tokens=1, hard_negatives="replace")
+    scorer = scorer.requires_grad_(False).eval()
+    z, ids = torch.randn(4, 3), torch.tensor([0, 1, 2, 3])
+    kinds = []
+
+    def swapped(batch, kind):
+        kinds.append(kind)
+        return hard_codes(batch, kind)
+
+    cfg = LossConfig(match_weight=0.0, guide_weight=0.5)
+    loss, stats = GANLoss(cfg=cfg, augment=None, guide=scorer, hard_negatives=swapped)("Gmain", G=G, D=D, z=z,
+                                                                                       batch=ids)
+    img, code = G(z, ids)
+    want, _ = scorer(img, code.detach(), distinct_pairs(code.pooled.detach()), hard_codes(ids, "replace"))
+    unguided, _ = scorer(img, code.detach(), distinct_pairs(code.pooled.detach()))
+    assert kinds == ["replace"] and not torch.allclose(want, unguided)
+    torch.testing.assert_close(stats["loss/G_guide"], want.detach())
+    kinds.clear()
+    cfg = LossConfig(match_weight=0.0, contrastive_weight=1.0, guide_weight=0.5, hard_negatives="replace")
+    GANLoss(cfg=cfg, augment=None, guide=scorer, hard_negatives=swapped)("Gmain", G=G, D=D, z=z, batch=ids)
+    assert kinds == ["replace"]
+    with pytest.raises(ValueError, match="guide warmed up with hard negatives"):
+        GANLoss(cfg=LossConfig(guide_weight=0.5), augment=None, guide=scorer)

@@ -285,6 +285,7 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
     (["--max-length", "0"], "--max-length"),
     (["--max-length", "8", "--resume", "latest"], "--max-length"),
     (["--word-region", "on", "--resume", "latest"], "--word-region"),
+    (["--warmup-word-region", "on", "--resume", "latest"], "--warmup-word-region"),
 ])
 def test_bad_options_name_the_flag(argv, flag, tmp_path, capsys):
     base = ["--out", str(tmp_path / "run")] + ([] if "--preset" in argv else ["--preset", "tiny"])
@@ -311,9 +312,10 @@ def test_dry_run_prints_resolved_config(capsys):
     loss = json.loads(capsys.readouterr().out)["train"]["loss"]
     assert loss["contrastive_weight"] == 0.5 and loss["match_weight"] == 0 and loss["r1_gamma"] == 0.1
     assert cfg["model"]["resolution"] == 16
-    assert train_main(["--preset", "tiny", "--warmup-hard-negatives", "off", "--warmup-kimg", "1", "--dry-run"]) == 0
+    assert train_main(["--preset", "tiny", "--warmup-hard-negatives", "off", "--warmup-kimg", "1",
+                       "--warmup-word-region", "off", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["train"]["warmup"] == {"kimg": 1.0, "batch": 16, "lr": 1e-3,
-                                                                      "hard_negatives": "off"}
+                                                                      "hard_negatives": "off", "word_region": False}
     assert train_main(["--preset", "tiny", "--hard-negatives", "replace", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["train"]["loss"]["hard_negatives"] == "replace"
     assert train_main(["--preset", "tiny", "--max-length", "9", "--dry-run"]) == 0

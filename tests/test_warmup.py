@@ -13,7 +13,8 @@ from gan.config import preset
 from gan.loss import LossConfig, distinct_pairs
 from gan.training import make_loader
 from encoders import WordTokenizer
-from gan.warmup import ImageTower, WarmupConfig, WordSwaps, clip_loss, warm_up_encoder
+from encoders.code import SpikeCode
+from gan.warmup import ImageTextScorer, ImageTower, WarmupConfig, WordSwaps, clip_loss, warm_up_encoder
 
 
 def naive_clip_loss(img, txt, scale, distinct, hard=None):
@@ -55,6 +56,55 @@ def test_clip_loss_with_hard_negatives_matches_naive_reference():
     assert logits.shape == (5, 5)
     none_valid = clip_loss(img, txt, log_scale, distinct, (neg, torch.zeros(5, dtype=torch.bool)))[0]
     torch.testing.assert_close(none_valid, clip_loss(img, txt, log_scale, distinct)[0])
+
+
+def naive_word_region_loss(scorer, img, code, distinct, hard):
+    """The symmetric contrastive loss of the word-region scores, one image and one caption at a
+    time: each image's row also holds its valid hard negative."""
+    cells = scorer.image.cells(img)
+
+    def score(i, c, j):
+        return scorer.words(cells[i:i + 1], c.tokens[j:j + 1], c.mask[j:j + 1], pairs=False)[0]
+
+    n = len(img)
+    s = [[score(i, code, j) for j in range(n)] for i in range(n)]
+    total = 0.0
+    for i in range(n):
+        row = [s[i][j] for j in range(n) if j == i or distinct[i, j]] + ([score(i, hard[0], i)] if hard[1][i] else [])
+        col = [s[j][i] for j in range(n) if j == i or distinct[j, i]]
+        total += -(s[i][i] - torch.logsumexp(torch.stack(row), 0)) / 2 - (s[i][i] - torch.logsumexp(torch.stack(col), 0)) / 2
+    return total / n
+
+
+def random_code(g, lengths, dim=8, length=5):
+    mask = torch.arange(length)[None] < torch.tensor(lengths)[:, None]
+    return SpikeCode(torch.randn(len(lengths), dim, generator=g), torch.randn(len(lengths), length, dim, generator=g)
+                     * mask[..., None], mask)
+
+
+def test_scorer_word_region_adds_its_contrastive_loss():
+    """With word_region, the scorer's loss is clip_loss on the pooled code plus the word-region
+    scores' own symmetric contrastive loss (naive reference); its logits stay the pooled ones."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    scorer = ImageTextScorer(resolution=16, code_dim=8, word_region=True, max_tokens=5)
+    with torch.no_grad():
+        scorer.words.pos.normal_()
+    img = torch.randn(5, 3, 16, 16, generator=g)
+    code, swapped = random_code(g, [5, 3, 4, 1, 5]), random_code(g, [5, 3, 4, 1, 2])
+    code.pooled[3] = code.pooled[1]  # identical captions are no negatives, for either term
+    distinct = distinct_pairs(code.pooled)
+    hard = (swapped, torch.tensor([True, False, True, True, True]))
+    loss, logits = scorer(img, code, distinct, hard)
+    want, want_logits = clip_loss(scorer.image(img), code.pooled, scorer.logit_scale, distinct,
+                                  (swapped.pooled, hard[1]))
+    torch.testing.assert_close(loss, want + naive_word_region_loss(scorer, img, code, distinct, hard))
+    torch.testing.assert_close(logits, want_logits)
+    plain = ImageTextScorer(resolution=16, code_dim=8)
+    plain.load_state_dict({k: v for k, v in scorer.state_dict().items() if not k.startswith("words.")})
+    torch.testing.assert_close(plain(img, code, distinct, hard)[0], want)
+    with pytest.raises(ValueError, match="ImageTextScorer.hard_negatives"):
+        ImageTextScorer(resolution=16, code_dim=8, hard_negatives="shuffle")
 
 
 def test_word_swaps_replace_one_word_by_one_seen_in_its_context():
@@ -150,6 +200,21 @@ def test_warm_up_with_hard_negatives_is_deterministic_and_needs_swaps(tiny_setup
         warm_up_encoder(fresh_encoder(cfg, tokenizer), pairs(dataset, warm, 0), tokenizer, warm, resolution=16)
 
 
+def test_warm_up_with_a_word_region_trains_it_and_returns_it(tiny_setup):
+    """The warm-up's scorer gets the word-region term and its kind of hard negatives; the term's
+    weights train (they move from their initial values) and the loss stays finite."""
+    dataset, _, _ = tiny_setup
+    cfg = preset("shapes32").encoder
+    tokenizer = make_tokenizer(cfg, dataset.captions())
+    warm = WarmupConfig(kimg=0.064, batch=16, hard_negatives="exchange", word_region=True)
+    torch.manual_seed(0)
+    stats, scorer = warm_up_encoder(fresh_encoder(cfg, tokenizer), pairs(dataset, warm, 0), tokenizer, warm,
+                                    resolution=16, swaps=WordSwaps.build(tokenizer, dataset.captions()))
+    assert stats["warmup/steps"] == 4 and math.isfinite(stats["warmup/loss"])
+    assert scorer.words is not None and scorer.hard_negatives == "exchange"
+    assert len(scorer.words.pos) == cfg.max_length and scorer.words.pos.abs().sum() > 0  # zeros at init
+
+
 def test_config_errors_name_the_option():
     for kw, name in ((dict(kimg=-1), "warmup.kimg"), (dict(batch=1), "warmup.batch"), (dict(lr=0), "warmup.lr")):
         with pytest.raises(ValueError, match=name):
@@ -223,6 +288,6 @@ def test_warm_up_learns_to_match_captions(tiny_setup):
     assert not scorer.training and not any(p.requires_grad for p in scorer.parameters())
     batch = next(pairs(dataset, warm, 7))
     with torch.no_grad():
-        pooled = enc(tokenizer(batch["text"], emphasis=False)).pooled
-        loss, _ = scorer(to_float(batch["image"]), pooled, distinct_pairs(pooled))
+        code = enc(tokenizer(batch["text"], emphasis=False))
+        loss, _ = scorer(to_float(batch["image"]), code, distinct_pairs(code.pooled))
     assert loss < 0.75 * math.log(16), float(loss)
