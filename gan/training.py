@@ -101,7 +101,9 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
                      # 15:11 -> 17:18 wall. Shapes stayed at chance (0.22) with or without it, and
                      # with a perfect one-hot code (0.29); D's blur was one reason (see shapes32's
                      # discriminator in gan/config.py). The guide term (--guide-weight, gan/loss.py)
-                     # lifts shapes but costs background, so it is off here.
+                     # lifts shapes but costs background, so it is off here; with the warm-up's
+                     # word-region term it does not bind colours to objects and costs FID on one
+                     # seed of two (gan/loss.py).
                      warmup=dict(kimg=51.2),
                      # Rows that vary one thing at a time: position, colour, shape, relation.
                      grid_prompts=(

@@ -118,7 +118,8 @@ class ImageTextScorer(nn.Module):
     0.524 of the time (1000 real images). The word-region term on this tower (trained alone on real
     pairs with the main job's frozen encoder: batch 64, lr 1e-3, exchange negatives; 2000 held-out
     images) did so 0.77 after 200 steps and 0.93 after 800 (2 minutes at one thread); warmed up with
-    the encoder in the shapes32 warm-up, 0.92.
+    the encoder in the shapes32 warm-up, 0.92. As the guide of the GAN it did not teach G to bind
+    (gan/loss.py, the guide term).
     """
 
     def __init__(self, *, resolution: int, code_dim: int, word_region: bool = False, max_tokens: int = 64,
