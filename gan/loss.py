@@ -300,10 +300,9 @@ class GANLoss:
         self.guide = guide if cfg.guide_weight > 0 else None
         # The guide scores G's images as the warm-up trained it: with its kind of hard negatives.
         self.guide_negatives = getattr(self.guide, "hard_negatives", "off")
-        if "off" != cfg.hard_negatives or "off" != self.guide_negatives:
-            if hard_negatives is None:
-                raise ValueError("loss.hard_negatives (or a guide warmed up with hard negatives) needs the swapped "
-                                 "captions' codes (hard_negatives=...)")
+        if (cfg.hard_negatives != "off" or self.guide_negatives != "off") and hard_negatives is None:
+            raise ValueError("loss.hard_negatives (or a guide warmed up with hard negatives) needs the swapped "
+                             "captions' codes (hard_negatives=...)")
         self.hard_negatives = hard_negatives
 
     def run_D(self, D: Callable, img: torch.Tensor, code: SpikeCode, *, pairs: bool = False,
