@@ -628,7 +628,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     if report := cut_report(tokenizer, captions):
         main.print(f"{report} (--max-length sets the limit of a fresh run)")
     swaps = None
-    if cfg.warmup.hard_negatives != "off" or cfg.loss.hard_negatives != "off":  # the guide's are the warm-up's
+    if cfg.warmup.hard_negatives != "off" or cfg.loss.hard_negatives != "off":  # the guide uses the warm-up's kind
         with cuts_reported():
             swaps = WordSwaps.build(tokenizer, captions)
     warm, guide = {}, None
@@ -649,11 +649,9 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         guide = None
     elif resume_dir is not None:  # the scorer the run warmed up, from its state
         saved = load_guide_state(resume_dir)
-        positions = saved.get("words.pos")  # present when the warm-up had the word-region term
         guide = ImageTextScorer(resolution=model_cfg.resolution, code_dim=model_cfg.encoder.code_dim,
-                                word_region=positions is not None,
-                                max_tokens=len(positions) if positions is not None else 64,
-                                hard_negatives=cfg.warmup.hard_negatives)
+                                word_region="words.pos" in saved,  # as the run warmed up, whatever cfg says
+                                max_tokens=model_cfg.encoder.max_length, hard_negatives=cfg.warmup.hard_negatives)
         guide.load_state_dict(saved)
         guide = guide.to(device).requires_grad_(False).eval()
     model.train()
