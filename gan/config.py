@@ -50,7 +50,10 @@ class GeneratorConfig:
     upsample: str = "bilinear"
     architecture: str = "skip"  # "skip": toRGB at every resolution, summed (StyleGAN2); "orig": toRGB at R only.
     attn_resolutions: tuple[int, ...] = (8, 16)  # Resolutions with cross-attention to tokens.
-    attn_heads: int = 4  # Heads per cross-attention layer.
+    attn_heads: int = 4  # Heads per cross-attention layer (and of the layout's attention).
+    # The prompt's layout map (gan/layout.py) joins G's features at this resolution; 0 = none.
+    layout_resolution: int = 0
+    max_tokens: int = 64  # Longest caption the layout takes (its learned positions).
     fused_modconv: bool = False  # Grouped-conv modulation (slower on CPU, see scripts/bench.py).
     channels_last: bool = True  # Run convolutions in NHWC memory format.
     conv_clamp: float | None = None  # Clamp conv outputs to +-this (helps fp16), None = off.
@@ -67,6 +70,14 @@ class GeneratorConfig:
             raise ValueError(f"generator.architecture must be one of {ARCHITECTURES}, got {self.architecture!r}")
         if self.mapping_layers < 1:
             raise ValueError(f"generator.mapping_layers must be >= 1, got {self.mapping_layers}")
+        r = self.layout_resolution
+        if r and (r < 4 or r > self.resolution or r & (r - 1)):
+            raise ValueError(f"generator.layout_resolution must be 0 or a power of two in [4, {self.resolution}], got {r}")
+        if r and self.c_dim % self.attn_heads:
+            raise ValueError(f"generator.layout_resolution needs c_dim ({self.c_dim}) divisible by attn_heads "
+                             f"({self.attn_heads})")
+        if self.max_tokens < 1:
+            raise ValueError(f"generator.max_tokens must be >= 1, got {self.max_tokens}")
         if not 0 <= self.code_in_w < self.w_dim:
             raise ValueError(f"generator.code_in_w must lie in [0, w_dim={self.w_dim}), got {self.code_in_w}")
 
@@ -137,6 +148,10 @@ class ModelConfig:
                 raise ValueError(f"{what}.resolution {cfg.resolution} != resolution {self.resolution}")
             if cfg.c_dim != self.encoder.code_dim:
                 raise ValueError(f"{what}.c_dim {cfg.c_dim} != encoder.code_dim {self.encoder.code_dim}")
+        g = self.generator
+        if g.layout_resolution and self.encoder.max_length > g.max_tokens:
+            raise ValueError(f"encoder.max_length {self.encoder.max_length} > generator.max_tokens {g.max_tokens}: "
+                             f"the layout has positions for {g.max_tokens} tokens")
         d = self.discriminator
         if d.word_region and self.encoder.max_length > d.max_tokens:
             raise ValueError(f"encoder.max_length {self.encoder.max_length} > discriminator.max_tokens {d.max_tokens}: "
@@ -193,7 +208,8 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # Tests: 16 px, a few thousand parameters per network.
     "tiny": dict(
         resolution=16, encoder_kind="embedding", code_dim=32,
-        g=dict(z_dim=32, w_dim=32, channel_base=256, channel_max=32, attn_resolutions=(8,), attn_heads=2),
+        g=dict(z_dim=32, w_dim=32, channel_base=256, channel_max=32, attn_resolutions=(8,), attn_heads=2,
+               layout_resolution=8),
         d=dict(channel_base=256, channel_max=32, word_head="trunk"),
     ),
     # The CPU main job: 32 px shapes, trains in ~20 minutes on 2 cores. Narrow networks (~25

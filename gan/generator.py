@@ -8,6 +8,7 @@ from encoders.code import SpikeCode
 
 from .config import GeneratorConfig
 from .layers import CrossAttention, EqualLinear, SynthesisLayer, ToRGB, normalize_2nd_moment, upsample2d
+from .layout import PromptLayout
 
 TRUNCATIONS = ("prompt", "global")
 
@@ -115,7 +116,8 @@ class MappingNetwork(nn.Module):
 
 
 class SynthesisBlock(nn.Module):
-    """One resolution: [up-conv,] conv, [cross-attention,] [toRGB added to the upsampled image]."""
+    """One resolution: [up-conv,] conv, [+ the prompt's layout map,] [cross-attention,] [toRGB added
+    to the upsampled image]."""
 
     def __init__(
         self,
@@ -157,6 +159,7 @@ class SynthesisBlock(nn.Module):
         *,
         noise_mode: str,
         memory_format: torch.memory_format,
+        layout_map: torch.Tensor | None = None,  # [B, out, R, R] added after the convs (gan/layout.py).
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (features [B, out, R, R], img [B, 3, R, R])."""
         w = ws.unbind(dim=1)
@@ -167,6 +170,8 @@ class SynthesisBlock(nn.Module):
         else:
             x = self.conv0(x, w[0], noise_mode=noise_mode)
             x = self.conv1(x, w[1], noise_mode=noise_mode)
+        if layout_map is not None:
+            x = x + layout_map.to(x.dtype).contiguous(memory_format=memory_format)
         if self.attn is not None:
             x = self.attn(x, code.tokens.to(x.dtype), code.mask)
         if self.torgb is not None:
@@ -177,7 +182,8 @@ class SynthesisBlock(nn.Module):
 
 class SynthesisNetwork(nn.Module):
     """Learned 4x4 const -> blocks at 4, 8, ..., R -> image [B, 3, R, R]: toRGB outputs summed over
-    resolutions ("skip", StyleGAN2) or the last resolution's alone ("orig")."""
+    resolutions ("skip", StyleGAN2) or the last resolution's alone ("orig"). With
+    `layout_resolution`, the prompt's layout map (gan/layout.py) joins the features there."""
 
     def __init__(self, cfg: GeneratorConfig) -> None:
         super().__init__()
@@ -195,6 +201,10 @@ class SynthesisNetwork(nn.Module):
             )
             prev = ch
         self.blocks = nn.ModuleList(blocks)
+        self.layout = None
+        if cfg.layout_resolution:
+            self.layout = PromptLayout(cfg.c_dim, cfg.channels(cfg.layout_resolution), resolution=cfg.layout_resolution,
+                                       max_tokens=cfg.max_tokens, heads=cfg.attn_heads)
         self.num_ws = sum(b.num_ws for b in blocks)
         assert self.num_ws == cfg.num_ws, (self.num_ws, cfg.num_ws)
         if cfg.channels_last:  # conv weights in NHWC too, else every conv call converts them
@@ -206,10 +216,13 @@ class SynthesisNetwork(nn.Module):
         assert ws.shape[1:] == (self.num_ws, self.cfg.w_dim), (ws.shape, self.num_ws, self.cfg.w_dim)
         assert code.batch_size == B, (code.batch_size, B)
         fmt = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        layout_map = None if self.layout is None else self.layout(code.tokens.to(ws.dtype), code.mask)
         x = img = None
         i = 0
         for block in self.blocks:
-            x, img = block(x, img, ws[:, i : i + block.num_ws], code, noise_mode=noise_mode, memory_format=fmt)
+            here = layout_map if block.resolution == self.cfg.layout_resolution else None
+            x, img = block(x, img, ws[:, i : i + block.num_ws], code, noise_mode=noise_mode, memory_format=fmt,
+                           layout_map=here)
             i += block.num_ws
         return img
 

@@ -141,6 +141,7 @@ class TrainConfig:
     g_lr: float = 0.0025  # Adam learning rate of G (generator + text encoder).
     d_lr: float = 0.0025  # Adam learning rate of D.
     encoder_lr_mult: float = 0.01  # Text encoder's learning rate relative to g_lr (0 = frozen).
+    layout_lr: float = 1e-3  # Adam learning rate of G's layout map, with momentum (gan/layout.py).
     loss: LossConfig = field(default_factory=LossConfig)  # R1 gamma/interval, matching-aware weight.
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # Differentiable augmentation + ADA.
     warmup: WarmupConfig = field(default_factory=WarmupConfig)  # Contrastive encoder warm-up (gan/warmup.py).
@@ -223,6 +224,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.batch_gpu is None or cfg.batch_gpu >= 1, f"--batch-gpu must be >= 1, got {cfg.batch_gpu}")
     need(cfg.g_lr > 0 and cfg.d_lr > 0, f"--lr must be > 0, got G {cfg.g_lr}, D {cfg.d_lr}")
     need(cfg.encoder_lr_mult >= 0, f"--encoder-lr-mult must be >= 0, got {cfg.encoder_lr_mult}")
+    need(cfg.layout_lr > 0, f"--layout-lr must be > 0, got {cfg.layout_lr}")
     need(cfg.mixed_precision in MIXED_PRECISION,
          f"--mixed-precision must be one of {MIXED_PRECISION}, got {cfg.mixed_precision!r}")
     need(cfg.encoder in (None, "embedding", "recurrent", "transformer"),
@@ -561,15 +563,17 @@ class TickStats:
 
 
 def run_warmup(cfg: TrainConfig, encoder: nn.Module, dataset, tokenizer, swaps: WordSwaps | None, *, resolution: int,
-               device, any_process_stopped: Callable[[dict], bool]) -> tuple[dict, ImageTextScorer, str | None]:
+               device, any_process_stopped: Callable[[dict], bool],
+               layout: nn.Module | None = None) -> tuple[dict, ImageTextScorer, str | None]:
     """The contrastive encoder warm-up (gan/warmup.py) under the stop signals: (its log record,
     the image-text scorer, the signal's name if a process was stopped, else None). Every process
-    draws the same pairs (rank 0 of 1), so all warm up alike."""
+    draws the same pairs (rank 0 of 1), so all warm up alike. G's layout, if any, warms up too."""
     pairs = make_loader(dataset, batch_gpu=cfg.warmup.batch, rank=0, world=1, seed=cfg.seed, start=0,
                         workers=cfg.workers)
     with catch_stop_signals() as stop:
         warm, guide = warm_up_encoder(encoder, iter(pairs), tokenizer, cfg.warmup, resolution=resolution,
-                                      device=device, swaps=swaps, should_stop=lambda: any_process_stopped(stop))
+                                      device=device, swaps=swaps, should_stop=lambda: any_process_stopped(stop),
+                                      layout=layout)
     del pairs
     stopped = any_process_stopped(stop)
     return warm, guide, (stop["signal"] or "signal") if stopped else None
@@ -579,12 +583,18 @@ def make_optimizers(cfg: TrainConfig, model: nn.Module, D: nn.Module) -> tuple[t
     """StyleGAN2's Adam pair (betas 0, 0.99). G's covers the generator and, at encoder_lr_mult, the
     text encoder: at G's rate its spiking layers drift into saturation within a few kimg (firing
     rate 0.06 -> 0.28) and the codes of different prompts collapse before D has learnt to read
-    them (measured on shapes32). Lazy R1 steps D's Adam r1_interval / (r1_interval + 1) times as
+    them (measured on shapes32). G's layout map, if any, has a group of its own at layout_lr with
+    momentum (betas 0.9, 0.999): without it the map's attention does not learn (gan/layout.py). Lazy R1 steps D's Adam r1_interval / (r1_interval + 1) times as
     often, so its rate and beta2 are scaled to match (StyleGAN2's mb_ratio)."""
     mb = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1) if cfg.loss.r1_gamma > 0 else 1.0
-    g_groups = [{"params": [p for p in model.generator.parameters() if p.requires_grad], "lr": cfg.g_lr},
+    layout = model.generator.synthesis.layout
+    in_layout = {id(p) for p in layout.parameters()} if layout is not None else set()
+    g_groups = [{"params": [p for p in model.generator.parameters() if p.requires_grad and id(p) not in in_layout],
+                 "lr": cfg.g_lr},
                 {"params": [p for p in model.encoder.parameters() if p.requires_grad],
-                 "lr": cfg.g_lr * cfg.encoder_lr_mult}]
+                 "lr": cfg.g_lr * cfg.encoder_lr_mult},
+                {"params": [p for p in (layout.parameters() if layout is not None else ()) if p.requires_grad],
+                 "lr": cfg.layout_lr, "betas": (0.9, 0.999)}]
     g_opt = torch.optim.Adam([g for g in g_groups if g["params"]], betas=(0.0, 0.99), eps=1e-8)
     d_opt = torch.optim.Adam(D.parameters(), lr=cfg.d_lr * mb, betas=(0.0, 0.99**mb), eps=1e-8)
     return g_opt, d_opt
@@ -636,7 +646,8 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         with cuts_reported():
             warm, guide, stopped = run_warmup(cfg, model.encoder, dataset, tokenizer, swaps,
                                               resolution=model_cfg.resolution, device=device,
-                                              any_process_stopped=any_process_stopped)
+                                              any_process_stopped=any_process_stopped,
+                                              layout=model.generator.synthesis.layout)
         if stopped:
             main.print(f"{stopped} received in the encoder warm-up, after {warm['warmup/steps']} of its steps: no "
                        f"training state exists yet; run the same command again to start over")
@@ -644,7 +655,8 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
             return TrainResult(out=out, model=model, ema=model, discriminator=D, tokenizer=tokenizer,
                                state=LoopState(), interrupted=True)
         main.print(f"encoder warm-up: {cfg.warmup.kimg:g} kimg in {warm['warmup/seconds']:.0f} s, contrastive loss "
-                   f"{warm['warmup/loss']:.3f}, in-batch retrieval {warm['warmup/accuracy']:.2f}")
+                   f"{warm['warmup/loss']:.3f}, in-batch retrieval {warm['warmup/accuracy']:.2f}"
+                   + (f", layout L1 {warm['warmup/layout_l1']:.3f}" if "warmup/layout_l1" in warm else ""))
     if cfg.loss.guide_weight == 0:
         guide = None
     elif resume_dir is not None:  # the scorer the run warmed up, from its state

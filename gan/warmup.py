@@ -53,6 +53,7 @@ from data import to_float
 from encoders.code import SpikeCode
 from encoders.tokenizer import TokenBatch
 from gan.discriminator import WordRegion
+from gan.layout import LayoutSketch, PromptLayout
 from gan.loss import contrastive_loss, distinct_pairs, hard_negative_kind, mask_identical_captions
 
 
@@ -234,18 +235,26 @@ class WordSwaps:
 
 def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg: WarmupConfig, *,
                     resolution: int, device: torch.device | str = "cpu", swaps: WordSwaps | None = None,
-                    should_stop: Callable[[], bool] | None = None) -> tuple[dict[str, float], ImageTextScorer]:
+                    should_stop: Callable[[], bool] | None = None,
+                    layout: PromptLayout | None = None) -> tuple[dict[str, float], ImageTextScorer]:
     """Train `encoder` in place for cfg.kimg thousand pairs drawn from `batches` (collated
     batches of cfg.batch pairs, e.g. the training loop's `make_loader` stream). Returns the last
     step's loss and in-batch retrieval accuracy (image -> caption), the steps and the seconds,
     and the trained image side, frozen and in eval mode. `should_stop` is asked before every
     step; when it says True the warm-up ends there ("warmup/steps" counts the steps taken).
-    With cfg.hard_negatives, `swaps` (WordSwaps.build on the dataset's captions) makes them."""
+    With cfg.hard_negatives, `swaps` (WordSwaps.build on the dataset's captions) makes them.
+    With `layout` (G's PromptLayout, gan/layout.py), it is trained in place too: through a
+    LayoutSketch head, its map of each caption's tokens (detached: this loss leaves the encoder
+    alone) must give the real image average-pooled to the map's size, by L1 ("warmup/layout_l1")."""
     if cfg.hard_negatives != "off" and swaps is None:
         raise ValueError("warmup.hard_negatives needs the caption corpus's WordSwaps (swaps=...)")
     scorer = ImageTextScorer(resolution=resolution, code_dim=encoder.code_dim, word_region=cfg.word_region,
                              max_tokens=encoder.cfg.max_length, hard_negatives=cfg.hard_negatives).to(device)
     params = [*[p for p in encoder.parameters() if p.requires_grad], *scorer.parameters()]
+    sketch = None
+    if layout is not None:
+        sketch = LayoutSketch(layout.channels).to(device)
+        params += [*layout.parameters(), *sketch.parameters()]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     steps = max(1, round(cfg.kimg * 1000 / cfg.batch))
     was_training = encoder.training
@@ -266,9 +275,15 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
             code, hard = both.index(slice(0, B)), (both.index(slice(B, 2 * B)), valid.to(device))
         else:
             code = encoder(tokens.to(device))
-        loss, logits = scorer(to_float(batch["image"]).to(device), code, distinct_pairs(code.pooled.detach()), hard)
+        images = to_float(batch["image"]).to(device)
+        loss, logits = scorer(images, code, distinct_pairs(code.pooled.detach()), hard)
+        total = loss
+        if layout is not None:
+            drawn = sketch(layout(code.tokens.detach(), code.mask))
+            layout_l1 = (drawn - F.adaptive_avg_pool2d(images, layout.resolution)).abs().mean()
+            total = loss + layout_l1
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         opt.step()
         done += 1
     encoder.train(was_training)
@@ -277,4 +292,6 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
         labels = torch.arange(len(logits), device=logits.device)
         stats["warmup/loss"] = float(loss.detach())
         stats["warmup/accuracy"] = float((logits.detach().argmax(dim=1) == labels).float().mean())
+        if layout is not None:
+            stats["warmup/layout_l1"] = float(layout_l1.detach())
     return stats, scorer.requires_grad_(False).eval()

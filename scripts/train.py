@@ -57,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(a fresh run), so it can tell which word goes with which part of the image")
     p.add_argument("--word-region", choices=("on", "off"), default=None,
                    help="D's word-region term (a fresh run): caption tokens in context attend over D's cells")
+    p.add_argument("--layout-resolution", type=int, default=None,
+                   help="G adds a map of the prompt, read from its tokens, to its features at this resolution "
+                        "(a fresh run; 0 = none): it places each word's colour where the caption puts it")
+    p.add_argument("--layout-lr", type=float, default=None, help="Adam learning rate of that map (with momentum)")
     p.add_argument("--max-length", type=int, default=None,
                    help="tokens per caption (a fresh run); longer captions lose their last tokens")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
@@ -96,7 +100,7 @@ def build_config(args: argparse.Namespace):
     overrides: dict[str, Any] = dict(
         data=args.data, encoder=args.encoder, out=args.out or f"runs/{args.preset}", kimg=args.kimg,
         batch=args.batch, batch_gpu=args.batch_gpu, g_lr=args.lr, d_lr=args.lr,
-        encoder_lr_mult=args.encoder_lr_mult,
+        encoder_lr_mult=args.encoder_lr_mult, layout_lr=args.layout_lr,
         mixed_precision=args.mixed_precision, seed=args.seed, snap=args.snap, resume=args.resume,
         init_from=args.init_from, workers=args.workers, threads=args.threads)
     loss = {"r1_gamma": args.gamma, "match_weight": args.match_weight, "contrastive_weight": args.contrastive_weight,
@@ -114,6 +118,14 @@ def build_config(args: argparse.Namespace):
         if args.resume is not None:
             raise ValueError("--word-region applies to a fresh run: --resume keeps the discriminator it loads")
         model["discriminator"] = {"word_region": args.word_region == "on"}
+    if args.layout_resolution is not None:
+        r = args.layout_resolution
+        if r < 0 or (r and (r < 4 or r & (r - 1))):
+            raise ValueError(f"--layout-resolution must be 0 (none) or a power of two >= 4, got {r}")
+        if args.resume is not None or args.init_from is not None:
+            raise ValueError("--layout-resolution applies to a fresh run: --resume and --init-from keep the "
+                             "generator they load")
+        model["generator"] = {"layout_resolution": args.layout_resolution}
     if model:
         overrides["model"] = model
     if args.augment is not None:
