@@ -71,9 +71,9 @@ class PromptLayout(nn.Module):
         t = self.context(tokens + self.pos[:L].to(tokens.dtype), src_key_padding_mask=ignore)
         q = self.queries.to(t.dtype).unsqueeze(0).expand(B, -1, -1)
         cells, _ = self.attend(q, t, t, key_padding_mask=ignore, need_weights=False)  # [B, R*R, code_dim]
-        cells = cells * mask.any(dim=1).to(cells.dtype)[:, None, None]
         R = self.resolution
-        return self.proj(cells.transpose(1, 2).reshape(B, -1, R, R))
+        drawn = self.proj(cells.transpose(1, 2).reshape(B, -1, R, R))
+        return drawn * mask.any(dim=1).to(drawn.dtype)[:, None, None, None]
 
 
 class LayoutSketch(nn.Module):

@@ -253,7 +253,8 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
     params = [*[p for p in encoder.parameters() if p.requires_grad], *scorer.parameters()]
     sketch = None
     if layout is not None:
-        sketch = LayoutSketch(layout.channels).to(device)
+        with torch.random.fork_rng(devices=[]):  # the encoder's steps draw what they draw without it
+            sketch = LayoutSketch(layout.channels).to(device)
         params += [*layout.parameters(), *sketch.parameters()]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     steps = max(1, round(cfg.kimg * 1000 / cfg.batch))

@@ -286,6 +286,11 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
     (["--max-length", "8", "--resume", "latest"], "--max-length"),
     (["--word-region", "on", "--resume", "latest"], "--word-region"),
     (["--warmup-word-region", "on", "--resume", "latest"], "--warmup-word-region"),
+    (["--layout-resolution", "6"], "--layout-resolution"),
+    (["--layout-resolution", "-8"], "--layout-resolution"),
+    (["--layout-resolution", "8", "--resume", "latest"], "--layout-resolution"),
+    (["--layout-resolution", "8", "--init-from", "x"], "--layout-resolution"),
+    (["--layout-lr", "0"], "--layout-lr"),
 ])
 def test_bad_options_name_the_flag(argv, flag, tmp_path, capsys):
     base = ["--out", str(tmp_path / "run")] + ([] if "--preset" in argv else ["--preset", "tiny"])
@@ -323,3 +328,7 @@ def test_dry_run_prints_resolved_config(capsys):
     assert train_main(["--preset", "tiny", "--word-region", "on", "--max-length", "9", "--dry-run"]) == 0
     resolved = json.loads(capsys.readouterr().out)["model"]
     assert resolved["discriminator"]["word_region"] is True and resolved["encoder"]["max_length"] == 9
+    assert resolved["generator"]["layout_resolution"] == 8  # the tiny preset's
+    assert train_main(["--preset", "tiny", "--layout-resolution", "0", "--layout-lr", "0.002", "--dry-run"]) == 0
+    resolved = json.loads(capsys.readouterr().out)
+    assert resolved["model"]["generator"]["layout_resolution"] == 0 and resolved["train"]["layout_lr"] == 0.002
