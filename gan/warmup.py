@@ -69,6 +69,9 @@ class WarmupConfig:
     # tower's 4x4 cells, with a contrastive loss of its own, so it can tell which word goes with
     # which part of the image, which no pooled code here shows (ImageTextScorer has the figures).
     word_region: bool = False
+    # Pairs (thousands) on which G's layout map (gan/layout.py), if any, then trains alone on the
+    # warmed encoder's frozen tokens: it learns to bind only after thousands of steps.
+    layout_kimg: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kimg < 0:
@@ -77,6 +80,8 @@ class WarmupConfig:
             raise ValueError(f"warmup.batch must be >= 2 (negatives come from the batch), got {self.batch}")
         if self.lr <= 0:
             raise ValueError(f"warmup.lr must be > 0, got {self.lr}")
+        if self.layout_kimg < 0:
+            raise ValueError(f"warmup.layout_kimg must be >= 0, got {self.layout_kimg}")
         self.hard_negatives = hard_negative_kind(self.hard_negatives, "warmup.hard_negatives")
 
 
@@ -245,7 +250,9 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
     With cfg.hard_negatives, `swaps` (WordSwaps.build on the dataset's captions) makes them.
     With `layout` (G's PromptLayout, gan/layout.py), it is trained in place too: through a
     LayoutSketch head, its map of each caption's tokens (detached: this loss leaves the encoder
-    alone) must give the real image average-pooled to the map's size, by L1 ("warmup/layout_l1")."""
+    alone) must give the real image average-pooled to the map's size, by L1 ("warmup/layout_l1"),
+    then for cfg.layout_kimg more pairs alone, on the warmed encoder's frozen tokens
+    ("warmup/layout_steps")."""
     if cfg.hard_negatives != "off" and swaps is None:
         raise ValueError("warmup.hard_negatives needs the caption corpus's WordSwaps (swaps=...)")
     scorer = ImageTextScorer(resolution=resolution, code_dim=encoder.code_dim, word_region=cfg.word_region,
@@ -287,8 +294,25 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
         total.backward()
         opt.step()
         done += 1
+    layout_done = 0
+    if layout is not None and cfg.layout_kimg > 0:  # then the layout alone, on the frozen tokens
+        layout_opt = torch.optim.Adam([*layout.parameters(), *sketch.parameters()], lr=cfg.lr)
+        for _ in range(max(1, round(cfg.layout_kimg * 1000 / cfg.batch))):
+            if should_stop is not None and should_stop():
+                break
+            batch = next(batches)
+            with torch.no_grad():
+                code = encoder(tokenizer(batch["text"], emphasis=False).to(device))
+            images = to_float(batch["image"]).to(device)
+            layout_l1 = (sketch(layout(code.tokens, code.mask)) - F.adaptive_avg_pool2d(images, layout.resolution)).abs().mean()
+            layout_opt.zero_grad(set_to_none=True)
+            layout_l1.backward()
+            layout_opt.step()
+            layout_done += 1
     encoder.train(was_training)
     stats = {"warmup/steps": done, "warmup/seconds": round(time.time() - start, 1)}
+    if layout_done:
+        stats["warmup/layout_steps"] = layout_done
     if logits is not None:
         labels = torch.arange(len(logits), device=logits.device)
         stats["warmup/loss"] = float(loss.detach())

@@ -61,6 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="G adds a map of the prompt, read from its tokens, to its features at this resolution "
                         "(a fresh run; 0 = none): it places each word's colour where the caption puts it")
     p.add_argument("--layout-lr", type=float, default=None, help="Adam learning rate of that map (with momentum)")
+    p.add_argument("--warmup-layout-kimg", type=float, default=None,
+                   help="after the warm-up, that map trains alone for this many kimg on the warmed encoder's tokens")
     p.add_argument("--max-length", type=int, default=None,
                    help="tokens per caption (a fresh run); longer captions lose their last tokens")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
@@ -136,6 +138,10 @@ def build_config(args: argparse.Namespace):
         overrides["warmup"] = {"kimg": args.warmup_kimg}
     if args.warmup_hard_negatives is not None:
         overrides.setdefault("warmup", {})["hard_negatives"] = args.warmup_hard_negatives
+    if args.warmup_layout_kimg is not None:
+        if args.warmup_layout_kimg < 0:
+            raise ValueError(f"--warmup-layout-kimg must be >= 0, got {args.warmup_layout_kimg}")
+        overrides.setdefault("warmup", {})["layout_kimg"] = args.warmup_layout_kimg
     if args.warmup_word_region is not None:
         if args.resume is not None:
             raise ValueError("--warmup-word-region applies to a fresh run: --resume keeps the guide it loads")
