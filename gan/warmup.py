@@ -297,6 +297,7 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
     layout_done = 0
     if layout is not None and cfg.layout_kimg > 0:  # then the layout alone, on the frozen tokens
         layout_opt = torch.optim.Adam([*layout.parameters(), *sketch.parameters()], lr=cfg.lr)
+        encoder.eval()  # leaves its running statistics alone
         for _ in range(max(1, round(cfg.layout_kimg * 1000 / cfg.batch))):
             if should_stop is not None and should_stop():
                 break

@@ -150,6 +150,27 @@ def test_warm_up_trains_the_layout_and_leaves_the_encoder_as_without(tiny_setup)
     assert all(torch.equal(encoders[0][k], encoders[1][k]) for k in encoders[0])
 
 
+def test_the_layout_then_trains_alone_on_the_frozen_encoder(tiny_setup):  # noqa: F811
+    """warmup.layout_kimg: after the warm-up's steps, the layout takes that many pairs more on its
+    own; the encoder ends where the warm-up alone leaves it, the layout where the warm-up leaves it
+    plus those steps (so it differs from a warm-up without them)."""
+    dataset, cfg, tokenizer = tiny_setup
+    ends = []
+    for layout_kimg in (0.0, 0.032):
+        warm = WarmupConfig(kimg=0.048, batch=16, layout_kimg=layout_kimg)
+        enc = fresh_encoder(cfg, tokenizer)
+        torch.manual_seed(5)
+        layout = PromptLayout(cfg.code_dim, 16, resolution=8, max_tokens=cfg.max_length, heads=2)
+        torch.manual_seed(123)
+        stats, _ = warm_up_encoder(enc, pairs(dataset, warm, 0), tokenizer, warm, resolution=16, layout=layout)
+        assert stats["warmup/steps"] == 3 and stats.get("warmup/layout_steps", 0) == (2 if layout_kimg else 0)
+        ends.append((enc.state_dict(), {k: v.clone() for k, v in layout.state_dict().items()}))
+    assert all(torch.equal(ends[0][0][k], ends[1][0][k]) for k in ends[0][0])
+    assert all(not torch.equal(ends[0][1][k], ends[1][1][k]) for k in ends[0][1])
+    with pytest.raises(ValueError, match="warmup.layout_kimg"):
+        WarmupConfig(layout_kimg=-1)
+
+
 def test_the_layout_has_its_own_adam_group_with_momentum():
     from gan.discriminator import Discriminator
 

@@ -291,6 +291,7 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
     (["--layout-resolution", "8", "--resume", "latest"], "--layout-resolution"),
     (["--layout-resolution", "8", "--init-from", "x"], "--layout-resolution"),
     (["--layout-lr", "0"], "--layout-lr"),
+    (["--warmup-layout-kimg", "-1"], "--warmup-layout-kimg"),
 ])
 def test_bad_options_name_the_flag(argv, flag, tmp_path, capsys):
     base = ["--out", str(tmp_path / "run")] + ([] if "--preset" in argv else ["--preset", "tiny"])
@@ -332,3 +333,5 @@ def test_dry_run_prints_resolved_config(capsys):
     assert train_main(["--preset", "tiny", "--layout-resolution", "0", "--layout-lr", "0.002", "--dry-run"]) == 0
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["model"]["generator"]["layout_resolution"] == 0 and resolved["train"]["layout_lr"] == 0.002
+    assert train_main(["--preset", "tiny", "--warmup-layout-kimg", "2.5", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["train"]["warmup"]["layout_kimg"] == 2.5
