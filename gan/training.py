@@ -48,7 +48,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
                  loss=dict(r1_gamma=0.1, r1_interval=4, contrastive_weight=1.0, diversity_weight=1.0,
                            word_weight=1.0, guide_weight=1.0, hard_negatives="exchange"),
                  augment=dict(interval=2, speed_kimg=1.0),
-                 warmup=dict(kimg=0.032, batch=16, hard_negatives="replace", word_region=True),
+                 warmup=dict(kimg=0.032, batch=16, hard_negatives="replace", word_region=True, layout_kimg=0.016),
                  grid_seeds=4, grid_rows=4, workers=0),
     # The CPU main job (README command one): 32 px shapes in about 16 minutes on 2 cores
     # (measured ~16 s per kimg of training at 2 threads; 10.7 with D half as wide, same day).

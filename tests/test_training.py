@@ -321,7 +321,8 @@ def test_dry_run_prints_resolved_config(capsys):
     assert train_main(["--preset", "tiny", "--warmup-hard-negatives", "off", "--warmup-kimg", "1",
                        "--warmup-word-region", "off", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["train"]["warmup"] == {"kimg": 1.0, "batch": 16, "lr": 1e-3,
-                                                                      "hard_negatives": "off", "word_region": False}
+                                                                      "hard_negatives": "off", "word_region": False,
+                                                                      "layout_kimg": 0.016}
     assert train_main(["--preset", "tiny", "--hard-negatives", "replace", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["train"]["loss"]["hard_negatives"] == "replace"
     assert train_main(["--preset", "tiny", "--max-length", "9", "--dry-run"]) == 0
