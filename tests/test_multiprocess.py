@@ -68,11 +68,12 @@ def test_two_processes_agree_and_split_the_data(tmp_path):
     info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [i["world"] for i in info] == [2, 2]
     assert info[0]["nimg"] == info[1]["nimg"] == 48  # 3 steps of 16 = 2 processes x 4 x 2 accumulation
-    # The tiny preset's encoder warm-up reads 32 pairs first, the same ones on both processes
-    # (each warms up alike); the GAN's batches are then split between them.
-    warm0, warm1 = info[0]["seen"][:32], info[1]["seen"][:32]
+    # The tiny preset's warm-up reads 48 pairs first (32 for the encoder, 16 for the layout map
+    # alone), the same ones on both processes (each warms up alike); the GAN's batches are then
+    # split between them.
+    warm0, warm1 = info[0]["seen"][:48], info[1]["seen"][:48]
     assert warm0 == warm1
-    seen0, seen1 = info[0]["seen"][32:], info[1]["seen"][32:]
+    seen0, seen1 = info[0]["seen"][48:], info[1]["seen"][48:]
     assert len(seen0) == len(seen1) == 24 and not set(seen0) & set(seen1)
     w0, w1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     assert w0.keys() == w1.keys()
