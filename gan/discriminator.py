@@ -29,7 +29,7 @@ from torch import nn
 
 from .config import WORD_REGION_HEADS, DiscriminatorConfig
 from .generator import MappingNetwork
-from .layers import EqualConv2d, EqualLinear
+from .layers import EqualConv2d, EqualLinear, tokens_in_context
 
 SQRT_HALF = math.sqrt(0.5)
 
@@ -164,10 +164,7 @@ class WordRegion(nn.Module):
             raise ValueError(f"captions of {L} tokens: the word-region term takes {len(self.pos)} "
                              f"(discriminator.max_tokens)")
         mask = mask.to(torch.bool)
-        # A caption without tokens attends to its first (padding) slot, so no row is all masked (NaN).
-        ignore = ~mask
-        ignore[:, 0] &= mask.any(dim=1)
-        t = self.context(tokens + self.pos[:L].to(tokens.dtype), src_key_padding_mask=ignore)
+        t, _ = tokens_in_context(self.context, self.pos, tokens, mask)
         q, u = self.query(t), self.value(t)  # [N, L, d]
         cells = feats.flatten(2).transpose(1, 2)  # [B, HW, C]
         k, v = self.key(cells), self.cell(cells)  # [B, HW, d]

@@ -347,6 +347,19 @@ class ToRGB(nn.Module):
 # Cross-attention from image features to token codes (GigaGAN's idea).
 
 
+def tokens_in_context(context: nn.Module, pos: torch.Tensor, tokens: torch.Tensor,
+                      mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token codes [N, L, C] plus learned positions `pos` [>= L, C] through a self-attention layer
+    (`context`, an nn.TransformerEncoderLayer) over each caption's real tokens -> (tokens in
+    context [N, L, C], the padding mask the layer ignored [N, L]). A caption without tokens
+    attends to its first (padding) slot, so no row is all masked (NaN)."""
+    mask = mask.to(torch.bool)
+    ignore = ~mask
+    ignore[:, 0] &= mask.any(dim=1)
+    L = tokens.shape[1]
+    return context(tokens + pos[:L].to(tokens.dtype), src_key_padding_mask=ignore), ignore
+
+
 class CrossAttention(nn.Module):
     """Image features attend to the prompt's token codes; residual with a learned gain.
 

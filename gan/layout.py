@@ -56,6 +56,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import tokens_in_context
+
 
 class PromptLayout(nn.Module):
     """Token codes -> a [B, channels, R, R] map of the prompt (module docstring). A caption
@@ -88,10 +90,7 @@ class PromptLayout(nn.Module):
         if L > len(self.pos):
             raise ValueError(f"captions of {L} tokens: the layout takes {len(self.pos)} (generator.max_tokens)")
         mask = mask.to(torch.bool)
-        # A caption without tokens attends to its first (padding) slot, so no row is all masked (NaN).
-        ignore = ~mask
-        ignore[:, 0] &= mask.any(dim=1)
-        t = self.context(tokens + self.pos[:L].to(tokens.dtype), src_key_padding_mask=ignore)
+        t, ignore = tokens_in_context(self.context, self.pos, tokens, mask)
         q = self.queries.to(t.dtype).unsqueeze(0).expand(B, -1, -1)
         cells, _ = self.attend(q, t, t, key_padding_mask=ignore, need_weights=False)  # [B, R*R, code_dim]
         R = self.resolution

@@ -262,6 +262,10 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
     if layout is not None:
         with torch.random.fork_rng(devices=[]):  # the encoder's steps draw what they draw without it
             sketch = LayoutSketch(layout.channels).to(device)
+
+        def sketch_l1(code: SpikeCode, images: torch.Tensor) -> torch.Tensor:
+            drawn = sketch(layout(code.tokens.detach(), code.mask))
+            return (drawn - F.adaptive_avg_pool2d(images, layout.resolution)).abs().mean()
         params += [*layout.parameters(), *sketch.parameters()]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     steps = max(1, round(cfg.kimg * 1000 / cfg.batch))
@@ -287,8 +291,7 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
         loss, logits = scorer(images, code, distinct_pairs(code.pooled.detach()), hard)
         total = loss
         if layout is not None:
-            drawn = sketch(layout(code.tokens.detach(), code.mask))
-            layout_l1 = (drawn - F.adaptive_avg_pool2d(images, layout.resolution)).abs().mean()
+            layout_l1 = sketch_l1(code, images)
             total = loss + layout_l1
         opt.zero_grad(set_to_none=True)
         total.backward()
@@ -304,8 +307,7 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
             batch = next(batches)
             with torch.no_grad():
                 code = encoder(tokenizer(batch["text"], emphasis=False).to(device))
-            images = to_float(batch["image"]).to(device)
-            layout_l1 = (sketch(layout(code.tokens, code.mask)) - F.adaptive_avg_pool2d(images, layout.resolution)).abs().mean()
+            layout_l1 = sketch_l1(code, to_float(batch["image"]).to(device))
             layout_opt.zero_grad(set_to_none=True)
             layout_l1.backward()
             layout_opt.step()
