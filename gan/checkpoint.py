@@ -5,6 +5,7 @@ A state directory `OUT/checkpoints/state-<nimg>/` holds
     optimisers, the gradient scaler and Accelerate's RNG record;
   - `ema.safetensors`: the EMA generator + text encoder;
   - `guide.safetensors` (runs with the guide term): the warm-up's frozen image scorer;
+  - `sketch.safetensors` (runs with the sketch term): the warmed layout map's frozen sketch;
   - `rng-<rank>.safetensors` + `rng-<rank>.json`: every process's torch / CUDA / NumPy /
     Python RNG state (restored after Accelerate's, so resume does not depend on pickles);
   - `tokenizer.json` and `trainer.json`: images seen, step, augmentation p, ADA
@@ -31,6 +32,7 @@ STATE_RE = re.compile(r"^state-(\d{10})$")
 TRAINER_FILE = "trainer.json"
 EMA_FILE = "ema.safetensors"
 GUIDE_FILE = "guide.safetensors"
+SKETCH_FILE = "sketch.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 
 
@@ -117,6 +119,7 @@ def save_training_state(
     tokenizer,  # Has .save(path).
     keep: int,  # Newest states kept; older ones are deleted after the new one is in place.
     guide_state: dict[str, torch.Tensor] | None = None,  # The guide term's frozen scorer, if the run has one.
+    sketch_state: dict[str, torch.Tensor] | None = None,  # The sketch term's frozen layout, if the run has one.
 ) -> Path:
     """Write a complete state atomically; returns its final path. Collective: call on all ranks."""
     ckpt_dir = Path(ckpt_dir)
@@ -137,6 +140,8 @@ def save_training_state(
         _save_tensors(ema_state, tmp / EMA_FILE)
         if guide_state is not None:
             _save_tensors(guide_state, tmp / GUIDE_FILE)
+        if sketch_state is not None:
+            _save_tensors(sketch_state, tmp / SKETCH_FILE)
         tokenizer.save(tmp / TOKENIZER_FILE)
         _write_json(tmp / TRAINER_FILE, trainer)  # written last: its presence marks a whole state
     accelerator.wait_for_everyone()
@@ -183,4 +188,13 @@ def load_guide_state(state_dir: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; the run in {state_dir} was started without the guide term "
                               f"(--guide-weight 0), so it cannot be resumed with it")
+    return load_file(str(path))
+
+
+def load_sketch_state(state_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The sketch term's frozen layout saved with a state; CheckpointError when the run had none."""
+    path = Path(state_dir) / SKETCH_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; the run in {state_dir} was started without the sketch term "
+                              f"(--sketch-weight 0), so it cannot be resumed with it")
     return load_file(str(path))

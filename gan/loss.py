@@ -4,7 +4,7 @@ Phases the training loop calls:
   Gmain  non-saturating logistic loss for G (and, through G's use of the code, the text
          encoder): softplus(-D(aug(G(z, c)), c)), plus contrastive_weight * the contrastive
          term on fakes, diversity_weight * the mode-seeking term, word_weight * the word term
-         on fakes and guide_weight * the guide term (below).
+         on fakes, guide_weight * the guide term and sketch_weight * the sketch term (below).
   Dmain  softplus(D(aug(fake), c)) + softplus(-D(aug(real), c))
          + match_weight * mean over i != j of softplus(D(aug(real_i), c_j))   (matching-aware:
          a real image under another image's caption counts as fake, so D must read the caption)
@@ -115,6 +115,12 @@ a scratch patch: attr_binding 0.34, shape 0.53 -> 0.32). The rest moved unevenly
   0.94, but FID 218.2 and LPIPS diversity 0.075 (fewer images per prompt).
 shapes32 leaves it off.
 
+Sketch term (`sketch_weight`, needs G's layout map, gan/layout.py): the run keeps a frozen copy of
+the map and its sketch head as the warm-up left them (gan.layout.LayoutTeacher), and G's image,
+average-pooled to the map's R x R, is pulled by L1 toward the copy's sketch of its caption: what
+colour goes where, held still while G's own map goes on training with the GAN. It asks G for the
+binding directly, which D does not (below). Figures in gan/layout.py.
+
 Hard negatives (`hard_negatives`, NegCLIP's idea applied to D): in-batch captions usually differ
 from an image's own in several attributes at once, so D can reject them on the easiest one
 (colour) and never learn to check the rest. With this on, each caption also comes with a copy
@@ -161,6 +167,7 @@ import torch.nn.functional as F
 from encoders.code import SpikeCode
 from encoders.tokenizer import PAD_ID, UNK_ID, TokenBatch
 from gan.augment import AugmentPipe
+from gan.layout import LayoutTeacher
 
 PHASES = ("Gmain", "Dmain", "Dreg")
 HARD_NEGATIVES = ("off", "replace", "exchange")  # kinds of hard-negative caption (gan.warmup.WordSwaps)
@@ -187,6 +194,9 @@ class LossConfig:
     diversity_weight: float = 0.0  # Weight of the mode-seeking term in G (two latents per caption).
     word_weight: float = 0.0  # Weight of the word term (D's word classifier: trained on reals, G on fakes).
     guide_weight: float = 0.0  # Weight of the guide term (the warm-up's frozen image tower scores G's fakes).
+    # Weight of the sketch term: L1 between G's image, average-pooled to R x R, and the warmed
+    # layout map's frozen sketch of its caption (gan.layout.LayoutTeacher).
+    sketch_weight: float = 0.0
     # Negative captions made from each caption (gan.warmup.WordSwaps) that join the mismatch and
     # contrastive terms: "off", "replace" (one word replaced) or "exchange" (two words trade places).
     hard_negatives: str = "off"
@@ -206,6 +216,8 @@ class LossConfig:
             raise ValueError(f"loss.word_weight must be >= 0, got {self.word_weight}")
         if self.guide_weight < 0:
             raise ValueError(f"loss.guide_weight must be >= 0, got {self.guide_weight}")
+        if self.sketch_weight < 0:
+            raise ValueError(f"loss.sketch_weight must be >= 0, got {self.sketch_weight}")
         self.hard_negatives = hard_negative_kind(self.hard_negatives, "loss.hard_negatives")
 
     def to_dict(self) -> dict:
@@ -235,6 +247,11 @@ def mode_seeking_loss(img: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 def take_rows(batch: Any, rows: list[int]) -> Any:
     """Rows of a TokenBatch (or of any tensor batch)."""
     return batch.index(rows) if isinstance(batch, TokenBatch) else batch[torch.tensor(rows)]
+
+
+def sketch_loss(img: torch.Tensor, sketch: torch.Tensor) -> torch.Tensor:
+    """Mean |img average-pooled to the sketch's R x R - sketch|."""
+    return (F.adaptive_avg_pool2d(img, sketch.shape[-1]) - sketch).abs().mean()
 
 
 def mask_identical_captions(pair_logits: torch.Tensor, distinct: torch.Tensor) -> torch.Tensor:
@@ -292,9 +309,13 @@ class GANLoss:
         # (batch, kind) -> (SpikeCode of its captions' hard-negative copies of that kind, detached;
         # valid [B] bool). Needed by loss.hard_negatives and by a guide warmed up with them.
         hard_negatives: Callable | None = None,
+        teacher: LayoutTeacher | None = None,  # The warmed layout's frozen sketch, for the sketch term.
     ) -> None:
         if cfg.guide_weight > 0 and guide is None:
             raise ValueError("loss.guide_weight > 0 needs the warm-up's image tower (guide=...)")
+        if cfg.sketch_weight > 0 and teacher is None:
+            raise ValueError("loss.sketch_weight > 0 needs the warmed layout's sketch (teacher=...)")
+        self.teacher = teacher if cfg.sketch_weight > 0 else None
         self.cfg = cfg
         self.augment = augment
         self.guide = guide if cfg.guide_weight > 0 else None
@@ -365,6 +386,10 @@ class GANLoss:
             loss_guide, _ = self.guide(img, cond, distinct, guide_hard)
             loss = loss + self.cfg.guide_weight * loss_guide
             stats["loss/G_guide"] = loss_guide.detach()
+        if self.teacher is not None:
+            loss_sketch = sketch_loss(img, self.teacher(cond.tokens, cond.mask))
+            loss = loss + self.cfg.sketch_weight * loss_sketch
+            stats["loss/G_sketch"] = loss_sketch.detach()
         # The encoder's spike statistics (firing rate, spikes and synaptic operations per prompt).
         stats.update({f"spikes/{k}": v.detach().float().mean() for k, v in code.stats.items()})
         return loss, stats

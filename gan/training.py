@@ -16,6 +16,7 @@ and its ADA accumulators, every RNG, and the data order (a seeded stream indexed
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -33,11 +34,12 @@ from torch import nn
 from encoders.code import SpikeCode
 from encoders.tokenizer import cut_report, cuts_reported
 from gan.augment import AugmentConfig, AugmentPipe, adjust_p
-from gan.checkpoint import (TOKENIZER_FILE, load_guide_state, load_training_state, read_trainer, resolve_resume,
-                            save_training_state)
+from gan.checkpoint import (TOKENIZER_FILE, load_guide_state, load_sketch_state, load_training_state, read_trainer,
+                            resolve_resume, save_training_state)
 from gan.ema import EMA
+from gan.layout import LayoutTeacher, PromptLayout
 from gan.loss import GANLoss, LossConfig
-from gan.warmup import ImageTextScorer, WarmupConfig, WordSwaps, warm_up_encoder
+from gan.warmup import ImageTextScorer, WarmupConfig, WordSwaps, new_sketch, warm_up_encoder
 
 MIXED_PRECISION = ("no", "bf16", "fp16")
 
@@ -46,7 +48,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # Tests and smoke runs: a few steps of the 16 px networks, every loss term on.
     "tiny": dict(kimg=0.128, batch=16, snap=0.064, tick=0.032, ema_kimg=0.01, ema_rampup=None,
                  loss=dict(r1_gamma=0.1, r1_interval=4, contrastive_weight=1.0, diversity_weight=1.0,
-                           word_weight=1.0, guide_weight=1.0, hard_negatives="exchange"),
+                           word_weight=1.0, guide_weight=1.0, sketch_weight=1.0, hard_negatives="exchange"),
                  augment=dict(interval=2, speed_kimg=1.0),
                  warmup=dict(kimg=0.032, batch=16, hard_negatives="replace", word_region=True, layout_kimg=0.016),
                  grid_seeds=4, grid_rows=4, workers=0),
@@ -237,6 +239,8 @@ def check_config(cfg: TrainConfig) -> None:
          "--hard-negatives needs --match-weight or --contrastive-weight > 0: they are the terms it joins")
     need(cfg.loss.guide_weight == 0 or cfg.warmup.kimg > 0,
          f"--guide-weight {cfg.loss.guide_weight} needs --warmup-kimg > 0: the guide is the warm-up's image tower")
+    need(cfg.loss.sketch_weight == 0 or cfg.warmup.kimg > 0,
+         f"--sketch-weight {cfg.loss.sketch_weight} needs --warmup-kimg > 0: the sketch is the warmed layout map's")
     need(cfg.max_nonfinite >= 1, f"max_nonfinite must be >= 1, got {cfg.max_nonfinite}")
 
 
@@ -564,19 +568,23 @@ class TickStats:
 
 def run_warmup(cfg: TrainConfig, encoder: nn.Module, dataset, tokenizer, swaps: WordSwaps | None, *, resolution: int,
                device, any_process_stopped: Callable[[dict], bool],
-               layout: nn.Module | None = None) -> tuple[dict, ImageTextScorer, str | None]:
+               layout: PromptLayout | None = None
+               ) -> tuple[dict, ImageTextScorer, LayoutTeacher | None, str | None]:
     """The contrastive encoder warm-up (gan/warmup.py) under the stop signals: (its log record,
-    the image-text scorer, the signal's name if a process was stopped, else None). Every process
-    draws the same pairs (rank 0 of 1), so all warm up alike. G's layout, if any, warms up too."""
+    the image-text scorer, the warmed layout's frozen sketch (None without a layout), the signal's
+    name if a process was stopped, else None). Every process draws the same pairs (rank 0 of 1),
+    so all warm up alike. G's layout, if any, warms up too."""
     pairs = make_loader(dataset, batch_gpu=cfg.warmup.batch, rank=0, world=1, seed=cfg.seed, start=0,
                         workers=cfg.workers)
+    sketch = new_sketch(layout, device) if layout is not None else None
     with catch_stop_signals() as stop:
         warm, guide = warm_up_encoder(encoder, iter(pairs), tokenizer, cfg.warmup, resolution=resolution,
                                       device=device, swaps=swaps, should_stop=lambda: any_process_stopped(stop),
-                                      layout=layout)
+                                      layout=layout, sketch=sketch)
     del pairs
     stopped = any_process_stopped(stop)
-    return warm, guide, (stop["signal"] or "signal") if stopped else None
+    teacher = LayoutTeacher(copy.deepcopy(layout), sketch) if layout is not None else None
+    return warm, guide, teacher, (stop["signal"] or "signal") if stopped else None
 
 
 def make_optimizers(cfg: TrainConfig, model: nn.Module, D: nn.Module) -> tuple[torch.optim.Adam, torch.optim.Adam]:
@@ -626,6 +634,9 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
 
     set_seed(cfg.seed)  # identical initialisation on every process
     dataset, captions, model, D, tokenizer, model_cfg = build_networks(cfg, resume_dir, main)
+    if cfg.loss.sketch_weight > 0 and model.generator.synthesis.layout is None:
+        raise ValueError(f"--sketch-weight {cfg.loss.sketch_weight} needs G's layout map (--layout-resolution "
+                         f"in a fresh run): the sketch is the warmed map's")
     device = accelerator.device
     model.to(device)
     D.to(device)
@@ -641,10 +652,10 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     if cfg.warmup.hard_negatives != "off" or cfg.loss.hard_negatives != "off":  # the guide uses the warm-up's kind
         with cuts_reported():
             swaps = WordSwaps.build(tokenizer, captions)
-    warm, guide = {}, None
+    warm, guide, teacher = {}, None, None
     if resume_dir is None and cfg.warmup.kimg > 0:
         with cuts_reported():
-            warm, guide, stopped = run_warmup(cfg, model.encoder, dataset, tokenizer, swaps,
+            warm, guide, teacher, stopped = run_warmup(cfg, model.encoder, dataset, tokenizer, swaps,
                                               resolution=model_cfg.resolution, device=device,
                                               any_process_stopped=any_process_stopped,
                                               layout=model.generator.synthesis.layout)
@@ -656,7 +667,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
                                state=LoopState(), interrupted=True)
         main.print(f"encoder warm-up: {cfg.warmup.kimg:g} kimg in {warm['warmup/seconds']:.0f} s, contrastive loss "
                    f"{warm['warmup/loss']:.3f}, in-batch retrieval {warm['warmup/accuracy']:.2f}"
-                   + (f", layout L1 {warm['warmup/layout_l1']:.3f}" if "warmup/layout_l1" in warm else ""))
+                   + (f", layout error {warm['warmup/layout_error']:.3f}" if "warmup/layout_error" in warm else ""))
     if cfg.loss.guide_weight == 0:
         guide = None
     elif resume_dir is not None:  # the scorer the run warmed up, from its state
@@ -666,6 +677,12 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
                                 max_tokens=model_cfg.encoder.max_length, hard_negatives=cfg.warmup.hard_negatives)
         guide.load_state_dict(saved)
         guide = guide.to(device).requires_grad_(False).eval()
+    if cfg.loss.sketch_weight == 0:
+        teacher = None
+    elif resume_dir is not None:  # the sketch the run warmed up, from its state
+        teacher = LayoutTeacher.like(model.generator.synthesis.layout)
+        teacher.load_state_dict(load_sketch_state(resume_dir))
+        teacher = teacher.to(device)
     model.train()
     D.train()
     ema = EMA(source=model, ema_kimg=cfg.ema_kimg, ema_rampup=cfg.ema_rampup)
@@ -678,7 +695,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         with torch.no_grad():
             return model.encoder(swapped.to(device)), valid
 
-    loss_fn = GANLoss(cfg=cfg.loss, augment=augment if cfg.augment.mode != "off" else None, guide=guide,
+    loss_fn = GANLoss(cfg=cfg.loss, augment=augment if cfg.augment.mode != "off" else None, guide=guide, teacher=teacher,
                       hard_negatives=hard_negatives if swaps is not None else None)
 
     g_opt, d_opt = make_optimizers(cfg, model, D)
@@ -779,6 +796,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         save_training_state(out / "checkpoints", nimg=state.nimg, accelerator=accelerator,
                             ema_state=ema.state_dict(), tokenizer=tokenizer, keep=cfg.keep,
                             guide_state=guide.state_dict() if guide is not None else None,
+                            sketch_state=teacher.state_dict() if teacher is not None else None,
                             trainer={"loop": dataclasses.asdict(state), "model_config": model_cfg.to_dict(),
                                      "train_config": cfg.to_dict(), "processes": world})
 

@@ -53,7 +53,7 @@ from data import to_float
 from encoders.code import SpikeCode
 from encoders.tokenizer import TokenBatch
 from gan.discriminator import WordRegion
-from gan.layout import LayoutSketch, PromptLayout
+from gan.layout import LayoutSketch, PromptLayout, sketch_error
 from gan.loss import contrastive_loss, distinct_pairs, hard_negative_kind, mask_identical_captions
 
 
@@ -238,10 +238,18 @@ class WordSwaps:
         return [(t, j, words[u]), (u, i, words[t])]
 
 
+def new_sketch(layout: PromptLayout, device: torch.device | str = "cpu") -> LayoutSketch:
+    """A fresh LayoutSketch head for `layout`, drawn on a forked RNG: the encoder's warm-up draws
+    what it draws without it."""
+    with torch.random.fork_rng(devices=[]):
+        return LayoutSketch(layout.channels).to(device)
+
+
 def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg: WarmupConfig, *,
                     resolution: int, device: torch.device | str = "cpu", swaps: WordSwaps | None = None,
                     should_stop: Callable[[], bool] | None = None,
-                    layout: PromptLayout | None = None) -> tuple[dict[str, float], ImageTextScorer]:
+                    layout: PromptLayout | None = None,
+                    sketch: LayoutSketch | None = None) -> tuple[dict[str, float], ImageTextScorer]:
     """Train `encoder` in place for cfg.kimg thousand pairs drawn from `batches` (collated
     batches of cfg.batch pairs, e.g. the training loop's `make_loader` stream). Returns the last
     step's loss and in-batch retrieval accuracy (image -> caption), the steps and the seconds,
@@ -250,22 +258,21 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
     With cfg.hard_negatives, `swaps` (WordSwaps.build on the dataset's captions) makes them.
     With `layout` (G's PromptLayout, gan/layout.py), it is trained in place too: through a
     LayoutSketch head, its map of each caption's tokens (detached: this loss leaves the encoder
-    alone) must give the real image average-pooled to the map's size, by L1 ("warmup/layout_l1"),
-    then for cfg.layout_kimg more pairs alone, on the warmed encoder's frozen tokens
-    ("warmup/layout_steps")."""
+    alone) must give the real image average-pooled to the map's size (gan.layout.sketch_error,
+    "warmup/layout_error"), then for cfg.layout_kimg more pairs alone, on the warmed encoder's
+    frozen tokens ("warmup/layout_steps"). `sketch` is that head (made here when None), trained
+    in place: the run keeps it for the sketch term (gan.layout.LayoutTeacher)."""
     if cfg.hard_negatives != "off" and swaps is None:
         raise ValueError("warmup.hard_negatives needs the caption corpus's WordSwaps (swaps=...)")
     scorer = ImageTextScorer(resolution=resolution, code_dim=encoder.code_dim, word_region=cfg.word_region,
                              max_tokens=encoder.cfg.max_length, hard_negatives=cfg.hard_negatives).to(device)
     params = [*[p for p in encoder.parameters() if p.requires_grad], *scorer.parameters()]
-    sketch = None
     if layout is not None:
-        with torch.random.fork_rng(devices=[]):  # the encoder's steps draw what they draw without it
-            sketch = LayoutSketch(layout.channels).to(device)
+        if sketch is None:
+            sketch = new_sketch(layout, device)
 
-        def sketch_l1(code: SpikeCode, images: torch.Tensor) -> torch.Tensor:
-            drawn = sketch(layout(code.tokens.detach(), code.mask))
-            return (drawn - F.adaptive_avg_pool2d(images, layout.resolution)).abs().mean()
+        def layout_error_of(code: SpikeCode, images: torch.Tensor) -> torch.Tensor:
+            return sketch_error(sketch(layout(code.tokens.detach(), code.mask)), images)
         params += [*layout.parameters(), *sketch.parameters()]
     opt = torch.optim.Adam(params, lr=cfg.lr)
     steps = max(1, round(cfg.kimg * 1000 / cfg.batch))
@@ -291,8 +298,8 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
         loss, logits = scorer(images, code, distinct_pairs(code.pooled.detach()), hard)
         total = loss
         if layout is not None:
-            layout_l1 = sketch_l1(code, images)
-            total = loss + layout_l1
+            layout_error = layout_error_of(code, images)
+            total = loss + layout_error
         opt.zero_grad(set_to_none=True)
         total.backward()
         opt.step()
@@ -307,9 +314,9 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
             batch = next(batches)
             with torch.no_grad():
                 code = encoder(tokenizer(batch["text"], emphasis=False).to(device))
-            layout_l1 = sketch_l1(code, to_float(batch["image"]).to(device))
+            layout_error = layout_error_of(code, to_float(batch["image"]).to(device))
             layout_opt.zero_grad(set_to_none=True)
-            layout_l1.backward()
+            layout_error.backward()
             layout_opt.step()
             layout_done += 1
     encoder.train(was_training)
@@ -321,5 +328,5 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
         stats["warmup/loss"] = float(loss.detach())
         stats["warmup/accuracy"] = float((logits.detach().argmax(dim=1) == labels).float().mean())
         if layout is not None:
-            stats["warmup/layout_l1"] = float(layout_l1.detach())
+            stats["warmup/layout_error"] = float(layout_error.detach())
     return stats, scorer.requires_grad_(False).eval()

@@ -43,6 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="weight of the mode-seeking term (two latents per caption in the G phase)")
     p.add_argument("--word-weight", type=float, default=None,
                    help="weight of the word term (D's word classifier: which words the caption has)")
+    p.add_argument("--sketch-weight", type=float, default=None,
+                   help="weight of the sketch term (G's image at the layout map's size against the warmed map's "
+                        "frozen sketch of its caption; needs --layout-resolution and the warm-up)")
     p.add_argument("--guide-weight", type=float, default=None,
                    help="weight of the guide term (the warm-up's frozen image tower scores G's images; needs the warm-up)")
     p.add_argument("--hard-negatives", choices=("off", "replace", "exchange"), default=None,
@@ -94,7 +97,7 @@ def build_config(args: argparse.Namespace):
     for flag, value in (("--gamma", args.gamma), ("--match-weight", args.match_weight),
                         ("--contrastive-weight", args.contrastive_weight),
                         ("--diversity-weight", args.diversity_weight), ("--word-weight", args.word_weight),
-                        ("--guide-weight", args.guide_weight)):
+                        ("--guide-weight", args.guide_weight), ("--sketch-weight", args.sketch_weight)):
         if value is not None and value < 0:
             raise ValueError(f"{flag} must be >= 0, got {value}")
     if args.workers is not None and args.workers < 0:
@@ -107,7 +110,7 @@ def build_config(args: argparse.Namespace):
         init_from=args.init_from, workers=args.workers, threads=args.threads)
     loss = {"r1_gamma": args.gamma, "match_weight": args.match_weight, "contrastive_weight": args.contrastive_weight,
             "diversity_weight": args.diversity_weight, "word_weight": args.word_weight,
-            "guide_weight": args.guide_weight, "hard_negatives": args.hard_negatives}
+            "guide_weight": args.guide_weight, "sketch_weight": args.sketch_weight, "hard_negatives": args.hard_negatives}
     if loss := {k: v for k, v in loss.items() if v is not None}:
         overrides["loss"] = loss
     model: dict[str, Any] = {}

@@ -144,8 +144,8 @@ def test_warm_up_trains_the_layout_and_leaves_the_encoder_as_without(tiny_setup)
         stats, _ = warm_up_encoder(enc, pairs(dataset, warm, 0), tokenizer, warm, resolution=16,
                                    layout=layout if with_layout else None)
         encoders.append(enc.state_dict())
-        assert ("warmup/layout_l1" in stats) == with_layout
-    assert math.isfinite(stats["warmup/layout_l1"])
+        assert ("warmup/layout_error" in stats) == with_layout
+    assert math.isfinite(stats["warmup/layout_error"])
     assert all(not torch.equal(before[k], v) for k, v in layout.state_dict().items())  # every tensor trained
     assert all(torch.equal(encoders[0][k], encoders[1][k]) for k in encoders[0])
 
@@ -185,3 +185,58 @@ def test_the_layout_has_its_own_adam_group_with_momentum():
     (own,) = [g for g in g_opt.param_groups if {id(p) for p in g["params"]} == layout_ids]
     assert own["lr"] == 3e-4 and own["betas"] == (0.9, 0.999)
     assert all(g["betas"] == (0.0, 0.99) for g in g_opt.param_groups if g is not own)
+
+
+def test_the_run_keeps_a_frozen_copy_of_the_warmed_layout_and_its_sketch(tiny_setup):  # noqa: F811
+    """run_warmup's teacher: the layout as the warm-up left it and the sketch head it trained
+    through (its L1 on a batch is the warm-up's), frozen, and not G's map: training G's map after
+    the warm-up leaves it as it was."""
+    from gan.layout import LayoutTeacher
+    from gan.training import resolve_config, run_warmup
+
+    dataset, cfg, tokenizer = tiny_setup
+    train_cfg = resolve_config("tiny", workers=0, warmup={"layout_kimg": 0.0, "hard_negatives": "off"})
+    torch.manual_seed(5)
+    layout = PromptLayout(cfg.code_dim, 16, resolution=8, max_tokens=cfg.max_length, heads=2)
+    warm, _, teacher, stopped = run_warmup(train_cfg, fresh_encoder(cfg, tokenizer), dataset, tokenizer, None,
+                                           resolution=16, device="cpu", any_process_stopped=lambda stop: False,
+                                           layout=layout)
+    assert stopped is None and isinstance(teacher, LayoutTeacher) and not teacher.training
+    warmed = {k: v.clone() for k, v in layout.state_dict().items()}
+    assert all(torch.equal(warmed[k], v) for k, v in teacher.layout.state_dict().items())
+    assert all(not p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        for p in layout.parameters():  # G's map trains on in the GAN
+            p.add_(1.0)
+    assert all(torch.equal(warmed[k], v) for k, v in teacher.layout.state_dict().items())
+    saved = LayoutTeacher.like(layout)
+    saved.load_state_dict(teacher.state_dict())  # what a resumed run loads
+    code = fresh_encoder(cfg, tokenizer)(tokenizer(["a red circle"], emphasis=False))
+    torch.testing.assert_close(saved(code.tokens, code.mask), teacher(code.tokens, code.mask))
+    assert teacher(code.tokens, code.mask).shape == (1, 3, 8, 8)
+
+
+def test_sketch_error_equals_a_naive_loop():
+    """Squared error per cell against the image pooled to R x R, cells showing an object (colour
+    away from the mean of the border pixels) weighted 1 + object_weight, weights of mean 1."""
+    from gan.layout import sketch_error
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.full((2, 3, 8, 8), -1.0)
+    images[0, :, 2:4, 4:8] = torch.tensor([1.0, -1.0, -1.0])[:, None, None]  # a red object on black
+    images[1] = torch.rand(3, 8, 8, generator=g) * 2 - 1
+    drawn = torch.randn(2, 3, 4, 4, generator=g)
+    num = den = 0.0
+    for b in range(2):
+        ring = [images[b, :, y, x] for y in range(8) for x in range(8) if y in (0, 7) or x in (0, 7)]
+        bg = torch.stack(ring).mean(0)
+        for i in range(4):
+            for j in range(4):
+                cell = images[b, :, 2 * i:2 * i + 2, 2 * j:2 * j + 2].mean(dim=(1, 2))
+                w = 1 + 3.0 * float((cell - bg).abs().sum() > 0.1)
+                num += w * ((drawn[b, :, i, j] - cell) ** 2).sum()
+                den += w * 3
+    want = num / den
+    torch.testing.assert_close(sketch_error(drawn, images, object_weight=3.0), torch.as_tensor(want))
+    plain = (drawn - torch.nn.functional.adaptive_avg_pool2d(images, 4)) ** 2
+    torch.testing.assert_close(sketch_error(drawn, images, object_weight=0.0), plain.mean())

@@ -391,3 +391,45 @@ def test_guide_scores_fakes_against_the_hard_negatives_it_was_warmed_up_with(net
     assert kinds == ["replace"]
     with pytest.raises(ValueError, match="guide warmed up with hard negatives"):
         GANLoss(cfg=LossConfig(guide_weight=0.5), augment=None, guide=scorer)
+
+
+def test_sketch_loss_equals_a_naive_cell_average():
+    from gan.loss import sketch_loss
+
+    g = torch.Generator().manual_seed(0)
+    img, sketch = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 2, 2, generator=g)
+    cells = torch.stack([torch.stack([img[:, :, 4 * i:4 * i + 4, 4 * j:4 * j + 4].mean(dim=(2, 3)) for j in range(2)], -1)
+                         for i in range(2)], -2)  # [B, 3, 2, 2], one 4x4 block per cell
+    torch.testing.assert_close(sketch_loss(img, sketch), (cells - sketch).abs().mean())
+
+
+def test_sketch_term_pulls_fakes_toward_the_frozen_sketch(nets):
+    """Gmain + sketch_weight * L1(G's image pooled to R x R, the teacher's sketch of its caption's
+    detached tokens); the gradient reaches G, never the frozen teacher; without a teacher the
+    weight is refused."""
+    from gan.layout import LayoutSketch, LayoutTeacher, PromptLayout
+    from gan.loss import sketch_loss
+
+    G, D = nets
+    torch.manual_seed(1)
+    layout = PromptLayout(4, 6, resolution=2, max_tokens=3, heads=2)
+    torch.nn.init.normal_(layout.proj.weight)
+    teacher = LayoutTeacher(layout, LayoutSketch(6, hidden=5))
+    z, ids = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
+    plain, _ = GANLoss(cfg=LossConfig(match_weight=0.0), augment=None)("Gmain", G=G, D=D, z=z, batch=ids)
+    loss, stats = GANLoss(cfg=LossConfig(match_weight=0.0, sketch_weight=0.5), augment=None, teacher=teacher)(
+        "Gmain", G=G, D=D, z=z, batch=ids)
+    img, code = G(z, ids)
+    target = teacher.sketch(teacher.layout(code.tokens.detach(), code.mask))
+    assert target.abs().sum() > 0 and teacher(code.tokens, code.mask).grad_fn is None
+    want = sketch_loss(img, target.detach())
+    torch.testing.assert_close(stats["loss/G_sketch"], want.detach())
+    torch.testing.assert_close(loss, plain + 0.5 * want)
+    G.zero_grad()
+    loss.backward()
+    assert G.to_img.weight.grad.abs().sum() > 0
+    assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
+    with pytest.raises(ValueError, match="sketch_weight"):
+        GANLoss(cfg=LossConfig(sketch_weight=1.0), augment=None)
+    with pytest.raises(ValueError, match="loss.sketch_weight"):
+        LossConfig(sketch_weight=-1.0)

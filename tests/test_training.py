@@ -101,13 +101,14 @@ def test_run_directory(full_run):
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert records[0]["warmup/steps"] == 2 and math.isfinite(records[0]["warmup/loss"])  # tiny warms up 0.032 kimg
     for key in ("kimg", "loss/G", "loss/D", "loss/G_contrastive", "loss/D_contrastive", "loss/D_mismatch",
-                "loss/G_mode_seeking", "loss/G_word", "loss/D_word", "loss/G_guide", "loss/D_hard_mismatch",
+                "loss/G_mode_seeking", "loss/G_word", "loss/D_word", "loss/G_guide", "loss/G_sketch", "loss/D_hard_mismatch",
                 "augment_p", "sec_per_kimg", "spikes/firing_rate", "nonfinite_total"):
         assert key in records[-1], key
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["grid-0000.064.png", "grid-0000.128.png"]
     assert [p.name for p in list_states(out / "checkpoints")] == ["state-0000000064", "state-0000000128"]
     assert not list((out / "checkpoints").glob(".tmp-*"))
     assert all((state / "guide.safetensors").is_file() for state in list_states(out / "checkpoints"))
+    assert all((state / "sketch.safetensors").is_file() for state in list_states(out / "checkpoints"))
     assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert training_finished(out)  # the main job samples and scores only then
     from gan.model import load_model
@@ -120,6 +121,12 @@ def test_run_directory(full_run):
 def test_resume_with_a_guide_the_run_never_had_is_refused(tmp_path):
     train(tiny(tmp_path, kimg=0.032, loss={"guide_weight": 0.0}))
     with pytest.raises(CheckpointError, match="--guide-weight"):
+        train(tiny(tmp_path, kimg=0.064, resume="latest"))
+
+
+def test_resume_with_a_sketch_the_run_never_had_is_refused(tmp_path):
+    train(tiny(tmp_path, kimg=0.032, loss={"sketch_weight": 0.0}))
+    with pytest.raises(CheckpointError, match="--sketch-weight"):
         train(tiny(tmp_path, kimg=0.064, resume="latest"))
 
 
@@ -292,6 +299,9 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
     (["--layout-resolution", "8", "--init-from", "x"], "--layout-resolution"),
     (["--layout-lr", "0"], "--layout-lr"),
     (["--warmup-layout-kimg", "-1"], "--warmup-layout-kimg"),
+    (["--sketch-weight", "-1"], "--sketch-weight"),
+    (["--sketch-weight", "1", "--warmup-kimg", "0"], "--warmup-kimg"),
+    (["--sketch-weight", "1", "--layout-resolution", "0"], "--sketch-weight"),
 ])
 def test_bad_options_name_the_flag(argv, flag, tmp_path, capsys):
     base = ["--out", str(tmp_path / "run")] + ([] if "--preset" in argv else ["--preset", "tiny"])
