@@ -230,7 +230,10 @@ _PRESETS: dict[str, dict[str, Any]] = {
         # weighs it (see EncoderConfig.final_membrane).
         encoder=dict(coding="rate", rate_noise="frozen"),
         g=dict(z_dim=64, w_dim=128, code_in_w=64, channel_base=1024, channel_max=64, attn_resolutions=(8, 16),
-               attn_heads=4, mapping_lr_mult=0.1, architecture="orig"),
+               attn_heads=4, mapping_lr_mult=0.1, architecture="orig",
+               # The prompt's layout at 8x8, so two objects' colours go where the caption puts
+               # them (gan/layout.py; held to its warm-up's sketch by the sketch term, TRAIN_PRESETS).
+               layout_resolution=8),
         # D downsamples with plain stride-2 convs, without StyleGAN2's FIR blur: a small object here
         # is 9 pixels across, and the blur hides what tells a star from a circle (D's trunk trained
         # as a plain 5-way shape classifier on one-object images: 0.56 accuracy after 1000 steps

@@ -393,14 +393,30 @@ def test_guide_scores_fakes_against_the_hard_negatives_it_was_warmed_up_with(net
         GANLoss(cfg=LossConfig(guide_weight=0.5), augment=None, guide=scorer)
 
 
-def test_sketch_loss_equals_a_naive_cell_average():
+def test_sketch_loss_equals_a_naive_loop_over_the_object_cells():
+    """L1 between the image's 4x4 blocks and the sketch's cells, over the cells whose colour is
+    away from the mean of the sketch's border cells; the background cells count for nothing."""
     from gan.loss import sketch_loss
 
     g = torch.Generator().manual_seed(0)
-    img, sketch = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 2, 2, generator=g)
-    cells = torch.stack([torch.stack([img[:, :, 4 * i:4 * i + 4, 4 * j:4 * j + 4].mean(dim=(2, 3)) for j in range(2)], -1)
-                         for i in range(2)], -2)  # [B, 3, 2, 2], one 4x4 block per cell
-    torch.testing.assert_close(sketch_loss(img, sketch), (cells - sketch).abs().mean())
+    img = torch.randn(2, 3, 16, 16, generator=g)
+    sketch = torch.zeros(2, 3, 4, 4)
+    sketch[0, :, 1, 2] = torch.tensor([1.0, -1.0, -1.0])  # one red cell on grey
+    sketch[0, :, 2, 1] = torch.tensor([0.1, 0.1, 0.1])  # a faint one: 0.3 < 0.5, background
+    sketch[1] = torch.rand(3, 4, 4, generator=g) * 2 - 1
+    num, den = 0.0, 0
+    for b in range(2):
+        ring = [sketch[b, :, i, j] for i in range(4) for j in range(4) if i in (0, 3) or j in (0, 3)]
+        bg = torch.stack(ring).mean(0)
+        for i in range(4):
+            for j in range(4):
+                if (sketch[b, :, i, j] - bg).abs().sum() > 0.5:
+                    cell = img[b, :, 4 * i:4 * i + 4, 4 * j:4 * j + 4].mean(dim=(1, 2))
+                    num += (cell - sketch[b, :, i, j]).abs().sum()
+                    den += 3
+    assert 3 < den < 2 * 16 * 3
+    torch.testing.assert_close(sketch_loss(img, sketch), num / den)
+    assert sketch_loss(img, torch.zeros(2, 3, 4, 4)) == 0  # nothing drawn: nothing to match
 
 
 def test_sketch_term_pulls_fakes_toward_the_frozen_sketch(nets):
@@ -410,10 +426,21 @@ def test_sketch_term_pulls_fakes_toward_the_frozen_sketch(nets):
     from gan.layout import LayoutSketch, LayoutTeacher, PromptLayout
     from gan.loss import sketch_loss
 
-    G, D = nets
+    class TwoTokens(nn.Module):  # TinyG with two tokens per caption, so the map's cells differ
+        def __init__(self, g):
+            super().__init__()
+            self.g = g
+
+        def forward(self, z, ids):
+            img, code = self.g(z, ids)
+            tokens = torch.stack([code.pooled, code.pooled.flip(1)], dim=1)
+            return img, SpikeCode(code.pooled, tokens, torch.ones(len(img), 2, dtype=torch.bool))
+
+    tiny_g, D = nets
+    G = TwoTokens(tiny_g)
     torch.manual_seed(1)
-    layout = PromptLayout(4, 6, resolution=2, max_tokens=3, heads=2)
-    torch.nn.init.normal_(layout.proj.weight)
+    layout = PromptLayout(4, 6, resolution=4, max_tokens=3, heads=2)
+    torch.nn.init.normal_(layout.proj.weight, std=3.0)
     teacher = LayoutTeacher(layout, LayoutSketch(6, hidden=5))
     z, ids = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])
     plain, _ = GANLoss(cfg=LossConfig(match_weight=0.0), augment=None)("Gmain", G=G, D=D, z=z, batch=ids)
@@ -423,11 +450,13 @@ def test_sketch_term_pulls_fakes_toward_the_frozen_sketch(nets):
     target = teacher.sketch(teacher.layout(code.tokens.detach(), code.mask))
     assert target.abs().sum() > 0 and teacher(code.tokens, code.mask).grad_fn is None
     want = sketch_loss(img, target.detach())
+    assert want > 0  # the sketch draws something here, and its term alone reaches G
+    assert torch.autograd.grad(want, tiny_g.to_img.weight, retain_graph=True)[0].abs().sum() > 0
     torch.testing.assert_close(stats["loss/G_sketch"], want.detach())
     torch.testing.assert_close(loss, plain + 0.5 * want)
     G.zero_grad()
     loss.backward()
-    assert G.to_img.weight.grad.abs().sum() > 0
+    assert tiny_g.to_img.weight.grad.abs().sum() > 0
     assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
     with pytest.raises(ValueError, match="sketch_weight"):
         GANLoss(cfg=LossConfig(sketch_weight=1.0), augment=None)
