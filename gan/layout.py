@@ -83,7 +83,13 @@ At weight 16 G draws what the caption says where it says it: over 400 random two
 the probe reads both colours in their right places for 0.92 and exchanged for none (0.41 / 0.44
 at weight 4 on every cell). Its images pooled to 8x8 had followed the sketch's placement at 30
 kimg already (right 0.49, exchanged 0.03 of 200). shapes32 runs so (TRAIN_PRESETS); the cost is
-FID and a little diversity and background.
+FID and a little diversity and background. The main job (README command one, 21:34 wall on 2
+cores with its install) repeats the 50-kimg run's scores exactly.
+
+A limit of regressing to a sketch: the sketch is the average real image for its caption. The
+shapes captions always say where a lone object is; given "a large red circle", outside the
+domain, the sketch spreads red over every place the object could be, and G held to it draws a
+plus-shaped blob or two objects (the main job's prompts name a place).
 """
 from __future__ import annotations
 

@@ -16,12 +16,14 @@ if __package__ in (None, ""):
 
 from scripts import sample, train  # noqa: E402
 
+# The domain's captions always say where a lone object is; a prompt that does not is outside it,
+# and shapes32 draws the layout sketch's average of every place (gan/layout.py).
 PROMPTS = (
-    "a large red circle",
-    "a large blue square",
-    "a large green triangle",
-    "a large yellow star",
-    "a large purple cross",
+    "a large red circle in the centre",
+    "a large blue square at the top",
+    "a large green triangle at the bottom",
+    "a large yellow star on the left",
+    "a large purple cross on the right",
     "a small orange circle on the left",
     "a small cyan square on the right",
     "a small pink star at the top",
