@@ -77,9 +77,12 @@ weight 4). With the bound one (50 kimg, seed 0, the main job's eval):
     no sketch term            .830        .636   .584    .513      .277     .761   195.3  .191
     every cell, weight 4      .929        .626   .629    .483      .370     .778   191.9  .128
     object cells, weight 4    .616        .638   .636    .588      .328     .745   189.5  .119
+    object cells, weight 8    .858        .602   .614    .508      .311     .760   195.3  .092
     object cells, weight 16   .697        .673   .963    1.000     .887     .878   210.8  .114
+    weight 16, map 64 kimg    .687        .622   .898    .887      .798     .849   198.5  .046
 
-At weight 16 G draws what the caption says where it says it: over 400 random two-object captions
+(the last row warms the map alone for 64 kimg instead of 128: it binds less, and G's images vary
+little per prompt). At weight 16 G draws what the caption says where it says it: over 400 random two-object captions
 the probe reads both colours in their right places for 0.92 and exchanged for none (0.41 / 0.44
 at weight 4 on every cell). Its images pooled to 8x8 had followed the sketch's placement at 30
 kimg already (right 0.49, exchanged 0.03 of 200). shapes32 runs so (TRAIN_PRESETS); the cost is
