@@ -93,7 +93,8 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     # (right 0.92, exchanged 0.00 of 400), colour 0.63 -> 0.96, relation 0.56 -> 1.00, shape
     # 0.59 -> 0.67, mean 0.752 -> 0.878; but background 0.77 -> 0.70, FID 170.7 -> 210.8, LPIPS
     # diversity 0.18 -> 0.11. At weight 4 or 8 it did not bind (0.33 / 0.31); with the map warmed
-    # alone 64 kimg instead of 128, binding 0.80 and LPIPS diversity 0.05.
+    # alone 64 kimg instead of 128, binding 0.80 and LPIPS diversity 0.05. Seed 1: binding 0.61
+    # (right 0.62, exchanged 0.09), colour 0.81, mean 0.822, FID 201.2 (before: mean 0.756, FID 175.4).
     "shapes32": dict(kimg=50.0, batch=32, snap=10.0, tick=1.0, g_lr=0.005, d_lr=0.005, ema_kimg=2.0,
                      ema_rampup=0.05, loss=dict(r1_gamma=0.5, r1_interval=16, match_weight=1.0, contrastive_weight=1.0,
                                                 diversity_weight=1.0, word_weight=6.0, sketch_weight=16.0),
