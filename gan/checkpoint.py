@@ -182,19 +182,20 @@ def load_training_state(state_dir: str | Path, *, accelerator) -> dict[str, torc
     return load_file(str(state_dir / EMA_FILE))
 
 
-def load_guide_state(state_dir: str | Path) -> dict[str, torch.Tensor]:
-    """The guide term's scorer saved with a state; CheckpointError when the run had none."""
-    path = Path(state_dir) / GUIDE_FILE
+def _load_term_state(state_dir: str | Path, name: str, term: str, flag: str) -> dict[str, torch.Tensor]:
+    """A loss term's frozen network saved with a state as `name`; CheckpointError when the run had none."""
+    path = Path(state_dir) / name
     if not path.is_file():
-        raise CheckpointError(f"{path}: missing; the run in {state_dir} was started without the guide term "
-                              f"(--guide-weight 0), so it cannot be resumed with it")
+        raise CheckpointError(f"{path}: missing; the run in {state_dir} was started without the {term} "
+                              f"({flag} 0), so it cannot be resumed with it")
     return load_file(str(path))
+
+
+def load_guide_state(state_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The guide term's scorer saved with a state."""
+    return _load_term_state(state_dir, GUIDE_FILE, "guide term", "--guide-weight")
 
 
 def load_sketch_state(state_dir: str | Path) -> dict[str, torch.Tensor]:
-    """The sketch term's frozen layout saved with a state; CheckpointError when the run had none."""
-    path = Path(state_dir) / SKETCH_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; the run in {state_dir} was started without the sketch term "
-                              f"(--sketch-weight 0), so it cannot be resumed with it")
-    return load_file(str(path))
+    """The sketch term's frozen layout saved with a state."""
+    return _load_term_state(state_dir, SKETCH_FILE, "sketch term", "--sketch-weight")

@@ -156,6 +156,13 @@ class LayoutSketch(nn.Module):
         return self.net(layout_map)
 
 
+def border_colour(images: torch.Tensor) -> torch.Tensor:
+    """The mean colour of each image's border pixels (or cells), [B, 3, H, W] -> [B, 3, 1, 1]: the
+    background of a shapes scene."""
+    border = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, 1:-1, 0], images[:, :, 1:-1, -1]], dim=2)
+    return border.mean(dim=2)[:, :, None, None]
+
+
 def sketch_error(drawn: torch.Tensor, images: torch.Tensor, *, object_weight: float = 4.0,
                  threshold: float = 0.1) -> torch.Tensor:
     """How far a sketch [B, 3, R, R] is from the images [B, 3, H, W] average-pooled to R x R: the
@@ -163,8 +170,7 @@ def sketch_error(drawn: torch.Tensor, images: torch.Tensor, *, object_weight: fl
     background, the mean of its border pixels, by more than `threshold` summed over RGB in [-1, 1])
     weighted 1 + object_weight, and the weights normalised to mean 1 over the batch."""
     target = F.adaptive_avg_pool2d(images, drawn.shape[-1])
-    border = torch.cat([images[:, :, 0], images[:, :, -1], images[:, :, 1:-1, 0], images[:, :, 1:-1, -1]], dim=2)
-    background = border.mean(dim=2)[:, :, None, None]
+    background = border_colour(images)
     weight = 1 + object_weight * ((target - background).abs().sum(dim=1, keepdim=True) > threshold).to(target.dtype)
     return ((drawn - target) ** 2 * weight).mean() / weight.mean()
 

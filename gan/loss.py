@@ -168,7 +168,7 @@ import torch.nn.functional as F
 from encoders.code import SpikeCode
 from encoders.tokenizer import PAD_ID, UNK_ID, TokenBatch
 from gan.augment import AugmentPipe
-from gan.layout import LayoutTeacher
+from gan.layout import LayoutTeacher, border_colour
 
 PHASES = ("Gmain", "Dmain", "Dreg")
 HARD_NEGATIVES = ("off", "replace", "exchange")  # kinds of hard-negative caption (gan.warmup.WordSwaps)
@@ -255,8 +255,7 @@ def sketch_loss(img: torch.Tensor, sketch: torch.Tensor, *, threshold: float = 0
     draws an object: its colour differs from the mean of the sketch's border cells by more than
     `threshold` summed over RGB in [-1, 1]. The background, which a caption may leave unnamed (the
     sketch then paints the average one), is left to D. 0 when no cell shows an object."""
-    border = torch.cat([sketch[:, :, 0], sketch[:, :, -1], sketch[:, :, 1:-1, 0], sketch[:, :, 1:-1, -1]], dim=2)
-    objects = ((sketch - border.mean(dim=2)[:, :, None, None]).abs().sum(dim=1, keepdim=True) > threshold)
+    objects = (sketch - border_colour(sketch)).abs().sum(dim=1, keepdim=True) > threshold
     error = (F.adaptive_avg_pool2d(img, sketch.shape[-1]) - sketch).abs() * objects
     return error.sum() / (3 * objects.sum()).clamp(min=1)
 
