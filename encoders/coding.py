@@ -5,6 +5,10 @@ by rate coding (Bernoulli with probability p) or latency coding (one spike, larg
 earlier). A spike's height is the token's emphasis weight; padding fires nothing. The hard
 spikes pass gradients back to p: straight-through for rate, a soft (Gaussian-in-time) spike
 for latency, so moving p moves the spike's timing in the backward pass too.
+
+With spikes=False (the dense ablation, EncoderConfig.spikes) the coder passes those continuous
+values instead of the hard spikes: p itself at every step of the window for rate coding (the
+expected spike train), the soft spike for latency coding; heights, windows and padding as above.
 """
 from __future__ import annotations
 
@@ -42,10 +46,16 @@ def latency_spikes(p: torch.Tensor, steps: int, sigma: float) -> torch.Tensor:
     hard = spikegen.latency(p.detach(), num_steps=steps, threshold=LATENCY_THRESHOLD,
                             normalize=True, linear=True, clip=True)  # [K, B, L, N]
     hard = hard.to(p.dtype).permute(1, 2, 0, 3)  # [B, L, K, N]
+    soft = latency_soft(p, steps, sigma)
+    return hard + (soft - soft.detach())
+
+
+def latency_soft(p: torch.Tensor, steps: int, sigma: float) -> torch.Tensor:
+    """The soft latency spike: a softmax over the window's K steps centred on the real-valued
+    spike time (K-1)(1-p), width `sigma` steps; sums to 1 per window. p [B, L, N] -> [B, L, K, N]."""
     t = torch.arange(steps, device=p.device, dtype=p.dtype).view(1, 1, steps, 1)
     t_spike = ((steps - 1) * (1 - p)).unsqueeze(2)  # [B, L, 1, N]
-    soft = torch.softmax(-((t - t_spike) ** 2) / (2 * sigma**2), dim=2)
-    return hard + (soft - soft.detach())
+    return torch.softmax(-((t - t_spike) ** 2) / (2 * sigma**2), dim=2)
 
 
 class SpikeCoder(nn.Module):
@@ -59,6 +69,7 @@ class SpikeCoder(nn.Module):
         seed: int = 0,  # frozen rate noise used in eval mode (deterministic codes)
         latency_sigma: float = 1.0,  # width in steps of the soft spike behind latency gradients
         rate_noise: str = "fresh",  # training noise: "fresh" per step, or "frozen" (eval's draw, deterministic)
+        spikes: bool = True,  # False: continuous values instead of spikes (the dense ablation)
     ) -> None:
         super().__init__()
         if coding not in ("rate", "latency"):
@@ -69,6 +80,7 @@ class SpikeCoder(nn.Module):
         self.steps = steps_per_token
         self.seed = seed
         self.sigma = latency_sigma
+        self.spikes = spikes
 
     def noise(self, shape: tuple[int, int, int, int], device: torch.device, dtype: torch.dtype,
               generator: torch.Generator | None) -> torch.Tensor:
@@ -94,9 +106,13 @@ class SpikeCoder(nn.Module):
         """p [B, L, N] in [0, 1], weights [B, L], mask [B, L] bool -> spikes [T = L*K, B, N]."""
         B, L, N = p.shape
         assert weights.shape == mask.shape == (B, L), (p.shape, weights.shape, mask.shape)
-        if self.coding == "rate":
+        if self.spikes and self.coding == "rate":
             windows = rate_spikes(p, self.noise((B, L, self.steps, N), p.device, p.dtype, generator))
-        else:
+        elif self.spikes:
             windows = latency_spikes(p, self.steps, self.sigma)
+        elif self.coding == "rate":
+            windows = p.unsqueeze(2).expand(B, L, self.steps, N)  # the expected spike train
+        else:
+            windows = latency_soft(p, self.steps, self.sigma)
         height = (weights * mask).to(p.dtype)[:, :, None, None]  # [B, L, 1, 1]
         return to_time_major(windows * height)

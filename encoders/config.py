@@ -44,6 +44,10 @@ class EncoderConfig:
     # 0.55, off 0.39 and 0.57; so shapes32 keeps it.
     final_membrane: bool = True
     feature_cache: int = 4096  # transformer: prompts whose frozen MiniLM features are memoised, 0 = none
+    # False: the dense ablation. Same layers, widths and training; the coding passes its continuous
+    # values (rate: p at every step; latency: the soft spike) and the neurons fire and reset through a
+    # smooth step instead of the Heaviside (encoders/spiking.py). Saved configs without the key: True.
+    spikes: bool = True
 
     def __post_init__(self) -> None:
         def check(ok: bool, option: str, why: str) -> None:
@@ -61,6 +65,7 @@ class EncoderConfig:
         check(0 < self.slstm_threshold < 1, "slstm_threshold", "must lie in (0, 1)")
         check(self.latency_sigma > 0, "latency_sigma", "must be > 0")
         check(self.feature_cache >= 0, "feature_cache", "must be >= 0")
+        check(isinstance(self.spikes, bool), "spikes", "must be true or false")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -10,7 +10,8 @@ counts alone make nearly equal codes for different prompts, the membrane keeps t
 The final membrane holds mostly the last words and can dominate the pooled code; it is optional
 (EncoderConfig.final_membrane says why and what it measured).
 Only real (non-padding) steps enter readouts and stats, and padding sits after the last
-token, so padding changes nothing.
+token, so padding changes nothing. With EncoderConfig.spikes False (the dense ablation) the same
+pipeline carries continuous values where the spikes were.
 """
 from __future__ import annotations
 
@@ -74,10 +75,10 @@ class SpikingTextEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.coder = SpikeCoder(coding=cfg.coding, steps_per_token=cfg.steps_per_token, seed=cfg.seed,
-                                latency_sigma=cfg.latency_sigma, rate_noise=cfg.rate_noise)
+                                latency_sigma=cfg.latency_sigma, rate_noise=cfg.rate_noise, spikes=cfg.spikes)
         self.stack = SpikingStack(in_features=cfg.embed_dim, hidden=cfg.hidden, num_layers=cfg.num_layers,
                                   first_neuron=first_neuron, beta=cfg.beta, threshold=cfg.threshold,
-                                  learn_beta=cfg.learn_beta, slstm_threshold=cfg.slstm_threshold)
+                                  learn_beta=cfg.learn_beta, slstm_threshold=cfg.slstm_threshold, spikes=cfg.spikes)
         pooled_stats = 3 if cfg.final_membrane else 2
         self.pooled_head = Readout(in_features=pooled_stats * cfg.hidden, out_features=cfg.code_dim)
         self.token_head = Readout(in_features=2 * cfg.hidden, out_features=cfg.code_dim)

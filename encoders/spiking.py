@@ -14,8 +14,16 @@ gradient) on all steps at once. Values and gradients equal stepping snn.Leaky
 `RecurrentLeakyIntegrate` does the same for snn.RLeaky (all-to-all recurrent weights): the
 forward loop runs without a graph and backward runs the adjoint recurrence, with the
 neuron's own surrogate derivative. SLSTM is stepped through snntorch.
+
+The dense ablation (spikes=False, EncoderConfig.spikes) keeps every layer, width and state
+equation and replaces the Heaviside step, wherever a neuron fires or resets, by `smooth_spike`:
+the smooth step whose derivative is the atan surrogate gradient the spiking neurons train with.
+The neurons are snntorch's own, built with it as their `spike_grad`, so stepping them gives the
+dense reference, and the fast paths run the same recurrences with a continuous reset.
 """
 from __future__ import annotations
+
+import math
 
 import snntorch as snn
 import torch
@@ -25,6 +33,21 @@ NEURONS = ("leaky", "rleaky", "slstm")
 # Synapses start at 2x PyTorch's default Linear init: with it every layer of a fresh encoder
 # fires at roughly 5-20 % per step (at 1x the second layer fires under 2 %, its gradients starve).
 SYNAPSE_INIT_GAIN = 2.0
+SURROGATE_ALPHA = 2.0  # slope of snntorch's default atan surrogate, which every spiking neuron here uses
+
+
+def smooth_spike(x: torch.Tensor) -> torch.Tensor:
+    """The dense ablation's firing function of x = mem - threshold: 1/2 + arctan(pi alpha x / 2) / pi,
+    in (0, 1), 1/2 at threshold. Its derivative is snntorch's atan surrogate (alpha = 2)."""
+    return 0.5 + torch.atan((math.pi * SURROGATE_ALPHA / 2) * x) / math.pi
+
+
+def fire_into(out: torch.Tensor, mem: torch.Tensor, threshold: float, smooth: bool) -> torch.Tensor:
+    """out <- H(mem - threshold) (1.0 where mem > threshold), or smooth_spike(mem - threshold)
+    when smooth; returns out. In place: the integrators' step loops allocate nothing."""
+    if smooth:
+        return out.copy_(smooth_spike(mem - threshold))
+    return torch.gt(mem, threshold, out=out)
 
 
 def clear_state(cell: nn.Module) -> None:
@@ -43,18 +66,19 @@ class LeakyIntegrate(torch.autograd.Function):
         mem[t] = beta * mem[t-1] + cur[t] - threshold * H(mem[t-1] - threshold),  mem[-1] = 0
 
     cur [T, B, H]; beta a tensor broadcastable to [B, H] (already clamped to [0, 1]).
+    smooth=True: smooth_spike in place of the step H (the dense ablation).
     The reset is treated as a constant in backward, as in snntorch (it is detached there).
     """
 
     @staticmethod
-    def forward(ctx, cur: torch.Tensor, beta: torch.Tensor, threshold: float) -> torch.Tensor:
+    def forward(ctx, cur: torch.Tensor, beta: torch.Tensor, threshold: float, smooth: bool = False) -> torch.Tensor:
         mem = torch.empty_like(cur)
         prev = torch.zeros_like(cur[0])
         reset = torch.empty_like(cur[0])
         for t in range(cur.shape[0]):
             # snn.Leaky's operations in its order (beta * mem + input - reset * threshold),
             # written in place: bit-equal results without per-step allocations.
-            torch.gt(prev, threshold, out=reset)  # 1.0 where the previous step fired
+            fire_into(reset, prev, threshold, smooth)  # 1.0 where the previous step fired
             torch.mul(prev, beta, out=mem[t])
             prev = mem[t].add_(cur[t]).sub_(reset, alpha=threshold)
         ctx.save_for_backward(mem, beta)
@@ -73,7 +97,7 @@ class LeakyIntegrate(torch.autograd.Function):
             g = grad_cur * prev  # [T, B, H]
             grad_beta = g.sum() if beta.numel() == 1 else g.sum(dim=(0, 1))
             grad_beta = grad_beta.reshape(beta.shape)
-        return grad_cur, grad_beta, None
+        return grad_cur, grad_beta, None, None
 
 
 def surrogate_derivative(spike_grad, x: torch.Tensor) -> torch.Tensor:
@@ -92,20 +116,21 @@ class RecurrentLeakyIntegrate(torch.autograd.Function):
         spk[t]   = H(mem[t] - thr)                       (surrogate gradient in backward)
 
     with mem[-1] = spk[-1] = 0. cur [T, B, H]; weight [H, H], bias [H] of the recurrent
-    nn.Linear. Returns (spk, mem), each [T, B, H].
+    nn.Linear. Returns (spk, mem), each [T, B, H]. smooth=True: smooth_spike in place of H in
+    the reset and the firing (the dense ablation; `spike_grad` is then smooth_spike itself).
     """
 
     @staticmethod
-    def forward(ctx, cur, weight, bias, beta, threshold: float, spike_grad):
+    def forward(ctx, cur, weight, bias, beta, threshold: float, spike_grad, smooth: bool = False):
         mem, spk = torch.empty_like(cur), torch.empty_like(cur)
         prev_mem, prev_spk = torch.zeros_like(cur[0]), torch.zeros_like(cur[0])
         reset = torch.empty_like(cur[0])
         for t in range(cur.shape[0]):
             # snn.RLeaky's order: beta * mem + input + recurrent(spk) - reset * threshold.
-            torch.gt(prev_mem, threshold, out=reset)
+            fire_into(reset, prev_mem, threshold, smooth)
             torch.mul(prev_mem, beta, out=mem[t])
             prev_mem = mem[t].add_(cur[t]).add_(nn.functional.linear(prev_spk, weight, bias)).sub_(reset, alpha=threshold)
-            prev_spk = torch.gt(prev_mem, threshold, out=spk[t])
+            prev_spk = fire_into(spk[t], prev_mem, threshold, smooth)
         ctx.save_for_backward(mem, spk, weight, beta)
         ctx.threshold, ctx.spike_grad = threshold, spike_grad
         return spk, mem
@@ -127,7 +152,7 @@ class RecurrentLeakyIntegrate(torch.autograd.Function):
         if ctx.needs_input_grad[3]:
             g = grad_cur[1:] * mem[:-1]
             grad_beta = (g.sum() if beta.numel() == 1 else g.sum(dim=(0, 1))).reshape(beta.shape)
-        return grad_cur, grad_weight, grad_bias, grad_beta, None, None
+        return grad_cur, grad_weight, grad_bias, grad_beta, None, None, None
 
 
 class SpikingLayer(nn.Module):
@@ -143,24 +168,28 @@ class SpikingLayer(nn.Module):
         threshold: float = 1.0,  # firing threshold
         learn_beta: bool = False,  # train beta (leaky/rleaky)
         slstm_threshold: float = 0.2,  # firing threshold of an SLSTM (its h stays in (-1, 1))
+        spikes: bool = True,  # False: smooth_spike in place of the spikes (the dense ablation)
     ) -> None:
         super().__init__()
         if neuron not in NEURONS:
             raise ValueError(f"neuron must be one of {NEURONS}, got {neuron!r}")
-        self.neuron = neuron
+        self.neuron, self.spikes = neuron, spikes
+        spike_grad = None if spikes else smooth_spike  # None: snntorch's atan surrogate
         self.in_features, self.out_features = in_features, out_features
         self.fc = nn.Linear(in_features, out_features)
         with torch.no_grad():
             self.fc.weight.mul_(SYNAPSE_INIT_GAIN)
         if neuron == "leaky":
-            self.cell = snn.Leaky(beta=beta, threshold=threshold, learn_beta=learn_beta, init_hidden=False)
+            self.cell = snn.Leaky(beta=beta, threshold=threshold, learn_beta=learn_beta, init_hidden=False,
+                                  spike_grad=spike_grad)
         elif neuron == "rleaky":
             self.cell = snn.RLeaky(beta=beta, threshold=threshold, learn_beta=learn_beta, all_to_all=True,
-                                   linear_features=out_features, init_hidden=False)
+                                   linear_features=out_features, init_hidden=False, spike_grad=spike_grad)
         else:
             # SLSTM's input is the fc current (width out_features): snntorch 1.0 re-zeroes the
             # state whenever input width != hidden width, so the widths must match.
-            self.cell = snn.SLSTM(out_features, out_features, threshold=slstm_threshold, init_hidden=False)
+            self.cell = snn.SLSTM(out_features, out_features, threshold=slstm_threshold, init_hidden=False,
+                                  spike_grad=spike_grad)
 
     def forward(self, x: torch.Tensor, *, stepwise: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """x [T, B, in] spikes -> (spikes [T, B, out], membrane [T, B, out]).
@@ -176,11 +205,11 @@ class SpikingLayer(nn.Module):
         threshold = float(self.cell.threshold)
         with torch.autocast(current.device.type, enabled=False):
             if self.neuron == "leaky":
-                mem = LeakyIntegrate.apply(current, beta, threshold)
+                mem = LeakyIntegrate.apply(current, beta, threshold, not self.spikes)
                 return self.cell.fire(mem).float(), mem
             rec = self.cell.recurrent
             return RecurrentLeakyIntegrate.apply(current, rec.weight.float(), rec.bias.float(), beta, threshold,
-                                                 self.cell.spike_grad)
+                                                 self.cell.spike_grad, not self.spikes)
 
     def step_through(self, current: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Step the snntorch neuron through current [T, B, out]; state local to this call."""
@@ -247,12 +276,13 @@ class SpikingStack(nn.Module):
         threshold: float = 1.0,  # firing threshold
         learn_beta: bool = False,  # train beta
         slstm_threshold: float = 0.2,  # firing threshold of an SLSTM first layer
+        spikes: bool = True,  # False: the dense ablation (smooth_spike in place of spikes)
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             SpikingLayer(in_features=in_features if i == 0 else hidden, out_features=hidden,
                          neuron=first_neuron if i == 0 else "leaky", beta=beta, threshold=threshold,
-                         learn_beta=learn_beta, slstm_threshold=slstm_threshold)
+                         learn_beta=learn_beta, slstm_threshold=slstm_threshold, spikes=spikes)
             for i in range(num_layers)
         )
 
@@ -273,7 +303,8 @@ def spike_stats(stack: SpikingStack, input_spikes: torch.Tensor, layer_spikes: l
     Returns "spikes" [B] (input + hidden spike events), "firing_rate" [] (hidden spikes per
     neuron per real step), "synops" [B] (each spike x the synapses it drives, plus any
     always-on MACs) and "dense_macs" [] (per prompt, mean over the batch, for a dense
-    network of the same shape over the same steps).
+    network of the same shape over the same steps). In the dense ablation every non-zero value
+    counts as an event, so synops come out at the dense count (the values are not spikes).
     """
     with torch.no_grad():
         m = step_mask.unsqueeze(-1)  # [T, B, 1]

@@ -68,6 +68,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="after the warm-up, that map trains alone for this many kimg on the warmed encoder's tokens")
     p.add_argument("--max-length", type=int, default=None,
                    help="tokens per caption (a fresh run); longer captions lose their last tokens")
+    p.add_argument("--encoder-spikes", choices=("on", "off"), default=None,
+                   help="off: the dense ablation, the same encoder with continuous values in place of spikes (a fresh run)")
+    p.add_argument("--steps-per-token", type=int, default=None, help="time steps K in each token's window (a fresh run)")
     p.add_argument("--mixed-precision", choices=("no", "bf16", "fp16"), default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--snap", type=float, default=None, help="kimg between snapshots")
@@ -91,7 +94,7 @@ def build_config(args: argparse.Namespace):
         if value is not None and not value > low:
             raise ValueError(f"{flag} must be > {low}, got {value}")
     for flag, value in (("--batch", args.batch), ("--batch-gpu", args.batch_gpu), ("--threads", args.threads),
-                        ("--max-length", args.max_length)):
+                        ("--max-length", args.max_length), ("--steps-per-token", args.steps_per_token)):
         if value is not None and value < 1:
             raise ValueError(f"{flag} must be >= 1, got {value}")
     for flag, value in (("--gamma", args.gamma), ("--match-weight", args.match_weight),
@@ -119,6 +122,12 @@ def build_config(args: argparse.Namespace):
             raise ValueError("--max-length applies to a fresh run: --resume and --init-from keep the tokenizer "
                              "they load")
         model["encoder"] = {"max_length": args.max_length}
+    spikes = None if args.encoder_spikes is None else args.encoder_spikes == "on"
+    for flag, key, value in (("--encoder-spikes", "spikes", spikes), ("--steps-per-token", "steps_per_token", args.steps_per_token)):
+        if value is not None:
+            if args.resume is not None or args.init_from is not None:
+                raise ValueError(f"{flag} applies to a fresh run: --resume and --init-from keep the encoder they load")
+            model.setdefault("encoder", {})[key] = value
     if args.word_region is not None:
         if args.resume is not None:
             raise ValueError("--word-region applies to a fresh run: --resume keeps the discriminator it loads")
