@@ -15,6 +15,7 @@ Metrics:
   real pairs, beside the same on held-out real pairs (`eval.alignment`).
 - attributes: probe accuracy per attribute on the shapes domain (`eval.attributes`).
 - clip_score: CLIPScore (100 * max(cos, 0)) with user-supplied open_clip weights.
+- emphasis, order, energy: what the spikes carry and cost (`eval.emphasis`, `eval.order`, `eval.energy`).
 """
 from __future__ import annotations
 
@@ -677,3 +678,6 @@ def snapshot_callback(metric_names: Sequence[str], dataset, **compute_kwargs) ->
         return {k: v for k, v in values.items() if v is not None}
 
     return callback
+
+
+from eval import emphasis, energy, order  # noqa: F401  (at the end: their metrics register on import)

