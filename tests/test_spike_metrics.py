@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -248,3 +249,21 @@ def test_cli_writes_finite_emphasis_order_and_energy(tiny_setup, tmp_path, capsy
     assert spiking["energy_synops"] < spiking["energy_dense_macs"] and spiking["energy_ratio"] < 1
     assert dense["energy_ratio"] == 1.0 and dense["energy_dense_macs"] == spiking["energy_dense_macs"]
     assert dense["energy_g_flops"] == spiking["energy_g_flops"]
+
+
+def test_raster_and_emphasis_strip_pictures(tiny_setup, tmp_path, capsys):
+    import PIL.Image
+
+    from scripts.spike_raster_strip import main
+
+    argv = ["--model", str(tiny_setup / "spiking"), "--out", str(tmp_path), "--name", "tiny",
+            "--prompt", "a small red circle on the left", "--word", "red", "--seed", "3"]
+    assert main(argv) == 0
+    raster, strip = tmp_path / "tiny-raster.png", tmp_path / "tiny-emphasis.png"
+    assert raster.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with PIL.Image.open(strip) as im:
+        assert im.size == (len(WEIGHTS) * 16 * 4, 16 * 4 + 14)
+        tiles = [np.asarray(im.crop((i * 64, 0, (i + 1) * 64, 64))) for i in range(len(WEIGHTS))]
+    assert any(not np.array_equal(tiles[0], t) for t in tiles[1:])  # a fresh G already moves with the weight
+    assert main([*argv[:-4], "--word", "blue", "--seed", "3"]) == 2
+    assert "--word 'blue'" in capsys.readouterr().err
