@@ -1,7 +1,8 @@
 """The `energy` metric: what the text encoder's spikes cost against the same layers run dense,
 beside the generator's and discriminator's FLOPs per image.
 
-From one forward pass of the encoder over the eval prompts (each distinct prompt once), per prompt:
+From one forward pass of the encoder over the eval prompts (each distinct prompt once, one at a
+time, so no padding is counted), per prompt:
   energy_firing_rate     hidden spikes per neuron per real time step
   energy_spikes          spike events (the input coding's and the hidden layers')
   energy_synops          synaptic operations: each spike x the synapses it drives (+ the
@@ -15,6 +16,11 @@ From one forward pass of the encoder over the eval prompts (each distinct prompt
   energy_spiking         1 for a spiking encoder, 0 for the dense ablation
   energy_encoder_flops   FLOPs of the whole encoder as software runs it (every synapse dense,
                          the readouts, and for the transformer kind the frozen MiniLM)
+  energy_other_macs      MACs outside the spiking layers (token features, readouts, MiniLM):
+                         energy_encoder_flops / 2 - energy_dense_macs, dense in either encoder
+  energy_encoder_pj      the whole encoder: energy_layers_pj + energy_other_macs x PJ_PER_MAC
+  energy_encoder_dense_pj  the whole encoder run dense: (dense + other MACs) x PJ_PER_MAC
+  energy_encoder_ratio   energy_encoder_pj / energy_encoder_dense_pj
 and per image:
   energy_g_flops, energy_d_flops   the generator's and a discriminator's forward FLOPs
   energy_encoder_share   encoder FLOPs / (encoder + generator FLOPs)
@@ -71,39 +77,45 @@ def count_flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def layer_energy(synops: float, dense_macs: float, *, spiking: bool) -> dict[str, float]:
-    """Per-prompt energy in pJ of the spiking layers and of the same layers run dense."""
+def layer_energy(synops: float, dense_macs: float, other_macs: float, *, spiking: bool) -> dict[str, float]:
+    """Per-prompt energy in pJ of the spiking layers and of the whole encoder, each beside the
+    same run dense. other_macs: the encoder's MACs outside the spiking layers."""
     layers = synops * PJ_PER_SYNOP if spiking else dense_macs * PJ_PER_MAC
     dense = dense_macs * PJ_PER_MAC
-    return {"energy_layers_pj": layers, "energy_dense_pj": dense, "energy_ratio": layers / dense if dense else 0.0}
+    other = other_macs * PJ_PER_MAC
+    return {"energy_layers_pj": layers, "energy_dense_pj": dense, "energy_ratio": layers / dense if dense else 0.0,
+            "energy_encoder_pj": layers + other, "energy_encoder_dense_pj": dense + other,
+            "energy_encoder_ratio": (layers + other) / (dense + other) if dense + other else 0.0}
 
 
 @torch.no_grad()
-def encoder_energy(encoder, tokenizer, prompts: list[str], *, batch: int, device, emphasis: bool) -> dict[str, float]:
+def encoder_energy(encoder, tokenizer, prompts: list[str], *, device, emphasis: bool) -> dict[str, float]:
     """Spike and operation counts per prompt of one pass of `encoder` (eval mode) over `prompts`,
-    and its FLOPs. Runs a copy, so a transformer's feature cache starts empty and MiniLM is counted."""
+    one prompt at a time, and its FLOPs. Runs a copy, so a transformer's feature cache starts
+    empty and MiniLM is counted."""
     if not prompts:
         raise ValueError("energy: no prompts")
     enc = copy.deepcopy(encoder).eval()
-    totals = {"spikes": 0.0, "synops": 0.0, "dense_macs": 0.0, "rate_x_steps": 0.0, "steps": 0.0}
+    totals = {"spikes": 0.0, "synops": 0.0, "dense_macs": 0.0, "hidden_spikes": 0.0, "neuron_steps": 0.0}
+    neurons = sum(layer.out_features for layer in enc.stack.layers)
 
     def run() -> None:
-        for lo in range(0, len(prompts), batch):
-            tokens = tokenizer(prompts[lo : lo + batch], emphasis=emphasis).to(device)
-            stats = enc(tokens).stats
-            b, steps = len(tokens.ids), float(tokens.mask.sum()) * enc.cfg.steps_per_token
-            totals["spikes"] += float(stats["spikes"].sum())
-            totals["synops"] += float(stats["synops"].sum())
-            totals["dense_macs"] += float(stats["dense_macs"]) * b  # per prompt, mean over the batch
-            totals["rate_x_steps"] += float(stats["firing_rate"]) * steps  # rate per neuron-step: weigh by steps
-            totals["steps"] += steps
+        for prompt in prompts:
+            tokens = tokenizer([prompt], emphasis=emphasis).to(device)
+            stats = enc(tokens).stats  # one prompt: every stat is that prompt's
+            neuron_steps = neurons * float(tokens.mask.sum()) * enc.cfg.steps_per_token
+            for key in ("spikes", "synops", "dense_macs"):
+                totals[key] += float(stats[key].sum())
+            totals["hidden_spikes"] += float(stats["firing_rate"]) * neuron_steps
+            totals["neuron_steps"] += neuron_steps
 
     with nullcontext() if emphasis else cuts_reported():  # captions: their cuts are reported by the main pass
         flops = count_flops(run)
     n = len(prompts)
-    return {"energy_firing_rate": totals["rate_x_steps"] / max(totals["steps"], 1.0),
+    return {"energy_firing_rate": totals["hidden_spikes"] / max(totals["neuron_steps"], 1.0),
             "energy_spikes": totals["spikes"] / n, "energy_synops": totals["synops"] / n,
-            "energy_dense_macs": totals["dense_macs"] / n, "energy_encoder_flops": flops / n}
+            "energy_dense_macs": totals["dense_macs"] / n, "energy_encoder_flops": flops / n,
+            "energy_other_macs": flops / 2 / n - totals["dense_macs"] / n}
 
 
 @torch.no_grad()
@@ -123,13 +135,13 @@ def network_flops(model, tokenizer, prompts: list[str], *, device, emphasis: boo
     return {"energy_g_flops": g / len(prompts), "energy_d_flops": d / len(prompts)}
 
 
-def measure_energy(model, tokenizer, prompts: list[str], *, batch: int, device, emphasis: bool) -> dict:
+def measure_energy(model, tokenizer, prompts: list[str], *, device, emphasis: bool) -> dict:
     """Every energy figure (module docstring) of `model` on `prompts`."""
     prompts = list(dict.fromkeys(prompts))
     spiking = bool(model.encoder.cfg.spikes)
-    out: dict[str, float | int | str] = encoder_energy(model.encoder, tokenizer, prompts, batch=batch, device=device,
+    out: dict[str, float | int | str] = encoder_energy(model.encoder, tokenizer, prompts, device=device,
                                                        emphasis=emphasis)
-    out.update(layer_energy(out["energy_synops"], out["energy_dense_macs"], spiking=spiking))
+    out.update(layer_energy(out["energy_synops"], out["energy_dense_macs"], out["energy_other_macs"], spiking=spiking))
     out.update({"energy_pj_per_synop": PJ_PER_SYNOP, "energy_pj_per_mac": PJ_PER_MAC, "energy_source": SOURCE,
                 "energy_spiking": int(spiking)})
     out.update(network_flops(model, tokenizer, prompts[:FLOP_PROMPTS], device=device, emphasis=emphasis))
@@ -140,5 +152,4 @@ def measure_energy(model, tokenizer, prompts: list[str], *, batch: int, device, 
 @register("energy")
 def energy(ctx: Context) -> dict:
     """Firing rate, synaptic ops vs dense MACs of the text encoder (pJ, Horowitz 2014), G and D FLOPs."""
-    return measure_energy(ctx.model, ctx.tokenizer, ctx.prompts(), batch=ctx.opts.batch, device=ctx.opts.device,
-                          emphasis=ctx.emphasis)
+    return measure_energy(ctx.model, ctx.tokenizer, ctx.prompts(), device=ctx.opts.device, emphasis=ctx.emphasis)

@@ -187,7 +187,7 @@ def test_energy_of_a_two_neuron_network_counted_by_hand():
     cfg, tok, enc = two_neuron_encoder(K=2)
     _, trains = enc.run(tok(["a red circle"]))
     assert [int(trains[k].ne(0).sum()) for k in ("input", "layer1", "layer2")] == [6, 3, 3]
-    out = encoder_energy(enc, tok, ["a red circle"], batch=4, device="cpu", emphasis=False)
+    out = encoder_energy(enc, tok, ["a red circle"], device="cpu", emphasis=False)
     T, H, C = 3 * 2, 2, cfg.code_dim
     assert out["energy_spikes"] == 6 + 3 + 3
     assert out["energy_synops"] == 6 * 2 + 3 * 2  # input spikes x fan-out 2, layer-1 spikes x fan-out 2
@@ -195,14 +195,33 @@ def test_energy_of_a_two_neuron_network_counted_by_hand():
     assert out["energy_firing_rate"] == pytest.approx((3 + 3) / (2 * H * T))  # = 0.25
     # Software FLOPs: two synapse matmuls over all T steps, the pooled readout (3H -> C) once and
     # the token readout (2H -> C) per token; 2 FLOPs per multiply-accumulate.
-    assert out["energy_encoder_flops"] == 2 * (T * (2 * H + H * H) + 3 * H * C + 3 * 2 * H * C)
-    energy = layer_energy(out["energy_synops"], out["energy_dense_macs"], spiking=True)
+    readouts = 3 * H * C + 3 * 2 * H * C
+    assert out["energy_encoder_flops"] == 2 * (T * (2 * H + H * H) + readouts)
+    assert out["energy_other_macs"] == readouts
+    energy = layer_energy(out["energy_synops"], out["energy_dense_macs"], out["energy_other_macs"], spiking=True)
     assert energy["energy_layers_pj"] == pytest.approx(18 * 0.9)
     assert energy["energy_dense_pj"] == pytest.approx(48 * 4.6)
     assert energy["energy_ratio"] == pytest.approx(18 * 0.9 / (48 * 4.6))
-    dense = layer_energy(48, 48, spiking=False)
+    assert energy["energy_encoder_ratio"] == pytest.approx((18 * 0.9 + readouts * 4.6) / ((48 + readouts) * 4.6))
+    dense = layer_energy(48, 48, 10, spiking=False)
     assert dense["energy_layers_pj"] == dense["energy_dense_pj"] == pytest.approx(48 * PJ_PER_MAC)
+    assert dense["energy_encoder_ratio"] == 1.0
     assert PJ_PER_SYNOP == 0.9 and PJ_PER_MAC == 4.6
+
+
+@pytest.mark.parametrize("kind,extra", [("embedding", {}), ("recurrent", {}), ("recurrent", {"recurrent_cell": "slstm"})])
+def test_macs_outside_the_spiking_layers_are_the_readouts(kind, extra):
+    """The FLOP count of the whole encoder is the spiking layers' dense MACs plus the readouts."""
+    torch.manual_seed(0)
+    cfg = EncoderConfig(kind=kind, code_dim=8, embed_dim=6, hidden=5, steps_per_token=3, **extra)
+    prompts = ["a red circle", "a blue square left of a red circle"]
+    tok = make_tokenizer(cfg, prompts)
+    enc = build_encoder(cfg, len(tok)).eval()
+    out = encoder_energy(enc, tok, prompts, device="cpu", emphasis=False)
+    tokens = (3 + 8) / 2  # per prompt
+    assert out["energy_other_macs"] == pytest.approx(3 * 5 * 8 + tokens * 2 * 5 * 8)  # pooled + token readouts
+    per_step = 6 * 5 + 5 * 5 + {"embedding": 0, "recurrent": 5 * 5 if not extra else 8 * 5 * 5}[kind]
+    assert out["energy_dense_macs"] == pytest.approx(tokens * 3 * per_step)
 
 
 # ----------------------------------------------------------------------------------------
