@@ -36,6 +36,7 @@ class TrainConfig:
     out: str = "runs/train"  # Run directory.
     encoder: str | None = None  # Encoder kind override (embedding|recurrent|transformer); None = preset's.
     kimg: float = 60.0  # Length of the whole run in thousands of images (resume counts from the state).
+    minutes: float | None = None  # Wall-clock budget of this invocation: it then stops as on SIGTERM; None = none.
     batch: int = 32  # Global batch: processes x batch_gpu x accumulation steps.
     batch_gpu: int | None = None  # Images per process per micro-batch; None = batch / processes.
     g_lr: float = 0.0025  # Adam learning rate of G (generator + text encoder).
@@ -120,6 +121,7 @@ def check_config(cfg: TrainConfig) -> None:
 
     loss, warm = cfg.loss, cfg.warmup
     need(cfg.kimg > 0, f"--kimg must be > 0, got {cfg.kimg}")
+    need(cfg.minutes is None or cfg.minutes > 0, f"--minutes must be > 0, got {cfg.minutes}")
     need(cfg.snap > 0, f"--snap must be > 0, got {cfg.snap}")
     need(cfg.tick > 0, f"tick must be > 0, got {cfg.tick}")
     need(cfg.batch >= 1, f"--batch must be >= 1, got {cfg.batch}")

@@ -183,6 +183,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     from accelerate.utils import GradientAccumulationPlugin, set_seed
 
     check_config(cfg)
+    run_start = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -384,12 +385,16 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
             prev = state.nimg - cfg.batch
             if done or state.nimg // tick_nimg > prev // tick_nimg:
                 tick()
+            if cfg.minutes is not None and time.time() - run_start >= 60 * cfg.minutes and stop["signal"] is None:
+                stop["signal"] = "budget"  # the wall-clock budget ends the run as a SIGTERM would
             interrupted = any_process_stopped(stop)
             if done or interrupted or state.nimg // snap_nimg > prev // snap_nimg:
                 snapshot()
             if interrupted:
-                main.print(f"{stop['signal'] or 'signal'} received: state saved at {state.nimg / 1000:.3f} kimg "
-                           f"in {out / 'checkpoints'}; continue with --resume latest")
+                why = f"--minutes {cfg.minutes:g} reached" if stop["signal"] == "budget" else \
+                    f"{stop['signal'] or 'signal'} received"
+                main.print(f"{why}: state saved at {state.nimg / 1000:.3f} kimg in {out / 'checkpoints'} and the model "
+                           f"in {out / 'model'}; continue with --resume latest")
                 break
     finally:
         bar.close()

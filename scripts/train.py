@@ -28,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     core.add_argument("--preset", default="shapes32", help="model preset and its training defaults (gan/presets.py)")
     core.add_argument("--out", default=None, help="run directory (default: runs/<preset>)")
     core.add_argument("--kimg", type=float, default=None, help="length of the run in thousands of images")
+    core.add_argument("--minutes", type=float, default=None,
+                      help="wall-clock budget: the run then stops as on SIGTERM (snapshot, model, state); "
+                           "--resume latest continues it")
     core.add_argument("--batch", type=int, default=None, help="global batch size")
     core.add_argument("--batch-gpu", type=int, default=None, help="images per process per micro-batch")
     core.add_argument("--lr", type=float, default=None, help="Adam learning rate of G and D")
@@ -80,7 +83,7 @@ def build_config(args: argparse.Namespace):
     from gan.train_config import check_config, resolve_config
 
     overrides: dict[str, Any] = dict(
-        data=args.data, encoder=args.encoder, out=args.out or f"runs/{args.preset}", kimg=args.kimg,
+        data=args.data, encoder=args.encoder, out=args.out or f"runs/{args.preset}", kimg=args.kimg, minutes=args.minutes,
         batch=args.batch, batch_gpu=args.batch_gpu, g_lr=args.lr, d_lr=args.lr,
         encoder_lr_mult=args.encoder_lr_mult, layout_lr=args.layout_lr,
         mixed_precision=args.mixed_precision, seed=args.seed, snap=args.snap, resume=args.resume,

@@ -273,6 +273,7 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
 @pytest.mark.parametrize("argv, flag", [
     (["--batch", "0"], "--batch"),
     (["--kimg", "-1"], "--kimg"),
+    (["--minutes", "0"], "--minutes"),
     (["--snap", "0"], "--snap"),
     (["--gamma", "-0.5"], "--gamma"),
     (["--contrastive-weight", "-1"], "--contrastive-weight"),
@@ -386,3 +387,18 @@ def test_help_groups_core_options_first_and_lists_no_removed_option(capsys):
     assert first["--data"] < groups[1] < first["--contrastive-weight"] < groups[2] < first["--sketch-weight"]
     for removed in ("guide", "hard-negatives", "word-region"):
         assert removed not in text
+
+
+def test_minutes_budget_stops_with_model_and_state_then_resumes_exactly(full_run, tmp_path, capsys):
+    """--minutes: the run stops as on SIGTERM after the step that crosses the budget (here the
+    first), with a grid, the exported model and a whole state; --resume latest then finishes it as
+    one go would have."""
+    stopped = train(tiny(tmp_path, kimg=0.128, minutes=1e-9))
+    assert stopped.interrupted and stopped.state.nimg == 16
+    assert "--minutes 1e-09 reached: state saved at 0.016 kimg" in capsys.readouterr().out
+    assert [p.name for p in list_states(tmp_path / "checkpoints")] == ["state-0000000016"]
+    assert (tmp_path / "model" / "model.safetensors").is_file() and not training_finished(tmp_path)
+    resumed = train(tiny(tmp_path, kimg=0.128, resume="latest"))
+    assert resumed.state.nimg == 128 and not resumed.interrupted
+    assert_same(weights(resumed.model), weights(full_run.model))
+    assert_same(weights(resumed.discriminator), weights(full_run.discriminator))
