@@ -32,16 +32,7 @@ class EncoderConfig:
     min_freq: int = 1  # word tokenizer: occurrences a word needs to enter the vocabulary
     seed: int = 0  # frozen rate-coding noise in eval mode (deterministic codes)
     code_norm: bool = True  # standardise each pooled-code feature across prompts (CodeNorm)
-    # The pooled readout also reads the membrane at the prompt's last step. That membrane holds
-    # mostly the last words, and one step varies more than an average, so it dominates the
-    # pooled code: on shapes32 (recurrent, fully specified one-object captions) the background
-    # word had 37 % of the code's variance, colour 8 %, shape 4 %. G follows the code's strong
-    # directions first. Without it, shapes32's main job drew the prompt's colour 0.56 of the
-    # time instead of 0.24 and its relation 0.41 instead of 0.28, but the background 0.37
-    # instead of 0.84 (saved configs without the key keep it). After the contrastive warm-up
-    # (gan/warmup.py) the readout has learnt how much each statistic shows, and the trade-off
-    # is gone: at 50 kimg (400 images) the final membrane on gave background 0.83 and colour
-    # 0.55, off 0.39 and 0.57; so shapes32 keeps it.
+    # The pooled readout also reads the membrane at the prompt's last step (docs/experiments.md).
     final_membrane: bool = True
     feature_cache: int = 4096  # transformer: prompts whose frozen MiniLM features are memoised, 0 = none
     # False: the dense ablation. Same layers, widths and training; the coding passes its continuous

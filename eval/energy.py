@@ -131,7 +131,7 @@ def network_flops(model, tokenizer, prompts: list[str], *, device, emphasis: boo
     images = model.generator(z, code, noise_mode="const")
     D = Discriminator(model.cfg.discriminator).to(device).eval()
     g = count_flops(lambda: model.generator(z, code, noise_mode="const"))
-    d = count_flops(lambda: D(images, code.pooled, tokens=code.tokens, mask=code.mask))
+    d = count_flops(lambda: D(images, code.pooled))
     return {"energy_g_flops": g / len(prompts), "energy_d_flops": d / len(prompts)}
 
 

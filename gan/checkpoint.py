@@ -4,7 +4,6 @@ A state directory `OUT/checkpoints/state-<nimg>/` holds
   - what `accelerator.save_state` writes: the prepared networks (safetensors), the
     optimisers, the gradient scaler and Accelerate's RNG record;
   - `ema.safetensors`: the EMA generator + text encoder;
-  - `guide.safetensors` (runs with the guide term): the warm-up's frozen image scorer;
   - `sketch.safetensors` (runs with the sketch term): the warmed layout map's frozen sketch;
   - `rng-<rank>.safetensors` + `rng-<rank>.json`: every process's torch / CUDA / NumPy /
     Python RNG state (restored after Accelerate's, so resume does not depend on pickles);
@@ -31,7 +30,6 @@ from safetensors.torch import load_file, save_file
 STATE_RE = re.compile(r"^state-(\d{10})$")
 TRAINER_FILE = "trainer.json"
 EMA_FILE = "ema.safetensors"
-GUIDE_FILE = "guide.safetensors"
 SKETCH_FILE = "sketch.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -118,7 +116,6 @@ def save_training_state(
     trainer: dict[str, Any],  # JSON-able loop state (nimg, step, augment p, counters, configs).
     tokenizer,  # Has .save(path).
     keep: int,  # Newest states kept; older ones are deleted after the new one is in place.
-    guide_state: dict[str, torch.Tensor] | None = None,  # The guide term's frozen scorer, if the run has one.
     sketch_state: dict[str, torch.Tensor] | None = None,  # The sketch term's frozen layout, if the run has one.
 ) -> Path:
     """Write a complete state atomically; returns its final path. Collective: call on all ranks."""
@@ -138,8 +135,6 @@ def save_training_state(
     _write_json(tmp / f"rng-{rank}.json", meta)
     if accelerator.is_main_process:
         _save_tensors(ema_state, tmp / EMA_FILE)
-        if guide_state is not None:
-            _save_tensors(guide_state, tmp / GUIDE_FILE)
         if sketch_state is not None:
             _save_tensors(sketch_state, tmp / SKETCH_FILE)
         tokenizer.save(tmp / TOKENIZER_FILE)
@@ -182,20 +177,10 @@ def load_training_state(state_dir: str | Path, *, accelerator) -> dict[str, torc
     return load_file(str(state_dir / EMA_FILE))
 
 
-def _load_term_state(state_dir: str | Path, name: str, term: str, flag: str) -> dict[str, torch.Tensor]:
-    """A loss term's frozen network saved with a state as `name`; CheckpointError when the run had none."""
-    path = Path(state_dir) / name
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing; the run in {state_dir} was started without the {term} "
-                              f"({flag} 0), so it cannot be resumed with it")
-    return load_file(str(path))
-
-
-def load_guide_state(state_dir: str | Path) -> dict[str, torch.Tensor]:
-    """The guide term's scorer saved with a state."""
-    return _load_term_state(state_dir, GUIDE_FILE, "guide term", "--guide-weight")
-
-
 def load_sketch_state(state_dir: str | Path) -> dict[str, torch.Tensor]:
-    """The sketch term's frozen layout saved with a state."""
-    return _load_term_state(state_dir, SKETCH_FILE, "sketch term", "--sketch-weight")
+    """The sketch term's frozen layout saved with a state; CheckpointError when the run had none."""
+    path = Path(state_dir) / SKETCH_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; the run in {state_dir} was started without the sketch term "
+                              f"(--sketch-weight 0), so it cannot be resumed with it")
+    return load_file(str(path))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import PIL.Image
@@ -127,3 +127,40 @@ def resize_like_pil(images: torch.Tensor, size: int, resample: int = PIL.Image.B
     mh = pil_resize_matrix(H, size, resample).to(images)  # [size, H]
     mw = pil_resize_matrix(W, size, resample).to(images)  # [size, W]
     return mh @ images @ mw.T  # [B, C, size, size]
+
+
+def grid_prompts(prompts: Sequence[str], captions: list[str], rows: int) -> list[str]:
+    """The fixed prompts of a training run's sample grid: `prompts`, or the first `rows` distinct captions."""
+    if prompts:
+        return list(prompts)
+    return list(dict.fromkeys(captions))[:rows]
+
+
+@torch.no_grad()
+def render_grid(model: torch.nn.Module, tokenizer, prompts: list[str], seeds: list[int], *, device,
+                emphasis: bool = True) -> Any:
+    """PIL grid: one row per prompt (its text in a left margin), one column per latent seed;
+    EMA model, constant noise, 32 px and smaller tiles doubled (nearest) for legibility.
+    emphasis=False reads the prompts literally (dataset captions, as training reads them)."""
+    import PIL.ImageDraw
+
+    was_training = model.training
+    model.eval()
+    z_dim = model.generator.z_dim
+    z = torch.cat([torch.randn(1, z_dim, generator=torch.Generator().manual_seed(s)) for s in seeds]).to(device)
+    tokens = tokenizer([p for p in prompts for _ in seeds], emphasis=emphasis).to(device)  # row-major: prompt, seed
+    img = model.generator(z.repeat(len(prompts), 1), model.encoder(tokens), noise_mode="const")
+    rows = to_pil(img.float())
+    model.train(was_training)
+    scale = 2 if rows[0].size[0] <= 32 else 1
+    if scale > 1:
+        rows = [im.resize((im.size[0] * scale, im.size[1] * scale), PIL.Image.NEAREST) for im in rows]
+    grid = image_grid(rows, rows=len(prompts), cols=len(seeds), gap=2)
+    margin = 300
+    canvas = PIL.Image.new("RGB", (grid.size[0] + margin, grid.size[1]), (255, 255, 255))
+    canvas.paste(grid, (margin, 0))
+    draw = PIL.ImageDraw.Draw(canvas)
+    tile = rows[0].size[1] + 2
+    for r, prompt in enumerate(prompts):
+        draw.text((4, r * tile + tile // 2 - 6), prompt[:48], fill=(0, 0, 0))
+    return canvas

@@ -24,6 +24,9 @@ LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
 
 
+TRUNCATIONS = ("prompt", "global")  # MappingNetwork targets: the prompt's mean w, or the global w_avg.
+
+
 def normalize_2nd_moment(x: torch.Tensor, dim: int = 1, eps: float = 1e-8) -> torch.Tensor:
     """Scale `x` to unit mean square along `dim` (StyleGAN's pixel norm on latents)."""
     return x * (x.square().mean(dim=dim, keepdim=True) + eps).rsqrt()
@@ -415,3 +418,105 @@ class CrossAttention(nn.Module):
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, code_dim={self.code_dim}, heads={self.heads}"
+
+
+class MappingNetwork(nn.Module):
+    """[normalised z, normalised embed(c)] -> MLP (equalised lr, lr multiplier) -> w.
+
+    With `code_in_w > 0` the last `code_in_w` features of w are a second, normalised
+    embedding of c that bypasses the MLP, w = [mlp(z, c), embed'(c)], as StyleGAN-T appends
+    its text embedding to the mapping output: every style then reads the prompt through one
+    full-rate linear layer instead of the slow (lr-multiplied) MLP. With `z_dim == 0` it maps
+    the code alone (the discriminator's projection `cmap`). When `w_avg_beta` is set it tracks
+    the running mean of w in the buffer `w_avg`.
+    """
+
+    def __init__(
+        self,
+        *,
+        z_dim: int,  # Latent width, 0 = no latent.
+        c_dim: int,  # Conditioning code width, 0 = unconditional.
+        w_dim: int,  # Output width.
+        num_ws: int | None,  # Number of ws to broadcast to, None = return [B, w_dim].
+        num_layers: int,  # Fully connected layers.
+        embed_dim: int | None = None,  # Width of the embedded code, None = w_dim.
+        lr_mult: float = 0.01,  # Learning-rate multiplier of the MLP.
+        w_avg_beta: float | None = 0.995,  # EMA decay of the tracked mean w, None = do not track.
+        code_in_w: int = 0,  # Features of w that embed c directly, bypassing the MLP (0 = none).
+    ) -> None:
+        super().__init__()
+        assert z_dim > 0 or c_dim > 0
+        assert 0 <= code_in_w < w_dim and (c_dim or not code_in_w), (code_in_w, w_dim, c_dim)
+        self.z_dim, self.c_dim, self.w_dim, self.num_ws = z_dim, c_dim, w_dim, num_ws
+        self.w_avg_beta = w_avg_beta
+        embed_dim = embed_dim or w_dim
+        self.embed = EqualLinear(c_dim, embed_dim) if c_dim else None
+        self.code_to_w = EqualLinear(c_dim, code_in_w) if code_in_w else None
+        widths = [z_dim + (embed_dim if c_dim else 0)] + [w_dim] * (num_layers - 1) + [w_dim - code_in_w]
+        self.layers = nn.Sequential(
+            *[EqualLinear(a, b, lr_mult=lr_mult, activation=True) for a, b in zip(widths[:-1], widths[1:])]
+        )
+        if w_avg_beta is not None:
+            self.register_buffer("w_avg", torch.zeros(w_dim))
+
+    def embed_inputs(self, z: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
+        """z [B, z_dim], c [B, c_dim] -> MLP input [B, z_dim + embed_dim]."""
+        parts = []
+        if self.z_dim:
+            assert z is not None and z.shape[1] == self.z_dim, (None if z is None else z.shape, self.z_dim)
+            parts.append(normalize_2nd_moment(z))
+        if self.c_dim:
+            assert c is not None and c.shape[1] == self.c_dim, (None if c is None else c.shape, self.c_dim)
+            parts.append(normalize_2nd_moment(self.embed(c)))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+    def map(self, z: torch.Tensor | None, c: torch.Tensor | None) -> torch.Tensor:
+        """z [B, z_dim], c [B, c_dim] -> w [B, w_dim], untruncated."""
+        x = self.layers(self.embed_inputs(z, c))
+        if self.code_to_w is None:
+            return x
+        return torch.cat([x, normalize_2nd_moment(self.code_to_w(c))], dim=1)
+
+    def forward(
+        self,
+        z: torch.Tensor | None,  # Latents [B, z_dim].
+        c: torch.Tensor | None,  # Pooled codes [B, c_dim].
+        *,
+        psi: float = 1.0,  # Truncation strength: 1 = none, 0 = the target mean itself.
+        truncation: str = "prompt",  # Target: "prompt" = this prompt's mean w, "global" = w_avg.
+        prompt_mean_samples: int = 256,  # Latents averaged for the prompt's mean w.
+        update_w_avg: bool | None = None,  # Update w_avg from this batch; None = in training mode.
+    ) -> torch.Tensor:
+        """-> ws [B, num_ws, w_dim] (or [B, w_dim] when num_ws is None)."""
+        x = self.map(z, c)  # [B, w_dim]
+        if update_w_avg is None:
+            update_w_avg = self.training
+        if update_w_avg and self.w_avg_beta is not None:
+            with torch.no_grad():
+                self.w_avg.copy_(x.detach().float().mean(dim=0).lerp(self.w_avg, self.w_avg_beta))
+        if psi != 1.0:
+            if truncation == "global":
+                if self.w_avg_beta is None:
+                    raise ValueError("global truncation needs a tracked w_avg (w_avg_beta is None)")
+                target = self.w_avg.to(x.dtype).unsqueeze(0)
+            elif truncation == "prompt":
+                target = self.prompt_mean_w(c, num=prompt_mean_samples).to(x.dtype)
+            else:
+                raise ValueError(f"truncation must be one of {TRUNCATIONS}, got {truncation!r}")
+            x = torch.lerp(target.expand_as(x), x, psi)
+        if self.num_ws is None:
+            return x
+        return x.unsqueeze(1).expand(-1, self.num_ws, -1)  # [B, num_ws, w_dim]
+
+    def prompt_mean_w(self, c: torch.Tensor, *, num: int = 256, seed: int = 0) -> torch.Tensor:
+        """Mean w of each prompt over `num` fixed latents (seeded, so deterministic): [B, w_dim].
+
+        The conditional truncation target of StyleGAN-T: truncating toward it keeps the prompt.
+        """
+        if not self.z_dim:
+            return self.map(None, c)
+        B = c.shape[0]
+        gen = torch.Generator(device=c.device).manual_seed(seed)
+        z = torch.randn(num, self.z_dim, generator=gen, device=c.device, dtype=c.dtype)
+        w = self.map(z.repeat(B, 1), c.repeat_interleave(num, dim=0))  # [B*num, w_dim]
+        return w.reshape(B, num, self.w_dim).mean(dim=1)

@@ -39,7 +39,8 @@ import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from encoders.code import SpikeCode  # noqa: E402
-from gan.config import DiscriminatorConfig, GeneratorConfig, preset  # noqa: E402
+from gan.config import DiscriminatorConfig, GeneratorConfig  # noqa: E402
+from gan.presets import preset  # noqa: E402
 from gan.discriminator import Discriminator  # noqa: E402
 from gan.generator import Generator  # noqa: E402
 

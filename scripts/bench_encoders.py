@@ -107,7 +107,7 @@ def gan_share(preset_name: str, texts: list[str], reps: int) -> dict:
     """Encoder fwd+bwd alone vs a GAN training-step equivalent that includes it (same batch)."""
     import torch.nn.functional as F
 
-    from gan.config import preset
+    from gan.presets import preset
     from gan.discriminator import Discriminator
     from gan.generator import Generator
 

@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 import torch
 
 from encoders import make_tokenizer
-from gan.config import preset
+from gan.presets import preset
 from gan.model import TextToImage
 from gan.pipeline import Pipeline
 from scripts.bench import make_code

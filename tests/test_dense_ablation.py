@@ -116,8 +116,9 @@ def test_dense_stats_count_every_value_as_an_event():
 
 def test_spikes_option_round_trips_and_old_configs_load_spiking(tmp_path):
     from data.shapes import ShapesDataset
-    from gan.config import ModelConfig, preset
+    from gan.config import ModelConfig
     from gan.model import TextToImage, load_model, save_model
+    from gan.presets import preset
 
     cfg = EncoderConfig(spikes=False)
     assert EncoderConfig.from_dict(cfg.to_dict()) == cfg and cfg.to_dict()["spikes"] is False

@@ -32,7 +32,7 @@ class TinyFeatures:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     from encoders import make_tokenizer
-    from gan.config import preset
+    from gan.presets import preset
     from gan.model import TextToImage, save_model
 
     cfg = preset("tiny")

@@ -7,12 +7,14 @@ import torch
 
 from encoders import EncoderConfig
 from encoders.code import SpikeCode
-from gan.config import GeneratorConfig, ModelConfig, preset
+from gan.config import GeneratorConfig, ModelConfig
+from gan.presets import preset
 from gan.generator import Generator
 from gan.layout import PromptLayout
 from gan.model import TextToImage
-from gan.training import TrainConfig, make_optimizers
-from gan.warmup import WarmupConfig, warm_up_encoder
+from gan.train_config import TrainConfig, check_config, resolve_config
+from gan.training import make_optimizers
+from gan.warmup import WarmupConfig, run_warmup, warm_up_encoder
 from tests.test_warmup import fresh_encoder, pairs, tiny_setup  # noqa: F401 (a fixture)
 
 
@@ -141,8 +143,8 @@ def test_warm_up_trains_the_layout_and_leaves_the_encoder_as_without(tiny_setup)
         layout = PromptLayout(cfg.code_dim, 16, resolution=8, max_tokens=cfg.max_length, heads=2)
         before = {k: v.clone() for k, v in layout.state_dict().items()}
         torch.manual_seed(123)
-        stats, _ = warm_up_encoder(enc, pairs(dataset, warm, 0), tokenizer, warm, resolution=16,
-                                   layout=layout if with_layout else None)
+        stats = warm_up_encoder(enc, pairs(dataset, warm, 0), tokenizer, warm, resolution=16,
+                                layout=layout if with_layout else None)
         encoders.append(enc.state_dict())
         assert ("warmup/layout_error" in stats) == with_layout
     assert math.isfinite(stats["warmup/layout_error"])
@@ -162,13 +164,14 @@ def test_the_layout_then_trains_alone_on_the_frozen_encoder(tiny_setup):  # noqa
         torch.manual_seed(5)
         layout = PromptLayout(cfg.code_dim, 16, resolution=8, max_tokens=cfg.max_length, heads=2)
         torch.manual_seed(123)
-        stats, _ = warm_up_encoder(enc, pairs(dataset, warm, 0), tokenizer, warm, resolution=16, layout=layout)
+        stats, _, _ = run_warmup(warm, enc, dataset, tokenizer, seed=0, workers=0, resolution=16, device="cpu",
+                                 any_process_stopped=lambda stop: False, layout=layout)
         assert stats["warmup/steps"] == 3 and stats.get("warmup/layout_steps", 0) == (2 if layout_kimg else 0)
         ends.append((enc.state_dict(), {k: v.clone() for k, v in layout.state_dict().items()}))
     assert all(torch.equal(ends[0][0][k], ends[1][0][k]) for k in ends[0][0])
     assert all(not torch.equal(ends[0][1][k], ends[1][1][k]) for k in ends[0][1])
-    with pytest.raises(ValueError, match="warmup.layout_kimg"):
-        WarmupConfig(layout_kimg=-1)
+    with pytest.raises(ValueError, match="--warmup-layout-kimg"):
+        check_config(resolve_config("tiny", warmup={"layout_kimg": -1}))
 
 
 def test_the_layout_has_its_own_adam_group_with_momentum():
@@ -192,15 +195,13 @@ def test_the_run_keeps_a_frozen_copy_of_the_warmed_layout_and_its_sketch(tiny_se
     through (its L1 on a batch is the warm-up's), frozen, and not G's map: training G's map after
     the warm-up leaves it as it was."""
     from gan.layout import LayoutTeacher
-    from gan.training import resolve_config, run_warmup
 
     dataset, cfg, tokenizer = tiny_setup
-    train_cfg = resolve_config("tiny", workers=0, warmup={"layout_kimg": 0.0, "hard_negatives": "off"})
     torch.manual_seed(5)
     layout = PromptLayout(cfg.code_dim, 16, resolution=8, max_tokens=cfg.max_length, heads=2)
-    warm, _, teacher, stopped = run_warmup(train_cfg, fresh_encoder(cfg, tokenizer), dataset, tokenizer, None,
-                                           resolution=16, device="cpu", any_process_stopped=lambda stop: False,
-                                           layout=layout)
+    warm, teacher, stopped = run_warmup(WarmupConfig(kimg=0.032, batch=16), fresh_encoder(cfg, tokenizer), dataset,
+                                        tokenizer, seed=0, workers=0, resolution=16, device="cpu",
+                                        any_process_stopped=lambda stop: False, layout=layout)
     assert stopped is None and isinstance(teacher, LayoutTeacher) and not teacher.training
     warmed = {k: v.clone() for k, v in layout.state_dict().items()}
     assert all(torch.equal(warmed[k], v) for k, v in teacher.layout.state_dict().items())

@@ -9,8 +9,8 @@ from torch import nn
 from encoders.code import SpikeCode
 from gan.ema import EMA, ema_beta
 from encoders.tokenizer import TokenBatch
-from gan.loss import (GANLoss, LossConfig, contrastive_loss, distinct_pairs, mode_seeking_loss, paired_rows,
-                      word_loss, word_targets)
+from gan.contrastive import contrastive_loss, distinct_pairs
+from gan.loss import GANLoss, LossConfig, mode_seeking_loss, paired_rows, word_loss, word_targets
 
 
 class TinyG(nn.Module):
@@ -38,7 +38,7 @@ class TinyD(nn.Module):
         self.out = nn.Linear(4, 1)
         self.word_head = nn.Linear(4, VOCAB)
 
-    def forward(self, img, pooled, *, tokens=None, mask=None, pairs=False, words=False):
+    def forward(self, img, pooled, *, pairs=False, words=False):
         h = torch.relu(self.feat(img.flatten(1)))
         if pairs:
             logits = self.out(h) + h @ pooled.T  # [B, B]
@@ -95,65 +95,9 @@ def test_g_main_contrastive_term(nets):
     assert G.to_img.weight.grad.abs().sum() > 0
 
 
-def naive_contrastive(scores, distinct, hard_scores, valid):
-    """-log softmax of each row's own score over its distinct captions and its valid hard negative."""
-    rows = []
-    for i in range(len(scores)):
-        cols = [scores[i, j] for j in range(len(scores)) if j == i or distinct[i, j]]
-        cols += [hard_scores[i]] if valid[i] else []
-        rows.append(-(scores[i, i] - torch.logsumexp(torch.stack(cols), dim=0)))
-    return torch.stack(rows).mean()
-
-
-HARD_VALID = torch.tensor([True, False, True, True])
-
-
 def as_code(pooled):
     """A SpikeCode of pooled codes, each with one token (itself)."""
     return SpikeCode(pooled, pooled[:, None], torch.ones(len(pooled), 1, dtype=torch.bool))
-
-
-def hard_codes(batch, kind):
-    """Stand-in for the loop's swapped captions: fixed codes, the second caption without one."""
-    assert kind in ("replace", "exchange"), kind
-    return as_code(torch.linspace(-1, 1, 16).reshape(4, 4)), HARD_VALID
-
-
-def test_g_main_hard_negatives_join_the_contrastive_rows(nets):
-    G, D = nets
-    z, ids = torch.randn(4, 3), torch.tensor([0, 1, 1, 3])
-    cfg = LossConfig(contrastive_weight=0.5, hard_negatives="exchange")
-    loss, stats = GANLoss(cfg=cfg, augment=None, hard_negatives=hard_codes)("Gmain", G=G, D=D, z=z, batch=ids)
-    img, code = G(z, ids)
-    p, h = code.pooled.detach(), hard_codes(ids, "exchange")[0].pooled
-    scores = torch.stack([torch.stack([D(img[i:i + 1], p[j:j + 1])[0] for j in range(4)]) for i in range(4)])
-    hard = torch.stack([D(img[i:i + 1], h[i:i + 1])[0] for i in range(4)])
-    con = naive_contrastive(scores, distinct_pairs(p), hard, HARD_VALID)
-    torch.testing.assert_close(loss, F.softplus(-scores.diagonal()).mean() + 0.5 * con)
-    torch.testing.assert_close(stats["loss/G_contrastive"], con.detach())
-    with pytest.raises(ValueError, match="loss.hard_negatives"):
-        GANLoss(cfg=cfg, augment=None)
-
-
-def test_d_main_hard_negatives_count_as_fake_and_join_the_contrastive_rows(nets):
-    G, D = nets
-    z, ids = torch.randn(4, 3), torch.tensor([0, 0, 2, 3])
-    real = torch.rand(4, 3, 4, 4) * 2 - 1
-    cfg = LossConfig(match_weight=0.5, contrastive_weight=0.25, hard_negatives="replace")
-    loss, stats = GANLoss(cfg=cfg, augment=None, hard_negatives=hard_codes)("Dmain", G=G, D=D, z=z, batch=ids,
-                                                                             real=real)
-    with torch.no_grad():
-        fake, code = G(z, ids)
-        p, h = code.pooled, hard_codes(ids, "replace")[0].pooled
-        scores = torch.stack([torch.stack([D(real[i:i + 1], p[j:j + 1])[0] for j in range(4)]) for i in range(4)])
-        hard = torch.stack([D(real[i:i + 1], h[i:i + 1])[0] for i in range(4)])
-        mis = [scores[i, j] for i in range(4) for j in range(4) if ids[i] != ids[j]]
-        hard_mis = F.softplus(hard[HARD_VALID]).mean()  # the three captions with a swapped copy
-        want = (F.softplus(D(fake, p)).mean() + F.softplus(-D(real, p)).mean()
-                + 0.5 * F.softplus(torch.stack(mis)).mean() + 0.5 * hard_mis
-                + 0.25 * naive_contrastive(scores, distinct_pairs(p), hard, HARD_VALID))
-    torch.testing.assert_close(loss.detach(), want)
-    torch.testing.assert_close(stats["loss/D_hard_mismatch"], hard_mis)
 
 
 def test_g_main_is_nonsaturating_and_d_code_is_detached(nets):
@@ -193,8 +137,6 @@ def test_g_main_mode_seeking_pairs_two_latents_per_caption(nets):
     same = torch.zeros(4, 3, 4, 4)
     apart = torch.cat([torch.zeros(2, 3, 4, 4), torch.ones(2, 3, 4, 4)])
     assert mode_seeking_loss(same, z[:4]) > mode_seeking_loss(apart, z[:4])
-    with pytest.raises(ValueError, match="loss.diversity_weight"):
-        LossConfig(diversity_weight=-1.0)
 
 
 def test_d_main_matches_formula_with_matching_aware_and_contrastive_terms(nets):
@@ -240,13 +182,9 @@ def test_d_reg_is_lazy_r1_scaled_by_interval(nets):
     assert D.feat.weight.grad.abs().sum() > 0  # R1 trains D through the double backward
 
 
-def test_unknown_phase_and_bad_config():
+def test_unknown_phase():
     with pytest.raises(ValueError, match="Gmain"):
         GANLoss(cfg=LossConfig(), augment=None)("Greg")
-    with pytest.raises(ValueError, match="loss.r1_interval"):
-        LossConfig(r1_interval=0)
-    with pytest.raises(ValueError, match="loss.contrastive_weight"):
-        LossConfig(contrastive_weight=-1.0)
 
 
 def test_ema_beta_ramp_up():
@@ -317,8 +255,6 @@ def test_word_term_d_on_reals_g_on_fakes(nets):
     torch.testing.assert_close(loss, F.softplus(-logits).mean() + 0.5 * word_loss(fake_words, t, negatives=False))
     loss.backward()
     assert G.to_img.weight.grad.abs().sum() > 0
-    with pytest.raises(ValueError, match="loss.word_weight"):
-        LossConfig(word_weight=-1.0)
 
 
 def test_d_reg_with_word_head_keeps_r1_and_the_head_in_the_graph(nets):
@@ -330,67 +266,6 @@ def test_d_reg_with_word_head_keeps_r1_and_the_head_in_the_graph(nets):
     torch.testing.assert_close(loss, plain)
     loss.backward()
     assert D.word_head.weight.grad is not None  # zero, but present: DDP sees every parameter used
-
-
-def test_guide_term_scores_fakes_with_the_frozen_scorer(nets):
-    """Gmain + guide_weight * the warm-up's CLIP loss of (G's images, their codes); the gradient
-    reaches G, never the frozen scorer; without a scorer the weight is refused."""
-    from gan.warmup import ImageTextScorer, clip_loss
-
-    G, D = nets
-    torch.manual_seed(1)
-    scorer = ImageTextScorer(resolution=4, code_dim=4).requires_grad_(False).eval()
-    z, ids = torch.randn(4, 3), torch.tensor([0, 1, 2, 1])  # rows 1 and 3 share a caption: no negatives
-    plain, _ = GANLoss(cfg=LossConfig(match_weight=0.0), augment=None)("Gmain", G=G, D=D, z=z, batch=ids)
-    loss, stats = GANLoss(cfg=LossConfig(match_weight=0.0, guide_weight=0.5), augment=None, guide=scorer)(
-        "Gmain", G=G, D=D, z=z, batch=ids)
-    img, code = G(z, ids)
-    pooled = code.pooled.detach()
-    want, _ = clip_loss(scorer.image(img), pooled, scorer.logit_scale, distinct_pairs(pooled))
-    torch.testing.assert_close(stats["loss/G_guide"], want.detach())
-    torch.testing.assert_close(scorer(img, code.detach(), distinct_pairs(pooled))[0], want)
-    torch.testing.assert_close(loss, plain + 0.5 * want)
-    G.zero_grad()
-    loss.backward()
-    assert G.to_img.weight.grad.abs().sum() > 0
-    assert all(p.grad is None for p in scorer.parameters())
-    with pytest.raises(ValueError, match="guide_weight"):
-        GANLoss(cfg=LossConfig(guide_weight=1.0), augment=None)
-    with pytest.raises(ValueError, match="loss.guide_weight"):
-        LossConfig(guide_weight=-1.0)
-
-
-def test_guide_scores_fakes_against_the_hard_negatives_it_was_warmed_up_with(nets):
-    """A guide warmed up with "replace" negatives (and a word-region term) scores G's images
-    against their captions' replaced copies, also when the loss itself has none; when the loss
-    draws the same kind, one draw serves both."""
-    from gan.warmup import ImageTextScorer
-
-    G, D = nets
-    torch.manual_seed(2)
-    scorer = ImageTextScorer(resolution=4, code_dim=4, word_region=True, max_tokens=1, hard_negatives="replace")
-    scorer = scorer.requires_grad_(False).eval()
-    z, ids = torch.randn(4, 3), torch.tensor([0, 1, 2, 3])
-    kinds = []
-
-    def swapped(batch, kind):
-        kinds.append(kind)
-        return hard_codes(batch, kind)
-
-    cfg = LossConfig(match_weight=0.0, guide_weight=0.5)
-    loss, stats = GANLoss(cfg=cfg, augment=None, guide=scorer, hard_negatives=swapped)("Gmain", G=G, D=D, z=z,
-                                                                                       batch=ids)
-    img, code = G(z, ids)
-    want, _ = scorer(img, code.detach(), distinct_pairs(code.pooled.detach()), hard_codes(ids, "replace"))
-    unguided, _ = scorer(img, code.detach(), distinct_pairs(code.pooled.detach()))
-    assert kinds == ["replace"] and not torch.allclose(want, unguided)
-    torch.testing.assert_close(stats["loss/G_guide"], want.detach())
-    kinds.clear()
-    cfg = LossConfig(match_weight=0.0, contrastive_weight=1.0, guide_weight=0.5, hard_negatives="replace")
-    GANLoss(cfg=cfg, augment=None, guide=scorer, hard_negatives=swapped)("Gmain", G=G, D=D, z=z, batch=ids)
-    assert kinds == ["replace"]
-    with pytest.raises(ValueError, match="guide warmed up with hard negatives"):
-        GANLoss(cfg=LossConfig(guide_weight=0.5), augment=None, guide=scorer)
 
 
 def test_sketch_loss_equals_a_naive_loop_over_the_object_cells():
@@ -460,5 +335,3 @@ def test_sketch_term_pulls_fakes_toward_the_frozen_sketch(nets):
     assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
     with pytest.raises(ValueError, match="sketch_weight"):
         GANLoss(cfg=LossConfig(sketch_weight=1.0), augment=None)
-    with pytest.raises(ValueError, match="loss.sketch_weight"):
-        LossConfig(sketch_weight=-1.0)

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import encoders
-from gan.config import preset
+from gan.presets import preset
 from gan.model import TextToImage, clean_state_dict, load_model, save_model
 
 CAPTIONS = ["a red circle left of a blue square", "a small green triangle", "two yellow stars"]

@@ -20,6 +20,7 @@ from pathlib import Path
 from safetensors.torch import save_file
 import data
 import gan.training as T
+from gan.train_config import resolve_config
 
 out = Path(sys.argv[1])
 seen = []
@@ -37,7 +38,7 @@ class Recording(__import__("torch").utils.data.Dataset):
         return self.inner.captions(*a, **k)
 
 data.open_dataset = lambda *a, **k: Recording(open_dataset(*a, **k))
-cfg = T.resolve_config("tiny", out=str(out / "run"), kimg=0.048, batch=16, batch_gpu=4, snap=0.048, threads=1,
+cfg = resolve_config("tiny", out=str(out / "run"), kimg=0.048, batch=16, batch_gpu=4, snap=0.048, threads=1,
                        workers=0, loss={"r1_interval": 2}, augment={"mode": "fixed", "p_init": 0.5})
 result = T.train(cfg)
 from accelerate import PartialState

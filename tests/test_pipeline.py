@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from encoders import PromptError, make_tokenizer
-from gan.config import preset
+from gan.presets import preset
 from gan.grid import image_grid, to_pil
 from gan.model import TextToImage, save_model
 from gan.pipeline import ModelDirError, Pipeline, seed_latents

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from encoders import SpikeCode
-from gan.config import preset
+from gan.presets import preset
 from gan.generator import Generator
 from gan.projector import (OptimConfig, lr_at, noise_buffers, noise_maps, noise_regularization, project,
                            refine)

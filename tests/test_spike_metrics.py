@@ -231,7 +231,7 @@ def test_macs_outside_the_spiking_layers_are_the_readouts(kind, extra):
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
     from eval import metrics
-    from gan.config import preset
+    from gan.presets import preset
     from gan.model import TextToImage, save_model
 
     root = tmp_path_factory.mktemp("spike-metrics")

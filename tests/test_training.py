@@ -18,8 +18,9 @@ import torch
 from encoders.tokenizer import PromptCutWarning
 from gan.checkpoint import CheckpointError, list_states
 from gan.loss import GANLoss
-from gan.training import (NonFiniteLossError, StreamSampler, TrainConfig, resolve_config, split_batch,
-                          train)
+from gan.stream import StreamSampler
+from gan.train_config import TrainConfig, resolve_config, split_batch
+from gan.training import NonFiniteLossError, train
 from scripts.main_job import training_finished
 from scripts.train import main as train_main
 
@@ -72,9 +73,20 @@ def test_long_captions_are_reported_once(tmp_path, capsys):
 
 
 def test_grid_reads_dataset_captions_literally(tmp_path):
-    data = caption_folder(tmp_path / "faces", ["a :) face", "smile (", "a (big) grin", "a frown"] * 4)
+    captions = ["a :) face", "smile (", "a (big) grin", "a frown"]
+    data = caption_folder(tmp_path / "faces", captions * 4)
     result = train(tiny(tmp_path / "run", data=str(data), kimg=0.016, snap=0.016))  # prompt syntax would raise
-    assert len(list((result.out / "samples").glob("grid-*.png"))) == 1
+    [png] = list((result.out / "samples").glob("grid-*.png"))
+    # The grid is the exported EMA model's images of the dataset's distinct captions, read literally.
+    from gan.grid import render_grid
+    from gan.model import load_model
+
+    model, tokenizer = load_model(result.out / "model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PromptCutWarning)
+        want = render_grid(model, tokenizer, sorted(set(captions), key=captions.index), [0, 1, 2, 3], device="cpu",
+                           emphasis=False)
+    assert np.array_equal(np.asarray(PIL.Image.open(png).convert("RGB")), np.asarray(want))
 
 
 def test_exact_resume_equals_one_go(full_run, tmp_path):
@@ -101,13 +113,12 @@ def test_run_directory(full_run):
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert records[0]["warmup/steps"] == 2 and math.isfinite(records[0]["warmup/loss"])  # tiny warms up 0.032 kimg
     for key in ("kimg", "loss/G", "loss/D", "loss/G_contrastive", "loss/D_contrastive", "loss/D_mismatch",
-                "loss/G_mode_seeking", "loss/G_word", "loss/D_word", "loss/G_guide", "loss/G_sketch", "loss/D_hard_mismatch",
+                "loss/G_mode_seeking", "loss/G_word", "loss/D_word", "loss/G_sketch",
                 "augment_p", "sec_per_kimg", "spikes/firing_rate", "nonfinite_total"):
         assert key in records[-1], key
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["grid-0000.064.png", "grid-0000.128.png"]
     assert [p.name for p in list_states(out / "checkpoints")] == ["state-0000000064", "state-0000000128"]
     assert not list((out / "checkpoints").glob(".tmp-*"))
-    assert all((state / "guide.safetensors").is_file() for state in list_states(out / "checkpoints"))
     assert all((state / "sketch.safetensors").is_file() for state in list_states(out / "checkpoints"))
     assert any((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert training_finished(out)  # the main job samples and scores only then
@@ -116,12 +127,6 @@ def test_run_directory(full_run):
     model, tokenizer = load_model(out / "model")
     assert_same(weights(model), weights(full_run.ema))
     assert len(tokenizer) == len(full_run.tokenizer)
-
-
-def test_resume_with_a_guide_the_run_never_had_is_refused(tmp_path):
-    train(tiny(tmp_path, kimg=0.032, loss={"guide_weight": 0.0}))
-    with pytest.raises(CheckpointError, match="--guide-weight"):
-        train(tiny(tmp_path, kimg=0.064, resume="latest"))
 
 
 def test_resume_with_a_sketch_the_run_never_had_is_refused(tmp_path):
@@ -152,19 +157,15 @@ def test_init_from_extends_vocabulary_keeping_old_words(full_run, tmp_path):
     data = caption_folder(tmp_path / "zoo", ["a striped zebra", "a grey elephant", "a red circle", "a tall giraffe"] * 2)
     old = full_run.tokenizer
     old_words = {w: old([w]).ids[0, 0].item() for w in ("red", "circle", "left")}
-    # The fresh D may take options of its own (here the word-region term; the tiny preset has none).
-    result = train(tiny(tmp_path / "ft", data=str(data), kimg=0.032, init_from=str(full_run.out / "model"),
-                        model={"discriminator": {"word_region": True}}))
+    result = train(tiny(tmp_path / "ft", data=str(data), kimg=0.032, init_from=str(full_run.out / "model")))
     new = result.tokenizer
     assert len(new) > len(old)
     assert {w: new([w]).ids[0, 0].item() for w in old_words} == old_words
     assert new(["zebra"]).ids[0, 0].item() >= len(old)  # a new word, appended
     assert result.ema.encoder.vocab_size == len(new) == result.ema.cfg.vocab_size
     D, R = result.discriminator, result.ema.cfg.resolution
-    assert D.word_region is not None and D.cfg.word_region
-    with torch.no_grad():  # a fresh word classifier (either head) with an output for every word, new ones too
-        _, word_logits = D(torch.zeros(2, 3, R, R), torch.zeros(2, D.cfg.c_dim), tokens=torch.zeros(2, 1, D.cfg.c_dim),
-                           mask=torch.ones(2, 1, dtype=torch.bool), words=True)
+    with torch.no_grad():  # a fresh word classifier with an output for every word, new ones too
+        _, word_logits = D(torch.zeros(2, 3, R, R), torch.zeros(2, D.cfg.c_dim), words=True)
     assert word_logits.shape == (2, len(new))
     from gan.model import load_model
 
@@ -272,6 +273,7 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
 @pytest.mark.parametrize("argv, flag", [
     (["--batch", "0"], "--batch"),
     (["--kimg", "-1"], "--kimg"),
+    (["--minutes", "0"], "--minutes"),
     (["--snap", "0"], "--snap"),
     (["--gamma", "-0.5"], "--gamma"),
     (["--contrastive-weight", "-1"], "--contrastive-weight"),
@@ -279,9 +281,9 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
     (["--diversity-weight", "-1"], "--diversity-weight"),
     (["--word-weight", "-1"], "--word-weight"),
     (["--warmup-kimg", "-1"], "--warmup-kimg"),
-    (["--guide-weight", "-1"], "--guide-weight"),
-    (["--hard-negatives", "exchange", "--match-weight", "0", "--contrastive-weight", "0"], "--hard-negatives"),
-    (["--guide-weight", "1", "--warmup-kimg", "0"], "--warmup-kimg"),
+    (["--lr", "0"], "--lr"),
+    (["--threads", "0"], "--threads"),
+    (["--workers", "-1"], "--workers"),
     (["--batch", "16", "--batch-gpu", "3"], "--batch-gpu"),
     (["--preset", "huge"], "--preset"),
     (["--data", "/no/such/dir"], "--data"),
@@ -291,8 +293,7 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
     (["--metrics", "fid,bogus"], "--metrics"),
     (["--max-length", "0"], "--max-length"),
     (["--max-length", "8", "--resume", "latest"], "--max-length"),
-    (["--word-region", "on", "--resume", "latest"], "--word-region"),
-    (["--warmup-word-region", "on", "--resume", "latest"], "--warmup-word-region"),
+    (["--max-length", "8", "--init-from", "x"], "--max-length"),
     (["--layout-resolution", "6"], "--layout-resolution"),
     (["--layout-resolution", "-8"], "--layout-resolution"),
     (["--layout-resolution", "8", "--resume", "latest"], "--layout-resolution"),
@@ -315,8 +316,42 @@ def test_argparse_choices_name_the_flag(capsys):
         train_main(["--mixed-precision", "fp8"])
     assert "--mixed-precision" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        train_main(["--hard-negatives", "shuffle"])
-    assert "--hard-negatives" in capsys.readouterr().err
+        train_main(["--augment", "always"])
+    assert "--augment" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--guide-weight", "--hard-negatives", "--warmup-hard-negatives", "--word-region",
+                                    "--warmup-word-region"])
+def test_removed_options_are_gone_from_the_command_line(option, capsys):
+    with pytest.raises(SystemExit):
+        train_main([option, "1"])
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_configs_naming_removed_options_load_only_when_inert():
+    """A saved train or model config that names a removed option loads when the option is at its
+    inert value (it changed nothing) and is refused, naming it, otherwise: it must not load wrong."""
+    from gan.config import ModelConfig
+    from gan.presets import preset
+
+    d = resolve_config("tiny").to_dict()
+    d["loss"].update(guide_weight=0.0, hard_negatives="off")
+    d["warmup"].update(hard_negatives="off", word_region=False)
+    assert TrainConfig.from_dict(d) == resolve_config("tiny")
+    for section, key, value in (("loss", "guide_weight", 1.0), ("loss", "hard_negatives", "exchange"),
+                                ("warmup", "word_region", True)):
+        bad = json.loads(json.dumps(d))
+        bad[section][key] = value
+        with pytest.raises(ValueError, match=f"{section}.{key} = .*was removed"):
+            TrainConfig.from_dict(bad)
+    m = preset("tiny").to_dict()
+    m["discriminator"].update(word_head="trunk", word_region=False, max_tokens=64)
+    assert ModelConfig.from_dict(m) == preset("tiny")
+    for key, value in (("word_head", "net"), ("word_region", True)):
+        bad = json.loads(json.dumps(m))
+        bad["discriminator"][key] = value
+        with pytest.raises(ValueError, match=f"discriminator.{key} = .*was removed"):
+            ModelConfig.from_dict(bad)
 
 
 def test_dry_run_prints_resolved_config(capsys):
@@ -328,21 +363,42 @@ def test_dry_run_prints_resolved_config(capsys):
     loss = json.loads(capsys.readouterr().out)["train"]["loss"]
     assert loss["contrastive_weight"] == 0.5 and loss["match_weight"] == 0 and loss["r1_gamma"] == 0.1
     assert cfg["model"]["resolution"] == 16
-    assert train_main(["--preset", "tiny", "--warmup-hard-negatives", "off", "--warmup-kimg", "1",
-                       "--warmup-word-region", "off", "--dry-run"]) == 0
+    assert train_main(["--preset", "tiny", "--warmup-kimg", "1", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["train"]["warmup"] == {"kimg": 1.0, "batch": 16, "lr": 1e-3,
-                                                                      "hard_negatives": "off", "word_region": False,
                                                                       "layout_kimg": 0.016}
-    assert train_main(["--preset", "tiny", "--hard-negatives", "replace", "--dry-run"]) == 0
-    assert json.loads(capsys.readouterr().out)["train"]["loss"]["hard_negatives"] == "replace"
     assert train_main(["--preset", "tiny", "--max-length", "9", "--dry-run"]) == 0
-    assert json.loads(capsys.readouterr().out)["model"]["encoder"]["max_length"] == 9
-    assert train_main(["--preset", "tiny", "--word-region", "on", "--max-length", "9", "--dry-run"]) == 0
     resolved = json.loads(capsys.readouterr().out)["model"]
-    assert resolved["discriminator"]["word_region"] is True and resolved["encoder"]["max_length"] == 9
+    assert resolved["encoder"]["max_length"] == 9
     assert resolved["generator"]["layout_resolution"] == 8  # the tiny preset's
     assert train_main(["--preset", "tiny", "--layout-resolution", "0", "--layout-lr", "0.002", "--dry-run"]) == 0
     resolved = json.loads(capsys.readouterr().out)
     assert resolved["model"]["generator"]["layout_resolution"] == 0 and resolved["train"]["layout_lr"] == 0.002
     assert train_main(["--preset", "tiny", "--warmup-layout-kimg", "2.5", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["train"]["warmup"]["layout_kimg"] == 2.5
+
+
+def test_help_groups_core_options_first_and_lists_no_removed_option(capsys):
+    with pytest.raises(SystemExit):
+        train_main(["--help"])
+    text = capsys.readouterr().out
+    groups = [text.index(g) for g in ("run:", "text conditioning:", "research")]
+    assert groups == sorted(groups)
+    first = {flag: text.index(flag, groups[0]) for flag in ("--data", "--contrastive-weight", "--sketch-weight")}
+    assert first["--data"] < groups[1] < first["--contrastive-weight"] < groups[2] < first["--sketch-weight"]
+    for removed in ("guide", "hard-negatives", "word-region"):
+        assert removed not in text
+
+
+def test_minutes_budget_stops_with_model_and_state_then_resumes_exactly(full_run, tmp_path, capsys):
+    """--minutes: the run stops as on SIGTERM after the step that crosses the budget (here the
+    first), with a grid, the exported model and a whole state; --resume latest then finishes it as
+    one go would have."""
+    stopped = train(tiny(tmp_path, kimg=0.128, minutes=1e-9))
+    assert stopped.interrupted and stopped.state.nimg == 16
+    assert "--minutes 1e-09 reached: state saved at 0.016 kimg" in capsys.readouterr().out
+    assert [p.name for p in list_states(tmp_path / "checkpoints")] == ["state-0000000016"]
+    assert (tmp_path / "model" / "model.safetensors").is_file() and not training_finished(tmp_path)
+    resumed = train(tiny(tmp_path, kimg=0.128, resume="latest"))
+    assert resumed.state.nimg == 128 and not resumed.interrupted
+    assert_same(weights(resumed.model), weights(full_run.model))
+    assert_same(weights(resumed.discriminator), weights(full_run.discriminator))
