@@ -30,7 +30,7 @@ from data.shapes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, S
 from eval.metrics import Context, generate, register
 
 WEIGHTS = (0.5, 0.8, 1.0, 1.25, 1.6, 2.0)
-EMPHASIS_PROMPTS = 8  # one-object prompts, one per object colour
+EMPHASIS_PROMPTS = 16  # one-object prompts, two per object colour
 EMPHASIS_SEEDS = 4  # seeds per prompt and word
 # The palette: object colours first, then backgrounds. [P, 3]
 PALETTE = torch.tensor([*COLOURS.values(), *BACKGROUNDS.values()], dtype=torch.float32)
@@ -74,8 +74,8 @@ def emphasis_prompts(num: int = EMPHASIS_PROMPTS) -> list[tuple[str, ShapeObject
     colours, backgrounds, positions = list(COLOURS), list(BACKGROUNDS), list(POSITIONS)
     out = []
     for i in range(num):
-        obj = ShapeObject(SHAPES[i % len(SHAPES)], colours[i % len(colours)], list(SIZES)[i % len(SIZES)],
-                          positions[i % len(positions)])
+        size = list(SIZES)[(i + i // len(colours)) % len(SIZES)]  # each colour small once and large once
+        obj = ShapeObject(SHAPES[i % len(SHAPES)], colours[i % len(colours)], size, positions[i % len(positions)])
         scene = Scene(backgrounds[i % len(backgrounds)], (obj,))
         example = caption_scene(scene, np.random.default_rng(i), template=1, with_size=(True,))
         out.append((example.caption, obj))

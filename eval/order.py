@@ -31,7 +31,7 @@ from eval.metrics import Context, ctx_probe, register
 if TYPE_CHECKING:
     from eval.emphasis import Draw
 
-ORDER_SCENES = 16  # two-object scenes
+ORDER_SCENES = 64  # two-object scenes
 ORDER_SEEDS = 4  # seeds per wording
 WORDINGS = ("original", "exchanged", "relation")
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}

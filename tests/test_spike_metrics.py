@@ -259,7 +259,7 @@ def test_cli_writes_finite_emphasis_order_and_energy(tiny_setup, tmp_path, capsy
         numbers = {k: v for k, v in values.items() if k != "energy_source"}
         assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers.values()), numbers
         assert -1 <= values["emphasis_spearman"] <= 1 and 0 <= values["order_mean"] <= 1
-        assert values["emphasis_series"] == 64 and values["order_images"] == 64
+        assert values["emphasis_series"] == 16 * 2 * 4 and values["order_images"] == 64 * 4
         assert "Horowitz" in values["energy_source"] and "ISSCC 2014" in values["energy_source"]
         assert values["energy_g_flops"] > values["energy_encoder_flops"] > 0 and values["energy_d_flops"] > 0
         assert 0 < values["energy_encoder_share"] < 1
