@@ -24,7 +24,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from scipy.stats import rankdata
 
 from data.shapes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, Scene, ShapeObject, caption_scene
 from eval.metrics import Context, generate, register
@@ -116,9 +115,19 @@ def prominence(images: torch.Tensor, word: str, kind: str) -> torch.Tensor:
     raise ValueError(f"prominence: kind must be 'colour' or 'size', got {kind!r}")
 
 
+def ranks(x: Sequence[float]) -> np.ndarray:
+    """1-based ranks of x, ties sharing their average rank."""
+    x = np.asarray(x, dtype=np.float64)
+    out = np.empty(len(x))
+    out[np.argsort(x, kind="stable")] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        out[x == v] = out[x == v].mean()
+    return out
+
+
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     """Spearman rank correlation (average ranks for ties); 0 when either side is constant."""
-    rx, ry = rankdata(x), rankdata(y)
+    rx, ry = ranks(x), ranks(y)
     if np.ptp(rx) == 0 or np.ptp(ry) == 0:
         return 0.0
     return float(np.corrcoef(rx, ry)[0, 1])

@@ -54,6 +54,7 @@ def test_spearman_and_prominence_on_small_cases():
     assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 2, 3], [5, 5, 5]) == 0.0
+    assert spearman([1, 2, 3, 4], [7, 7, 8, 9]) == pytest.approx(3 / math.sqrt(10))  # tied ranks 1.5, 1.5
     img = torch.full((1, 3, 4, 4), 255, dtype=torch.uint8)  # white, with 3 red and 1 pink pixels
     img[0, :, 0, :3] = torch.tensor(COLOURS["red"])[:, None]
     img[0, :, 1, 0] = torch.tensor(COLOURS["pink"])
