@@ -64,11 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="the seed of every image of the strip (default 0)")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
+    error = None
     if args.word not in args.prompt.split(" "):
-        print(f"spike_raster_strip: error: --word {args.word!r} is not a word of --prompt {args.prompt!r}", file=sys.stderr)
-        return 2
-    if not (Path(args.model) / "config.json").is_file():
-        print(f"spike_raster_strip: error: --model {args.model}: not a model directory (no config.json)", file=sys.stderr)
+        error = f"--word {args.word!r} is not a word of --prompt {args.prompt!r}"
+    elif not (Path(args.model) / "config.json").is_file():
+        error = f"--model {args.model}: not a model directory (no config.json)"
+    if error:
+        print(f"spike_raster_strip: error: {error}", file=sys.stderr)
         return 2
     for path in write_pictures(args.model, args.out, name=args.name, prompt=args.prompt, word=args.word,
                                seed=args.seed, device=args.device):

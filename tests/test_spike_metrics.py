@@ -191,7 +191,7 @@ def test_energy_of_a_two_neuron_network_counted_by_hand():
     out = encoder_energy(enc, tok, ["a red circle"], device="cpu", emphasis=False)
     T, H, C = 3 * 2, 2, cfg.code_dim
     assert out["energy_spikes"] == 6 + 3 + 3
-    assert out["energy_synops"] == 6 * 2 + 3 * 2  # input spikes x fan-out 2, layer-1 spikes x fan-out 2
+    assert out["energy_synops"] == 6 * 2 + 3 * 2  # input spikes and layer-1 spikes, each x fan-out 2
     assert out["energy_dense_macs"] == T * (2 * H + H * H)  # = 48
     assert out["energy_firing_rate"] == pytest.approx((3 + 3) / (2 * H * T))  # = 0.25
     # Software FLOPs: two synapse matmuls over all T steps, the pooled readout (3H -> C) once and
@@ -287,3 +287,5 @@ def test_raster_and_emphasis_strip_pictures(tiny_setup, tmp_path, capsys):
     assert any(not np.array_equal(tiles[0], t) for t in tiles[1:])  # a fresh G already moves with the weight
     assert main([*argv[:-4], "--word", "blue", "--seed", "3"]) == 2
     assert "--word 'blue'" in capsys.readouterr().err
+    assert main(["--model", str(tmp_path / "none"), *argv[2:]]) == 2
+    assert "--model" in capsys.readouterr().err
