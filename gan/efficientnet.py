@@ -20,6 +20,7 @@ input normalisation (`INPUT_MEAN`, `INPUT_STD`).
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import math
 from pathlib import Path
@@ -55,7 +56,8 @@ def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
 
 
 class FrozenConv2d(nn.Module):
-    """A bias-free convolution with 'SAME' padding and a fixed weight (a buffer)."""
+    """A convolution with 'SAME' padding and a fixed weight (a buffer); no bias until batch norm
+    is folded into it (`fold_batch_norm`)."""
 
     def __init__(
         self,
@@ -68,16 +70,17 @@ class FrozenConv2d(nn.Module):
     ) -> None:
         super().__init__()
         self.register_buffer("weight", torch.zeros(out_channels, in_channels // groups, kernel, kernel))
+        self.register_buffer("bias", None)  # set by fold_batch_norm
         self.kernel, self.stride, self.groups = kernel, stride, groups
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, in, H, W] -> [B, out, ceil(H / stride), ceil(W / stride)]."""
         if self.stride == 1:  # symmetric: the convolution pads it itself
-            return F.conv2d(x, self.weight, None, 1, self.kernel // 2, 1, self.groups)
+            return F.conv2d(x, self.weight, self.bias, 1, self.kernel // 2, 1, self.groups)
         top, bottom = same_padding(x.shape[2], self.kernel, self.stride)
         left, right = same_padding(x.shape[3], self.kernel, self.stride)
         x = F.pad(x, (left, right, top, bottom))
-        return F.conv2d(x, self.weight, None, self.stride, 0, 1, self.groups)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, 1, self.groups)
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -184,6 +187,40 @@ class EfficientNetLite0(nn.Module):
             x = block(x)
         x = F.relu6(self._bn1(self._conv_head(x)))  # [B, 1280, H/32, W/32]
         return self._fc(x.mean(dim=(2, 3)))
+
+
+def _fold(conv: FrozenConv2d, bn: FrozenBatchNorm2d) -> None:
+    """Fold `bn` (which follows `conv`) into conv's weight and a new bias, in float64."""
+    scale = bn.weight.double() * (bn.running_var.double() + BN_EPS).rsqrt()
+    conv.weight = (conv.weight.double() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype)
+    conv.bias = (bn.bias.double() - bn.running_mean.double() * scale).to(conv.weight.dtype)
+
+
+def fold_batch_norm(net: EfficientNetLite0) -> EfficientNetLite0:
+    """Fold every batch norm into the convolution before it (each becomes nn.Identity), in place:
+    one pass over the activations fewer per convolution, forward and backward. The state dict
+    then no longer matches the weights file."""
+    pairs = [(net, "_conv_stem", "_bn0"), (net, "_conv_head", "_bn1")]
+    for block in net._blocks:
+        pairs += [(block, "_depthwise_conv", "_bn1"), (block, "_project_conv", "_bn2")]
+        if block.expand:
+            pairs.append((block, "_expand_conv", "_bn0"))
+    for module, conv, bn in pairs:
+        _fold(getattr(module, conv), getattr(module, bn))
+        setattr(module, bn, nn.Identity())
+    return net
+
+
+def embedded_copy(net: EfficientNetLite0) -> EfficientNetLite0:
+    """A copy of `net` to run inside another module: batch norm folded (`fold_batch_norm`) and
+    every tensor a non-persistent buffer, so the host's state dict never holds it (it comes from
+    the weights package) while `.to()` still moves it."""
+    net = fold_batch_norm(copy.deepcopy(net))
+    for module in net.modules():
+        for name, tensor in list(module.named_buffers(recurse=False)):
+            delattr(module, name)
+            module.register_buffer(name, tensor, persistent=False)
+    return net
 
 
 def weights_path() -> Path:

@@ -34,7 +34,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from .config import RESOLUTIONS
-from .efficientnet import FEATURE_CHANNELS, EfficientNetLite0, load_efficientnet_lite0
+from .efficientnet import FEATURE_CHANNELS, EfficientNetLite0, embedded_copy, load_efficientnet_lite0
 from .generator import MappingNetwork
 from .layers import LRELU_SLOPE
 
@@ -57,6 +57,7 @@ class ProjectedDiscriminatorConfig:
     cmap_dim: int = 64  # Width of each head's projection on the code.
     mapping_layers: int = 2  # Layers of the code -> cmap mapping.
     mapping_lr_mult: float = 0.01  # Learning-rate multiplier of that mapping.
+    channels_last: bool = True  # Run convolutions in NHWC memory format.
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
@@ -196,12 +197,7 @@ class ProjectedDiscriminator(nn.Module):
     ) -> None:
         super().__init__()
         self.cfg = cfg
-        backbone = backbone if backbone is not None else load_efficientnet_lite0()
-        for module in backbone.modules():  # its tensors come from the weights package, not from D's state
-            for name, tensor in list(module.named_buffers(recurse=False)):
-                delattr(module, name)
-                module.register_buffer(name, tensor, persistent=False)
-        self.backbone = backbone
+        self.backbone = embedded_copy(backbone if backbone is not None else load_efficientnet_lite0())
         self.mixing = RandomMixing(FEATURE_CHANNELS, cfg.ccm_channels(), cfg.csm_channels(), seed=cfg.mixing_seed)
         self.heads = nn.ModuleList([
             ScaleHead(cin, size, channels=cfg.head_channels, head_size=cfg.head_size, cmap_dim=cfg.cmap_dim,
@@ -212,6 +208,8 @@ class ProjectedDiscriminator(nn.Module):
             z_dim=0, c_dim=cfg.c_dim, w_dim=NUM_SCALES * cfg.cmap_dim, num_ws=None, num_layers=cfg.mapping_layers,
             lr_mult=cfg.mapping_lr_mult, w_avg_beta=None,
         )
+        if cfg.channels_last:  # conv weights in NHWC too, else every conv call converts them
+            self.to(memory_format=torch.channels_last)
 
     def features(self, img: torch.Tensor) -> list[torch.Tensor]:
         """[B, 3, R, R] in [-1, 1] -> the heads' inputs, four [B, csm_k, S_k, S_k] (fine to coarse)."""
@@ -219,6 +217,8 @@ class ProjectedDiscriminator(nn.Module):
         assert img.shape == (B, 3, R, R), (tuple(img.shape), R)
         if S != R:
             img = F.interpolate(img, size=(S, S), mode="bilinear", align_corners=False, antialias=S < R)
+        if self.cfg.channels_last:
+            img = img.contiguous(memory_format=torch.channels_last)
         return self.mixing(self.backbone.features(img))
 
     def forward(

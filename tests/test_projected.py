@@ -134,7 +134,7 @@ def test_resizes_the_image_to_the_backbone(backbone, resolution, antialias):
     with torch.no_grad():
         resized = F.interpolate(img, size=(32, 32), mode="bilinear", antialias=antialias)
         for got, want in zip(D.features(img), D.mixing(backbone.features(resized))):
-            torch.testing.assert_close(got, want)
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)  # D's copy has batch norm folded
 
 
 def test_bad_input_and_config_are_named(backbone):
