@@ -17,7 +17,9 @@ D(img, pooled) -> one logit per image, the same call as gan.discriminator.Discri
 
 Only the heads and the code mapping train (`parameters()`). The mixing is drawn from
 `mixing_seed` and kept in buffers, so it is in the state dict and a resumed run sees the same
-projection. The backbone's tensors are in neither: they come from the installed weights package.
+projection. The backbone's tensors are in neither: D runs a copy with batch norm folded into its
+convolutions (gan.efficientnet.embedded_copy), held in non-persistent buffers, and every run loads
+it from the installed weights package.
 
 Unlike Projected GAN, the CSM output of each scale stays at that scale (an FPN); Projected GAN's
 fusion blocks upsample every output 2x more, which quadruples the heads' work for no new
@@ -53,7 +55,8 @@ class ProjectedDiscriminatorConfig:
     mixing_seed: int = 0  # Seed of the random, frozen CCM / CSM weights.
     head_channels: int = 64  # Width of every head's convs.
     head_size: int = 8  # Heads halve their map while it is larger than this (Projected GAN's end_sz).
-    separable: bool = False  # Heads' convs depthwise-separable 3x3 + 2x2 average pool (Projected GAN with StyleGAN2's G).
+    # Heads' convs depthwise-separable 3x3, halving by 2x2 average pool (Projected GAN's with StyleGAN2's G).
+    separable: bool = False
     cmap_dim: int = 64  # Width of each head's projection on the code.
     mapping_layers: int = 2  # Layers of the code -> cmap mapping.
     mapping_lr_mult: float = 0.01  # Learning-rate multiplier of that mapping.
@@ -82,12 +85,9 @@ class ProjectedDiscriminatorConfig:
         return (ccm[0],) + ccm[:-1]
 
     def feature_sizes(self) -> tuple[int, ...]:
-        """Side of the feature maps at strides 4, 8, 16, 32: every stride-2 step rounds up ('SAME')."""
-        halve = lambda n: -(-n // 2)  # noqa: E731
-        sizes = [halve(halve(self.backbone_resolution))]  # stride 4
-        while len(sizes) < NUM_SCALES:
-            sizes.append(halve(sizes[-1]))
-        return tuple(sizes)
+        """Side of the feature maps at strides 4, 8, 16, 32: every stride-2 step rounds up ('SAME'),
+        and rounding up twice in a row is rounding up once: ceil(ceil(n / 2) / 2) = ceil(n / 4)."""
+        return tuple(-(-self.backbone_resolution // stride) for stride in (4, 8, 16, 32))
 
 
 def _uniform(shape: tuple[int, ...], bound: float, generator: torch.Generator) -> torch.Tensor:
@@ -143,7 +143,8 @@ class HeadBlock(nn.Module):
     def __init__(self, cin: int, cout: int, *, down: bool, separable: bool) -> None:
         super().__init__()
         if separable:
-            conv = nn.Sequential(_sn_conv(cin, cin, 3, padding=1, groups=cin, bias=False), _sn_conv(cin, cout, 1, bias=False))
+            depthwise = _sn_conv(cin, cin, 3, padding=1, groups=cin, bias=False)
+            conv = nn.Sequential(depthwise, _sn_conv(cin, cout, 1, bias=False))
         else:
             conv = _sn_conv(cin, cout, 4, stride=2, padding=1) if down else _sn_conv(cin, cout, 3, padding=1)
         self.conv, self.norm = conv, nn.BatchNorm2d(cout)
@@ -193,7 +194,7 @@ class ProjectedDiscriminator(nn.Module):
         self,
         cfg: ProjectedDiscriminatorConfig,
         *,
-        backbone: EfficientNetLite0 | None = None,  # The loaded network, None = load the installed package's.
+        backbone: EfficientNetLite0 | None = None,  # A loaded network to copy (not changed), None = load the package's.
     ) -> None:
         super().__init__()
         self.cfg = cfg
@@ -228,7 +229,7 @@ class ProjectedDiscriminator(nn.Module):
         """img [B, 3, R, R] in [-1, 1], pooled [B, c_dim] -> logits [B] (pairs=True: pooled may hold
         any N prompts, logits [B, N], entry [i, j] scores image i under prompt j). tokens and mask
         are accepted for gan.discriminator.Discriminator's call and not read; words=True is refused
-        (no word classifier)."""
+        (no word classifier). In training mode the heads' batch norm needs B >= 2."""
         if words:
             raise ValueError("the projected discriminator has no word classifier (loss.word_weight must be 0)")
         B, N = img.shape[0], pooled.shape[0]

@@ -3,8 +3,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gan.augment import (DIFFAUGMENT, AugmentConfig, AugmentPipe, adjust_p, cutout_mask, reflect_index,
-                         scale_contrast, scale_saturation, shift_brightness, translate)
+from gan.augment import (
+    DIFFAUGMENT,
+    AugmentConfig,
+    AugmentPipe,
+    adjust_p,
+    cutout_mask,
+    reflect_index,
+    scale_contrast,
+    scale_saturation,
+    shift_brightness,
+    translate,
+)
 
 
 def _naive_translate(x, shift, pad_mode):
@@ -106,7 +116,7 @@ def test_bad_config_names_the_field():
 
 def _zhao_translation(x, tx, ty):
     """DiffAugment's rand_translation for given integer shifts tx [B] (rows), ty [B] (columns)."""
-    B, C, H, W = x.shape
+    B, _, H, W = x.shape
     gb, gx, gy = torch.meshgrid(torch.arange(B), torch.arange(H), torch.arange(W), indexing="ij")
     gx = torch.clamp(gx + tx.view(B, 1, 1) + 1, 0, H + 1)
     gy = torch.clamp(gy + ty.view(B, 1, 1) + 1, 0, W + 1)
@@ -116,7 +126,7 @@ def _zhao_translation(x, tx, ty):
 
 def _zhao_cutout(x, offset_x, offset_y, size):
     """DiffAugment's rand_cutout for given square centres (offset_x rows, offset_y columns)."""
-    B, C, H, W = x.shape
+    B, _, H, W = x.shape
     mask = torch.ones(B, H, W)
     for b in range(B):
         rows = torch.clamp(torch.arange(size) + offset_x[b] - size // 2, 0, H - 1)

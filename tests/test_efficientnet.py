@@ -3,9 +3,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import gan.efficientnet as efficientnet
-from gan.efficientnet import (EfficientNetLite0, FrozenBatchNorm2d, embedded_copy, load_efficientnet_lite0, same_padding,
-                              weights_path)
+from gan import efficientnet
+from gan.efficientnet import (
+    EfficientNetLite0,
+    FrozenBatchNorm2d,
+    embedded_copy,
+    load_efficientnet_lite0,
+    same_padding,
+    weights_path,
+)
 
 STRIDE_2_BLOCKS = {1, 3, 5, 11}  # the first block of the stages that halve the resolution
 

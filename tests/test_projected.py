@@ -41,6 +41,13 @@ def test_shapes_and_pairs_diagonal(backbone, backbone_resolution, blocks):
         torch.testing.assert_close(D(img, pooled[:3]), D(img, pooled, pairs=True)[:, :3].diagonal())
 
 
+def test_feature_sizes_round_up_like_the_backbone(backbone):
+    cfg = _cfg(backbone_resolution=50)
+    D = ProjectedDiscriminator(cfg, backbone=backbone)
+    assert cfg.feature_sizes() == (13, 7, 4, 2)
+    assert [f.shape[2] for f in D.features(_batch(2)[0])] == list(cfg.feature_sizes())
+
+
 def test_pairs_entry_is_the_image_under_that_prompt(backbone):
     torch.manual_seed(0)
     D = ProjectedDiscriminator(_cfg(), backbone=backbone).eval()  # eval: batch norm per image, not per batch
@@ -62,7 +69,8 @@ def test_only_heads_and_code_mapping_train_and_state_holds_no_backbone(backbone)
     assert names and all(n.startswith(("heads.", "cmap.")) for n in names)
     state = D.state_dict()
     assert not any(k.startswith("backbone.") for k in state)  # from the weights package, never saved
-    assert {f"mixing.{kind}{k}_{t}" for kind in ("ccm", "csm") for k in range(4) for t in ("weight", "bias")} <= set(state)
+    mixing = {f"mixing.{kind}{k}_{t}" for kind in ("ccm", "csm") for k in range(4) for t in ("weight", "bias")}
+    assert mixing <= set(state)
     assert D.backbone._blocks[0]._depthwise_conv.weight.abs().sum() > 0  # it is still there to run
 
 
@@ -110,7 +118,8 @@ def test_gradients_reach_image_heads_and_mapping_only(backbone):
     D(img, pooled, pairs=True).sum().backward()
     assert torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in D.parameters())
-    assert D.cmap.embed.weight.grad.abs().sum() > 0 and D.heads[3].out.parametrizations.weight.original.grad.abs().sum() > 0
+    assert D.cmap.embed.weight.grad.abs().sum() > 0
+    assert D.heads[3].out.parametrizations.weight.original.grad.abs().sum() > 0
     torch.optim.Adam(D.parameters(), lr=0.1).step()
     assert all(torch.equal(v, D.mixing.state_dict()[k]) for k, v in frozen.items())
     assert all(b.grad is None for b in D.buffers())
