@@ -37,8 +37,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from .config import RESOLUTIONS
 from .efficientnet import FEATURE_CHANNELS, EfficientNetLite0, embedded_copy, load_efficientnet_lite0
-from .generator import MappingNetwork
-from .layers import LRELU_SLOPE
+from .layers import LRELU_SLOPE, MappingNetwork
 
 NUM_SCALES = len(FEATURE_CHANNELS)
 
@@ -223,13 +222,11 @@ class ProjectedDiscriminator(nn.Module):
         return self.mixing(self.backbone.features(img))
 
     def forward(
-        self, img: torch.Tensor, pooled: torch.Tensor, *, tokens: torch.Tensor | None = None,
-        mask: torch.Tensor | None = None, pairs: bool = False, words: bool = False,
+        self, img: torch.Tensor, pooled: torch.Tensor, *, pairs: bool = False, words: bool = False,
     ) -> torch.Tensor:
         """img [B, 3, R, R] in [-1, 1], pooled [B, c_dim] -> logits [B] (pairs=True: pooled may hold
-        any N prompts, logits [B, N], entry [i, j] scores image i under prompt j). tokens and mask
-        are accepted for gan.discriminator.Discriminator's call and not read; words=True is refused
-        (no word classifier). In training mode the heads' batch norm needs B >= 2."""
+        any N prompts, logits [B, N], entry [i, j] scores image i under prompt j); words=True is
+        refused (no word classifier). In training mode the heads' batch norm needs B >= 2."""
         if words:
             raise ValueError("the projected discriminator has no word classifier (loss.word_weight must be 0)")
         B, N = img.shape[0], pooled.shape[0]

@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see scripts/bench.py
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from gan.config import preset  # noqa: E402
+from gan.presets import preset  # noqa: E402
 from gan.discriminator import Discriminator  # noqa: E402
 from gan.efficientnet import EfficientNetLite0, load_efficientnet_lite0  # noqa: E402
 from gan.projected import ProjectedDiscriminator, ProjectedDiscriminatorConfig  # noqa: E402
