@@ -67,9 +67,9 @@ _PRESETS: dict[str, dict[str, Any]] = {
     # seen at 64 px), DiffAugment, no R1 (Projected GAN uses none); the frozen MiniLM reads the captions.
     "custom32": dict(
         model=dict(resolution=32, encoder_kind="transformer", code_dim=256,
-                   g=dict(z_dim=128, w_dim=256, channel_base=4096, channel_max=256, attn_resolutions=(8, 16),
+                   g=dict(z_dim=128, w_dim=256, channel_base=2048, channel_max=128, attn_resolutions=(8, 16),
                           attn_heads=4),
-                   d=dict(channel_base=4096, channel_max=256),
+                   d=dict(channel_base=2048, channel_max=128),
                    projected=dict(backbone_resolution=64)),
         train=dict(kimg=1000.0, batch=32, snap=10.0, tick=1.0, g_lr=0.002, d_lr=0.002, ema_kimg=5.0,
                    loss=dict(r1_gamma=0.0, match_weight=1.0), augment=DIFFAUGMENT),
