@@ -11,7 +11,6 @@ and seed only, never on what else shares its batch.
 """
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,15 +337,22 @@ class Pipeline:
     # How spikes shape the image: spike rasters and cross-attention maps.
 
     @torch.no_grad()
-    def write_raster(self, prompt: str, path: str | Path) -> Path:
-        """A spike raster PNG of one prompt: the input spike train and every spiking layer,
+    def raster(self, prompt: str) -> PIL.Image.Image:
+        """The spike raster of one prompt: the input spike train and every spiking layer,
         time across, neurons down, token windows labelled with their words."""
-        from encoders import plot_spikes
+        from encoders import spike_raster
 
         batch = self.tokenizer([prompt]).to(self.device)
         _, trains = self.encoder.run(batch)                      # name -> [T, 1, N]
-        return plot_spikes(path, {k: v[:, 0] for k, v in trains.items()}, words=batch.words[0],
-                           steps_per_token=self.encoder.cfg.steps_per_token, title=prompt)
+        return spike_raster({k: v[:, 0] for k, v in trains.items()}, words=batch.words[0],
+                            steps_per_token=self.encoder.cfg.steps_per_token, title=prompt)
+
+    def write_raster(self, prompt: str, path: str | Path) -> Path:
+        """Save raster(prompt) as a PNG; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.raster(prompt).save(path)
+        return path
 
     @torch.no_grad()
     def attention_maps(self, prompt: str, seed: int, *, psi: float = 1.0, truncation: Truncation = "prompt",
@@ -383,16 +389,16 @@ class Pipeline:
     def attention_panel(self, prompt: str, seed: int, **gen) -> PIL.Image.Image:
         """The image followed by one panel per word: its cross-attention map over the image
         (each map on its own colour scale; the title gives the word's mean attention share)."""
-        import matplotlib
+        from matplotlib.figure import Figure
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        from encoders.raster import figure_image
 
         image, words, maps = self.attention_maps(prompt, seed, **gen)
         rgb = to_pil(image)[0]
         gray = rgb.convert("L")
         n = len(words) + 1
-        fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 2.0), squeeze=False)
+        fig = Figure(figsize=(1.6 * n, 2.0))
+        axes = fig.subplots(1, n, squeeze=False)
         axes[0, 0].imshow(rgb, interpolation="nearest")
         axes[0, 0].set_title(f"seed {seed}", fontsize=8)
         for ax, word, m in zip(axes[0, 1:], words, maps):
@@ -406,11 +412,7 @@ class Pipeline:
             ax.axis("off")
         fig.suptitle(prompt, fontsize=8)
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
-        buf.seek(0)
-        return PIL.Image.open(buf).convert("RGB")
+        return figure_image(fig, dpi=100)
 
 
 def _check_truncation(psi: float, truncation: str) -> None:
