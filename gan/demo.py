@@ -26,7 +26,7 @@ import threading
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
-from typing import AsyncIterator, Iterator, Literal
+from typing import AsyncIterator, Callable, Iterator, Literal
 
 import uvicorn
 from fastapi import FastAPI, Request
@@ -196,7 +196,7 @@ def create_app(
     Raises ModelDirError (naming the file) when the directory does not load.
     """
     pipe = model if isinstance(model, Pipeline) else Pipeline.from_pretrained(model, device=device)
-    name = Path(model).name if not isinstance(model, Pipeline) else "model"
+    name = "/".join(Path(model).resolve().parts[-2:]) if not isinstance(model, Pipeline) else "model"
     slots = GenerationSlots(running=limits.max_running, waiting=limits.max_waiting)
     page = page_html()
     app = FastAPI(title="spikegan demo", docs_url=None, redoc_url=None, openapi_url=None)
@@ -212,11 +212,11 @@ def create_app(
         field = str(err["loc"][-1]) if err.get("loc") else None
         return DemoError(422, f"{field}: {err['msg']}", field=field).response()
 
-    async def run_model(fn, *args, exclusive: bool = False, **kwargs):
-        """fn(*args, **kwargs) in a worker thread, holding a generation slot."""
+    async def run_model(work: Callable[[], dict], *, exclusive: bool = False) -> dict:
+        """work() in a worker thread, holding a generation slot (every slot if exclusive)."""
         async with slots.hold(exclusive=exclusive):
             try:
-                return await run_in_threadpool(fn, *args, **kwargs)
+                return await run_in_threadpool(work)
             except PromptError as e:  # the tokenizer's own parse (check_prompt ran first)
                 raise DemoError(422, f"prompt: {e.message} at position {e.position}", field="prompt",
                                 position=e.position) from e
@@ -261,9 +261,11 @@ def create_app(
         prompt = check_prompt(req.prompt, limits)
         check_range("seed", req.seed, 0, MAX_SEED)
         check_range("psi", req.psi, 0.0, 2.0)
-        panel = await run_model(pipe.attention_panel, prompt, req.seed, psi=req.psi, truncation=req.truncation,
-                                exclusive=True)
-        return {"seed": req.seed, "panel": data_url(png_bytes(panel), "image/png")}
+        def work() -> dict:
+            panel = pipe.attention_panel(prompt, req.seed, psi=req.psi, truncation=req.truncation)
+            return {"seed": req.seed, "panel": data_url(png_bytes(panel), "image/png")}
+
+        return await run_model(work, exclusive=True)
 
     @app.post("/api/interpolate")
     async def interpolate(req: InterpolateRequest) -> dict:
@@ -271,9 +273,12 @@ def create_app(
         check_range("frames", req.frames, 1, limits.max_frames, limit="the limit of frames per transition")
         check_range("psi", req.psi, 0.0, 2.0)
         seed = pick_seeds(req.seed, 1)[0]
-        frames = await run_model(pipe.interpolate, prompts, [seed], frames=req.frames, psi=req.psi,
-                                 truncation=req.truncation, loop=True)
-        return {"seed": seed, "frames": len(frames), "gif": data_url(gif_bytes(frames, fps=GIF_FPS), "image/gif")}
+        def work() -> dict:
+            frames = pipe.interpolate(prompts, [seed], frames=req.frames, psi=req.psi, truncation=req.truncation,
+                                      loop=True)
+            return {"seed": seed, "frames": len(frames), "gif": data_url(gif_bytes(frames, fps=GIF_FPS), "image/gif")}
+
+        return await run_model(work)
 
     return app
 
