@@ -18,13 +18,16 @@ from scripts.demo_screenshot import animate, chromium_page, find_chromium, gener
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Draws an <img> at its natural size onto a canvas and returns its RGBA bytes: pixels as the page has them.
-READ_PIXELS = """(img) => {
+READ_PIXELS = """async (img) => {
+  await img.decode();
   const c = document.createElement("canvas");
   c.width = img.naturalWidth; c.height = img.naturalHeight;
   const ctx = c.getContext("2d");
   ctx.drawImage(img, 0, 0);
   return {width: c.width, height: c.height, data: Array.from(ctx.getImageData(0, 0, c.width, c.height).data)};
 }"""
+
+NATURAL_WIDTH = "async (img) => { await img.decode(); return img.naturalWidth; }"
 
 
 def _missing(reason: str) -> None:
@@ -79,7 +82,7 @@ def test_generate_in_the_browser(page, pipe):
     assert np.abs(red.astype(int) - np.asarray(pipe("a red circle", 4)[0])).max() <= 1  # what the model made
     assert page.locator("#images figcaption >> nth=1").inner_text() == "seed 5"
     # The prompt's spike raster and the first image's attention maps are shown.
-    assert page.locator("#raster").is_visible() and page.eval_on_selector("#raster", "i => i.naturalWidth") > 100
+    assert page.locator("#raster").is_visible() and page.eval_on_selector("#raster", NATURAL_WIDTH) > 100
     assert page.locator("#attention").is_visible() and "seed 4" in page.inner_text("#attention-seed")
     assert page.get_attribute("#download-grid", "href").startswith("data:image/png;base64,")
 
@@ -108,7 +111,7 @@ def test_bad_prompt_shows_its_error_beside_the_prompt(page):
 
 def test_interpolation_animation(page):
     animate(page, "a red circle", "a blue square", frames=3)
-    assert page.eval_on_selector("#walk", "i => i.naturalWidth") == 16
+    assert page.eval_on_selector("#walk", NATURAL_WIDTH) == 16
     assert "6 frames" in page.inner_text("#walk-info")
 
 
