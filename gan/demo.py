@@ -42,6 +42,7 @@ from gan.pipeline import Pipeline
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 GIF_FPS = 12.0
+ATTENTION_COLUMNS = 5  # panels per row of the attention maps: five fit the page's column at full size
 
 
 @dataclass(frozen=True)
@@ -262,7 +263,8 @@ def create_app(
         check_range("seed", req.seed, 0, MAX_SEED)
         check_range("psi", req.psi, 0.0, 2.0)
         def work() -> dict:
-            panel = pipe.attention_panel(prompt, req.seed, psi=req.psi, truncation=req.truncation)
+            panel = pipe.attention_panel(prompt, req.seed, columns=ATTENTION_COLUMNS, psi=req.psi,
+                                         truncation=req.truncation)
             return {"seed": req.seed, "panel": data_url(png_bytes(panel), "image/png")}
 
         return await run_model(work, exclusive=True)

@@ -386,9 +386,12 @@ class Pipeline:
         assert maps_t.shape[0] == len(words), (maps_t.shape, words)
         return image, words, maps_t
 
-    def attention_panel(self, prompt: str, seed: int, **gen) -> PIL.Image.Image:
+    def attention_panel(self, prompt: str, seed: int, *, columns: int | None = None, **gen) -> PIL.Image.Image:
         """The image followed by one panel per word: its cross-attention map over the image
-        (each map on its own colour scale; the title gives the word's mean attention share)."""
+        (each map on its own colour scale; the title gives the word's mean attention share).
+
+        columns: panels per row (None = all in one row); more panels wrap onto further rows.
+        """
         from matplotlib.figure import Figure
 
         from encoders.raster import figure_image
@@ -397,18 +400,22 @@ class Pipeline:
         rgb = to_pil(image)[0]
         gray = rgb.convert("L")
         n = len(words) + 1
-        fig = Figure(figsize=(1.6 * n, 2.0))
-        axes = fig.subplots(1, n, squeeze=False)
-        axes[0, 0].imshow(rgb, interpolation="nearest")
-        axes[0, 0].set_title(f"seed {seed}", fontsize=8)
-        for ax, word, m in zip(axes[0, 1:], words, maps):
+        if columns is not None and columns < 1:
+            raise ValueError(f"attention_panel: columns must be >= 1, got {columns}")
+        cols = n if columns is None else min(columns, n)
+        rows = -(-n // cols)
+        fig = Figure(figsize=(1.6 * cols, 2.0 * rows))
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
+        axes[0].imshow(rgb, interpolation="nearest")
+        axes[0].set_title(f"seed {seed}", fontsize=8)
+        for ax, word, m in zip(axes[1:], words, maps):
             # Each word's map on its own scale (as DAAM shows them); the title gives its share
             # of the attention, averaged over the image.
             ax.imshow(gray, cmap="gray", interpolation="nearest")
             ax.imshow(m.cpu().numpy(), cmap="jet", alpha=0.55, vmin=float(m.min()), vmax=float(m.max()) + 1e-8,
                       interpolation="bilinear")
             ax.set_title(f"{word} {float(m.mean()):.2f}", fontsize=8)
-        for ax in axes[0]:
+        for ax in axes:
             ax.axis("off")
         fig.suptitle(prompt, fontsize=8)
         fig.tight_layout()

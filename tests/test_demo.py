@@ -86,7 +86,7 @@ def test_attention_and_interpolation(client, pipe):
     r = client.post("/api/attention", json={"prompt": "a red circle", "seed": 3})
     assert r.status_code == 200, r.text
     panel = pixels(r.json()["panel"])
-    assert np.array_equal(panel, np.asarray(pipe.attention_panel("a red circle", 3)))
+    assert np.array_equal(panel, np.asarray(pipe.attention_panel("a red circle", 3, columns=5)))
     r = client.post("/api/interpolate", json={"prompt": "a red circle", "prompt_b": "a blue square", "seed": 2, "frames": 3})
     assert r.status_code == 200, r.text
     with decode(r.json()["gif"]) as gif:
