@@ -1,6 +1,7 @@
 """Image grids, GIFs, tensor <-> PIL conversion and seed-range parsing for sampling."""
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -99,10 +100,26 @@ def save_gif(frames: Sequence[PIL.Image.Image], path: str | Path, *, fps: float 
         raise ValueError(f"save_gif: no frames for {path}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    first, *rest = [f.convert("RGB") for f in frames]
-    first.save(path, save_all=True, append_images=rest, duration=max(1, round(1000 / fps)),
-               loop=loop, optimize=False)
+    path.write_bytes(gif_bytes(frames, fps=fps, loop=loop))
     return path
+
+
+def gif_bytes(frames: Sequence[PIL.Image.Image], *, fps: float = 12.0, loop: int = 0) -> bytes:
+    """An animated GIF file's bytes (loop=0: forever), one frame per image."""
+    if not frames:
+        raise ValueError("gif_bytes: no frames")
+    first, *rest = [f.convert("RGB") for f in frames]
+    buf = io.BytesIO()
+    first.save(buf, format="GIF", save_all=True, append_images=rest, duration=max(1, round(1000 / fps)),
+               loop=loop, optimize=False)
+    return buf.getvalue()
+
+
+def png_bytes(image: PIL.Image.Image) -> bytes:
+    """A PNG file's bytes."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def pil_resize_matrix(in_size: int, out_size: int, resample: int = PIL.Image.BICUBIC) -> torch.Tensor:
