@@ -69,8 +69,8 @@ class MiniLMSentenceEmbedder:
             )
         self.device = torch.device(device)
         self.weights_file = model_dir / "model.safetensors"
-        self.tokenizer = minilm._hf_tokenizer()
-        self.model = minilm._backbone(str(self.device))
+        self.tokenizer = minilm.wordpiece_tokenizer()
+        self.model = minilm.frozen_backbone(str(self.device))
 
     @torch.no_grad()
     def __call__(self, captions: Sequence[str], *, batch: int = 256) -> torch.Tensor:

