@@ -253,7 +253,7 @@ def lpips_main(argv: Sequence[str]) -> float:
 
 def train_scorer_main(argv: Sequence[str], *, extractor: Any = None, text_embedder: Any = None) -> dict:
     from eval.alignment import ScorerConfig
-    from eval.metrics import fit_scorer
+    from eval.fitted import fit_scorer
 
     defaults = ScorerConfig()
     p = argparse.ArgumentParser(prog="python -m eval train-scorer",

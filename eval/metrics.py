@@ -14,15 +14,13 @@ Metrics:
 - alignment: R-precision and cosine of a contrastive scorer trained on the reference set's
   real pairs, beside the same on held-out real pairs (`eval.alignment`).
 - attributes: probe accuracy per attribute on the shapes domain (`eval.attributes`).
-- clip_score: CLIPScore (100 * max(cos, 0)) with user-supplied open_clip weights.
+- clip_score: CLIPScore (100 * max(cos, 0)) with user-supplied open_clip weights (`eval.clip`).
+
+The scorer and the probe are fitted on demand and cached by `eval.fitted`.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -34,7 +32,6 @@ import torch
 import torch.nn.functional as F
 
 from encoders.tokenizer import cut_report, cuts_reported
-from eval import cache
 
 
 class MetricError(ValueError):
@@ -399,7 +396,7 @@ def _mean(values) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------
-# Cached trained scorers and probes.
+# The networks a Context fits or loads, checked against the options (eval.fitted, eval.clip).
 
 
 def sha256_file(path: str | Path) -> str:
@@ -408,77 +405,11 @@ def sha256_file(path: str | Path) -> str:
     return _sha(path)
 
 
-def _extractor_id(extractor) -> str:
-    return getattr(extractor, "weights_sha256", None) or type(extractor).__qualname__
-
-
-def _publish_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place; if another process got there first, keep theirs."""
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        if not final.exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def scorer_cache_key(dataset, resolution: int, num: int, extractor, cfg) -> tuple[str, int]:
-    """(key, count) of the scorer trained on the first `num` pairs of `dataset`: it changes with
-    the images' content, the resolution, the count, the image network and the scorer config."""
-    from eval.alignment import FORMAT
-
-    count = min(num, len(dataset))
-    content = cache.dataset_fingerprint(dataset, count, resolution=resolution)
-    key = cache.make_key(kind=FORMAT, content=content, resolution=resolution, num=count,
-                         network=_extractor_id(extractor), config=json.dumps(cfg.to_dict(), sort_keys=True))
-    return key, count
-
-
-def fit_scorer(dataset, resolution: int, num: int, extractor, *, cfg=None, cache_dir: str | None = None,
-               out: str | Path | None = None, device: str = "cpu", batch: int = 32, text_embedder=None,
-               log: Callable[[str], None] | None = None):
-    """The alignment scorer of a reference set: loaded from the cache (or `out`) when its key
-    matches, else trained on the first `num` real pairs (image features from `extractor`, the
-    cached FID reference features) and saved there. Returns (scorer, folder)."""
-    from eval.alignment import AlignmentScorer, ScorerConfig, resolve_text_backend, train_scorer
-    from eval.fid import reference_stats
-
-    cfg = cfg or ScorerConfig()
-    cfg = dataclasses.replace(cfg, text=resolve_text_backend(cfg.text))
-    key, count = scorer_cache_key(dataset, resolution, num, extractor, cfg)
-    folder = Path(out) if out is not None else cache.cache_path("alignment", f"scorer-r{resolution}-n{count}-{key}",
-                                                                   cache_dir=cache_dir)
-    if (folder / "scorer.json").is_file() and json.loads((folder / "scorer.json").read_text()).get("info", {}).get("key") == key:
-        return AlignmentScorer.load(folder, device=device, text_embedder=text_embedder), folder
-    ref = reference_stats(dataset, resolution, count, extractor, cache_dir, batch=batch)
-    n = len(dataset)
-    captions = [dataset[i % n]["text"] for i in range(count)]
-    scorer, report = train_scorer(torch.from_numpy(ref.features), captions, cfg, text_embedder=text_embedder,
-                                  device=device, log=log)
-    info = {"key": key, "num": count, "resolution": resolution, "network": _extractor_id(extractor), "report": report}
-    _save_atomically(scorer, folder, info=info, into_existing=out is not None)
-    return scorer, folder
-
-
-def _save_atomically(net, folder: Path, *, info: dict, into_existing: bool) -> None:
-    """net.save(...) into a temporary sibling, then move it into place: a user's `--out` folder
-    file by file (it may hold other files), a cache folder as a whole."""
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    net.save(tmp, info=info)
-    if into_existing:
-        folder.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, folder / f.name)
-        tmp.rmdir()
-    else:
-        _publish_dir(tmp, folder)
-    net.info = info
-
-
 def ctx_scorer(ctx: Context):
     if "scorer" not in ctx.nets:
         from eval.alignment import AlignmentScorer, ScorerConfig
+        from eval.fid import extractor_id
+        from eval.fitted import fit_scorer
 
         opts = ctx.opts
         t = time.perf_counter()
@@ -490,9 +421,9 @@ def ctx_scorer(ctx: Context):
             if scorer.info.get("resolution") not in (None, ctx.resolution):
                 raise MetricError(f"--scorer {opts.scorer}: trained on {scorer.info['resolution']} px images, the "
                                   f"model makes {ctx.resolution} px; retrain with train-scorer --resolution {ctx.resolution}")
-            if scorer.info.get("network") not in (None, _extractor_id(ctx.extractor)):
+            if scorer.info.get("network") not in (None, extractor_id(ctx.extractor)):
                 raise MetricError(f"--scorer {opts.scorer}: trained on features of network {scorer.info['network']}, "
-                                  f"but this run extracts {_extractor_id(ctx.extractor)}")
+                                  f"but this run extracts {extractor_id(ctx.extractor)}")
         else:
             ctx.log(f"alignment scorer: {opts.scorer_num} real pairs")
             scorer, folder = fit_scorer(ctx.dataset, ctx.resolution, opts.scorer_num, ctx.extractor,
@@ -508,38 +439,10 @@ def ctx_scorer(ctx: Context):
     return ctx.nets["scorer"]
 
 
-def probe_cache_key(cfg) -> str:
-    """Changes with the probe config, the heads, and the renderer (a hash of rendered images)."""
-    from data.shapes import ShapesDataset
-    from eval.attributes import HEADS
-
-    rendered = cache.dataset_fingerprint(ShapesDataset(cfg.resolution, size=64, seed=cfg.data_seed), 64,
-                                         resolution=cfg.resolution)
-    from eval.attributes import FORMAT
-
-    return cache.make_key(kind=FORMAT, config=json.dumps(cfg.to_dict(), sort_keys=True),
-                          heads=json.dumps(HEADS), rendered=rendered)
-
-
-def fit_probe(cfg, *, cache_dir: str | None = None, out: str | Path | None = None, device: str = "cpu",
-              log: Callable[[str], None] | None = None):
-    """The attribute probe for `cfg` (resolution, ...): from the cache or `out` when the key
-    matches, else trained and saved there. Returns (probe, folder)."""
-    from eval.attributes import AttributeProbe, train_probe
-
-    key = probe_cache_key(cfg)
-    folder = Path(out) if out is not None else cache.cache_path("attributes", f"probe-r{cfg.resolution}-{key}",
-                                                                   cache_dir=cache_dir)
-    if (folder / "probe.json").is_file() and json.loads((folder / "probe.json").read_text()).get("info", {}).get("key") == key:
-        return AttributeProbe.load(folder, device=device), folder
-    probe, report = train_probe(cfg, device=device, log=log)
-    _save_atomically(probe, folder, info={"key": key, "report": report}, into_existing=out is not None)
-    return probe, folder
-
-
 def ctx_probe(ctx: Context):
     if "probe" not in ctx.nets:
         from eval.attributes import AttributeProbe, ProbeConfig
+        from eval.fitted import fit_probe
 
         opts = ctx.opts
         t = time.perf_counter()
@@ -559,46 +462,17 @@ def ctx_probe(ctx: Context):
     return ctx.nets["probe"]
 
 
-# ----------------------------------------------------------------------------------------
-# CLIP score (optional extra).
-
-
-class ClipScorer:
-    """open_clip model from a local checkpoint: score(uint8 images [B,3,H,W], B prompts) ->
-    [B] CLIPScore = 100 * max(cosine, 0)."""
-
-    def __init__(self, weights: str | Path, *, arch: str, device: str):
-        try:
-            import open_clip
-        except ImportError as e:
-            raise MetricError("clip_score needs the optional extra open_clip_torch (`pip install spikegan[clip]`) "
-                              "and a local checkpoint given with --clip-weights PATH") from e
-        if not Path(weights).is_file():
-            raise MetricError(f"--clip-weights {weights}: no such file")
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights), device=device)
-        self.model.eval()
-        self.tokenize = open_clip.get_tokenizer(arch)
-        self.device = device
-        self.weights_file = str(weights)
-        self.weights_sha256 = sha256_file(weights)
-
-    @torch.no_grad()
-    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        from PIL import Image
-
-        pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
-        x = torch.stack([self.preprocess(p) for p in pil]).to(self.device)
-        img = F.normalize(self.model.encode_image(x).float(), dim=-1)
-        txt = F.normalize(self.model.encode_text(self.tokenize(list(prompts)).to(self.device)).float(), dim=-1)
-        return (100 * (img * txt).sum(-1).clamp_min(0)).cpu()
-
-
-def ctx_clip(ctx: Context) -> ClipScorer:
+def ctx_clip(ctx: Context):
     if "clip" not in ctx.nets:
+        from eval.clip import ClipScorer
+
         if ctx.opts.clip_weights is None:
             raise MetricError("clip_score needs open_clip weights: pass --clip-weights PATH (a local open_clip "
                               "checkpoint; nothing is downloaded) and install the optional extra open_clip_torch")
-        clip = ClipScorer(ctx.opts.clip_weights, arch=ctx.opts.clip_arch, device=ctx.opts.device)
+        try:
+            clip = ClipScorer(ctx.opts.clip_weights, arch=ctx.opts.clip_arch, device=ctx.opts.device)
+        except (ImportError, FileNotFoundError) as e:
+            raise MetricError(str(e)) from e
         ctx.record("clip", clip)
         ctx.nets["clip"] = clip
     return ctx.nets["clip"]

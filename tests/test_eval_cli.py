@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from data.shapes import ShapesDataset
-from eval import cli, metrics
+from eval import cli, fitted, metrics
 from eval.attributes import ProbeConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:Matrix is singular")  # FID of 12 images in 48-d
@@ -53,7 +53,7 @@ def scorer_and_probe(tmp_path_factory):
                    "--num", "64", "--steps", "5", "--text", "tower", "--device", "cpu",
                    "--cache-dir", str(root / "cache")], extractor=TinyFeatures())
     assert rc == 0
-    metrics.fit_probe(ProbeConfig(resolution=16, channels=4, hidden=8, train_images=64, steps=2, heldout_images=16),
+    fitted.fit_probe(ProbeConfig(resolution=16, channels=4, hidden=8, train_images=64, steps=2, heldout_images=16),
                       out=root / "probe")
     return root / "scorer", root / "probe"
 
@@ -165,25 +165,25 @@ def test_scorer_cache_key_follows_the_data():
 
     cfg = ScorerConfig(text="tower")
     ex = TinyFeatures()
-    key, count = metrics.scorer_cache_key(ShapesDataset(16, seed=0), 16, 8, ex, cfg)
+    key, count = fitted.scorer_cache_key(ShapesDataset(16, seed=0), 16, 8, ex, cfg)
     assert count == 8
-    assert key == metrics.scorer_cache_key(ShapesDataset(16, seed=0), 16, 8, ex, cfg)[0]
-    assert key != metrics.scorer_cache_key(ShapesDataset(16, seed=1), 16, 8, ex, cfg)[0]  # other images
-    assert key != metrics.scorer_cache_key(ShapesDataset(16, seed=0), 16, 9, ex, cfg)[0]  # count
-    assert key != metrics.scorer_cache_key(ShapesDataset(32, seed=0), 32, 8, ex, cfg)[0]  # resolution
-    assert key != metrics.scorer_cache_key(ShapesDataset(16, seed=0), 16, 8, ex, dataclasses.replace(cfg, steps=3))[0]
+    assert key == fitted.scorer_cache_key(ShapesDataset(16, seed=0), 16, 8, ex, cfg)[0]
+    assert key != fitted.scorer_cache_key(ShapesDataset(16, seed=1), 16, 8, ex, cfg)[0]  # other images
+    assert key != fitted.scorer_cache_key(ShapesDataset(16, seed=0), 16, 9, ex, cfg)[0]  # count
+    assert key != fitted.scorer_cache_key(ShapesDataset(32, seed=0), 32, 8, ex, cfg)[0]  # resolution
+    assert key != fitted.scorer_cache_key(ShapesDataset(16, seed=0), 16, 8, ex, dataclasses.replace(cfg, steps=3))[0]
 
 
 def test_fit_scorer_caches(tmp_path):
     from eval.alignment import ScorerConfig
 
     cfg = ScorerConfig(text="tower", steps=3, batch=8, embed_dim=8, hidden_dim=16, tower_dim=8)
-    s1, f1 = metrics.fit_scorer(ShapesDataset(16), 16, 24, TinyFeatures(), cfg=cfg, cache_dir=tmp_path)
+    s1, f1 = fitted.fit_scorer(ShapesDataset(16), 16, 24, TinyFeatures(), cfg=cfg, cache_dir=tmp_path)
     stamp = (f1 / "scorer.safetensors").stat().st_mtime_ns
-    s2, f2 = metrics.fit_scorer(ShapesDataset(16), 16, 24, TinyFeatures(), cfg=cfg, cache_dir=tmp_path)
+    s2, f2 = fitted.fit_scorer(ShapesDataset(16), 16, 24, TinyFeatures(), cfg=cfg, cache_dir=tmp_path)
     assert f1 == f2 and (f2 / "scorer.safetensors").stat().st_mtime_ns == stamp
     assert s2.info["report"]["heldout"] == s1.info["report"]["heldout"]
-    _, f3 = metrics.fit_scorer(ShapesDataset(16, seed=5), 16, 24, TinyFeatures(), cfg=cfg, cache_dir=tmp_path)
+    _, f3 = fitted.fit_scorer(ShapesDataset(16, seed=5), 16, 24, TinyFeatures(), cfg=cfg, cache_dir=tmp_path)
     assert f3 != f1
 
 
