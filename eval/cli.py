@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from data.files import atomic_write_text
 from eval.allocator import keep_freed_memory
 
 SCHEMA = "spikegan-eval/1"
@@ -150,17 +150,9 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
 
 
-def write_json_atomic(path: str | Path, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
-
-
 def run_score(args: argparse.Namespace, argv: Sequence[str], *, extractor: Any = None, text_embedder: Any = None) -> dict:
     from eval import metrics
-    from eval.inception import sha256_file
+    from data.files import sha256_file
 
     t0 = time.perf_counter()
     try:
@@ -221,7 +213,8 @@ def run_score(args: argparse.Namespace, argv: Sequence[str], *, extractor: Any =
     }
     print(format_table(payload["rows"]))
     if args.json:
-        write_json_atomic(args.json, payload)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.json, json.dumps(payload, indent=2))
         print(f"wrote {args.json}")
     return payload
 

@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from eval.inception import sha256_file
+from data.files import sha256_file
 
 
 class ClipScorer:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.files import sha256_file
 from encoders.tokenizer import cut_report, cuts_reported
 
 
@@ -397,12 +398,6 @@ def _mean(values) -> float | None:
 
 # ----------------------------------------------------------------------------------------
 # The networks a Context fits or loads, checked against the options (eval.fitted, eval.clip).
-
-
-def sha256_file(path: str | Path) -> str:
-    from eval.inception import sha256_file as _sha
-
-    return _sha(path)
 
 
 def ctx_scorer(ctx: Context):

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from data.files import sha256_file
 from data.shapes import ShapesDataset
 from eval import cli, fitted, metrics
 from eval.attributes import ProbeConfig
@@ -92,7 +93,7 @@ def test_cli_end_to_end_and_schema(tiny_model, scorer_and_probe, tmp_path, capsy
         assert row["seeds"] == {"first": 7, "count": 12}
         assert set(row["values"]) == VALUE_KEYS
         assert set(row["weights"]) == {"inception", "alignment_scorer", "attribute_probe"}
-        assert row["weights"]["alignment_scorer"]["sha256"] == metrics.sha256_file(scorer / "scorer.safetensors")
+        assert row["weights"]["alignment_scorer"]["sha256"] == sha256_file(scorer / "scorer.safetensors")
         assert len(row["model_sha256"]) == 64 and row["seconds"]["total"] > 0
         assert row["values"]["fid"] > 0 and 0 <= row["values"]["r_precision"] <= 1
     # Two different models, two different scores; the table has one line per model.
