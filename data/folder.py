@@ -11,6 +11,8 @@ root is a security boundary.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import posixpath
@@ -24,7 +26,7 @@ import numpy as np
 
 from . import report as R
 from .captioned import CaptionedImages, ImageDtype
-from .images import IMAGE_EXTENSIONS, Fit, ImageOptions, ImageRejected, decode, validate
+from .images import IMAGE_EXTENSIONS, Fit, ImageOptions, ImageRejected, decode, open_checked, validate
 from .report import ScanReport
 
 METADATA = "metadata.jsonl"
@@ -349,6 +351,18 @@ class FolderDataset(CaptionedImages):
                 + "".join(f"\n  {s.file}: {s.reason} ({s.detail})" for s in self.report.skipped[:5]),
                 self.report,
             )
+
+    def with_resolution(self, resolution: int) -> FolderDataset:
+        """The same scanned entries, read at another side (no second scan)."""
+        other = copy.copy(self)
+        other.resolution = resolution
+        other.options = dataclasses.replace(self.options, resolution=resolution)
+        other._draws = {}
+        return other
+
+    def stored_size(self, index: int = 0) -> tuple[int, int]:
+        """(width, height) of entry `index`'s file as stored (read from its header)."""
+        return open_checked(self.source.read(self.entries[index].file), self.options).size
 
     def _num_raw(self) -> int:
         return len(self.entries)

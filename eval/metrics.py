@@ -1,15 +1,19 @@
 """A registry of named metrics (as StyleGAN's metric_main), each returning a dict of numbers.
 
     values = eval.metrics.compute(["fid", "alignment"], model, tokenizer, dataset, num=1000)
+    result = eval.metrics.evaluate_images(["fid", "fd_domain"], folder, dataset, MetricOptions())
 
 Protocol (COCO FID-30k style): image i is generated from prompt i and seed `seed + i`, where
 the prompts are the reference set's captions in order (one image per caption), or a prompt
-list cycled to `num`. Images stream through in batches: one generation pass feeds every
-frozen network the chosen metrics need (Inception features, the attribute probe, CLIP), so
-scoring N images never holds N images in memory.
+list cycled to `num`. A folder of images with captions (`evaluate_images`, another system's
+outputs) is scored the same way, image i with its first caption. Images stream through in
+batches: one pass feeds every frozen network the chosen metrics need (Inception features,
+the attribute probe, CLIP), so scoring N images never holds N images in memory.
 
 Metrics:
 - fid, kid: clean-fid's FID and KID against cached reference statistics (`eval.fid`).
+- fd_domain: the Frechet distance in the domain scorer's image embeddings (the alignment
+  scorer's image head), beside FID: a domain-trained feature space rather than ImageNet's.
 - lpips_diversity: mean pairwise LPIPS between seeds of the same prompt (`eval.lpips`).
 - alignment: R-precision and cosine of a contrastive scorer trained on the reference set's
   real pairs, beside the same on held-out real pairs (`eval.alignment`).
@@ -77,7 +81,7 @@ def generate(model, tokenizer, prompts: Sequence[str], seeds: Sequence[int], *, 
 class MetricOptions:
     """What every metric of one evaluation shares."""
 
-    num: int = 1000  # Images generated (image i: prompt i, seed `seed + i`).
+    num: int = 1000  # Images generated (image i: prompt i, seed `seed + i`); of a folder, the first `num` scored.
     seed: int = 0  # First seed.
     batch: int = 32  # Images per generator / feature-network call.
     device: str = "cpu"  # Where the networks run.
@@ -101,13 +105,15 @@ class MetricOptions:
 
 
 class Context:
-    """One model scored against one reference set: lazily built shared pieces, weights used."""
+    """One model, or one folder of captioned images, scored against one reference set: lazily
+    built shared pieces, weights used."""
 
-    def __init__(self, model, tokenizer, dataset, opts: MetricOptions):
+    def __init__(self, model, tokenizer, dataset, opts: MetricOptions, *, images=None):
         if opts.num < 2:
             raise MetricError(f"--num must be >= 2, got {opts.num}")
         self.model, self.tokenizer, self.dataset, self.opts = model, tokenizer, dataset, opts
-        self.resolution = int(model.cfg.resolution)
+        self.images = images  # data.FolderDataset scored instead of a model's images, or None
+        self.resolution = int(model.cfg.resolution if images is None else images.resolution)
         self.weights: dict[str, dict] = {}  # name -> {"file", "sha256"}
         self.seconds: dict[str, float] = {}
         self._items: list[dict] | None = None
@@ -133,9 +139,11 @@ class Context:
         return self._items[:num]
 
     def prompts(self) -> list[str]:
-        """Prompt of each generated image: [num] strings."""
+        """Prompt of each generated image (of a folder: each image's first caption): [num] strings."""
         if self._prompts is None:
-            if self.opts.prompts is not None:
+            if self.images is not None:
+                self._prompts = [self.images.entries[i].texts[0] for i in range(self.opts.num)]
+            elif self.opts.prompts is not None:
                 if not self.opts.prompts:
                     raise MetricError("--prompts: the file has no prompts")
                 self._prompts = [self.opts.prompts[i % len(self.opts.prompts)] for i in range(self.opts.num)]
@@ -194,26 +202,37 @@ class Context:
 
     # -- the generation pass -------------------------------------------------------------------
 
-    def run_generation(self, consumers: dict[str, "Consumer"]) -> None:
-        """One pass over (prompt, seed) pairs feeding each consumer's batches; results land in
-        self.generated[name]."""
-        todo = {k: c for k, c in consumers.items() if k not in self.generated}
-        if not todo:
+    def image_batches(self) -> Iterator[torch.Tensor]:
+        """The scored images in order, uint8 [b, 3, R, R] batches: generated from (prompt, seed)
+        pairs, or read from the folder."""
+        if self.images is not None:
+            from eval.features import iterate_batches
+
+            yield from iterate_batches(self.images, self.opts.batch, limit=self.opts.num)
             return
-        t = time.perf_counter()
-        prompts, seeds = self.prompts(), self.seeds()
-        self.log(f"generating {len(prompts)} images for {', '.join(todo)}")
+        prompts = self.prompts()
         quiet = nullcontext()
         if not self.emphasis:  # reference captions: their cuts are reported once, not one by one
             if report := cut_report(self.tokenizer, list(dict.fromkeys(prompts))):
                 self.log(report)
             quiet = cuts_reported()
-        states = {k: c.start(self) for k, c in todo.items()}
         with quiet:
-            for images in generate(self.model, self.tokenizer, prompts, seeds, batch=self.opts.batch,
-                                   device=self.opts.device, psi=self.opts.psi, emphasis=self.emphasis):
-                for k, c in todo.items():
-                    c.update(states[k], images)
+            yield from generate(self.model, self.tokenizer, prompts, self.seeds(), batch=self.opts.batch,
+                                device=self.opts.device, psi=self.opts.psi, emphasis=self.emphasis)
+
+    def run_generation(self, consumers: dict[str, "Consumer"]) -> None:
+        """One pass over the scored images feeding each consumer's batches; results land in
+        self.generated[name]."""
+        todo = {k: c for k, c in consumers.items() if k not in self.generated}
+        if not todo:
+            return
+        t = time.perf_counter()
+        verb = "reading" if self.images is not None else "generating"
+        self.log(f"{verb} {self.opts.num} images for {', '.join(todo)}")
+        states = {k: c.start(self) for k, c in todo.items()}
+        for images in self.image_batches():
+            for k, c in todo.items():
+                c.update(states[k], images)
         for k, c in todo.items():
             self.generated[k] = c.finish(states[k])
         self.seconds["generation_pass"] = time.perf_counter() - t
@@ -273,15 +292,18 @@ CONSUMERS: dict[str, Callable[[], Consumer]] = {
 class Metric:
     fn: Callable[[Context], dict]
     needs: tuple[str, ...]  # Generation-pass consumers (CONSUMERS keys) it reads.
+    scorer: bool = False  # Whether it uses the domain scorer (built before the pass, so that errors come first).
+    images: bool = True  # Whether it can score a folder of images (False: it needs the model or the prompts' scenes).
     doc: str = ""
 
 
 _REGISTRY: dict[str, Metric] = {}
 
 
-def register(name: str, *, needs: tuple[str, ...] = ()):
+def register(name: str, *, needs: tuple[str, ...] = (), scorer: bool = False, images: bool = True):
     def wrap(fn):
-        _REGISTRY[name] = Metric(fn=fn, needs=needs, doc=(fn.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY[name] = Metric(fn=fn, needs=needs, scorer=scorer, images=images,
+                                 doc=(fn.__doc__ or "").strip().split("\n")[0])
         return fn
     return wrap
 
@@ -318,6 +340,19 @@ def fid(ctx: Context) -> dict:
     return {"fid": frechet_distance(stats.mean(), stats.cov(), ref.mu, ref.sigma)}
 
 
+@register("fd_domain", needs=("inception",), scorer=True)
+def fd_domain(ctx: Context) -> dict:
+    """Frechet distance between the domain scorer's image embeddings of the images and of the reference set."""
+    from eval.fid import fid_from_features
+
+    scorer = ctx_scorer(ctx).eval()
+    ref = ctx.reference_stats(ctx.opts.num_ref or ctx.opts.num)
+    with torch.no_grad():
+        gen = scorer.embed_images(torch.from_numpy(ctx.generated["inception"])).cpu().double().numpy()  # [N, E]
+        real = scorer.embed_images(torch.from_numpy(ref.features)).cpu().double().numpy()  # [N_ref, E]
+    return {"fd_domain": fid_from_features(gen, real)}
+
+
 @register("kid", needs=("inception",))
 def kid(ctx: Context) -> dict:
     """Kernel Inception distance (clean-fid's unbiased estimate) and its spread over subsets."""
@@ -328,7 +363,7 @@ def kid(ctx: Context) -> dict:
     return {"kid": mean, "kid_std": std}
 
 
-@register("lpips_diversity")
+@register("lpips_diversity", images=False)
 def lpips_diversity(ctx: Context) -> dict:
     """Mean pairwise LPIPS between seeds of the same prompt (low = mode collapse)."""
     from data import to_float
@@ -356,7 +391,7 @@ def lpips_diversity(ctx: Context) -> dict:
     return {"lpips_diversity": diversity(groups, net, batch=opts.batch)}
 
 
-@register("alignment", needs=("inception",))
+@register("alignment", needs=("inception",), scorer=True)
 def alignment(ctx: Context) -> dict:
     """R-precision and cosine of the domain scorer; *_real = on held-out real pairs (the ceiling)."""
     from eval.alignment import score
@@ -369,7 +404,7 @@ def alignment(ctx: Context) -> dict:
             "candidates": out["candidates"]}
 
 
-@register("attributes", needs=("probe",))
+@register("attributes", needs=("probe",), images=False)
 def attributes(ctx: Context) -> dict:
     """Probe accuracy per attribute vs the prompt's scene (shapes); probe_* = on real images."""
     from eval.attributes import EXTRA, REPORTED, accuracy
@@ -483,7 +518,7 @@ class EvalResult:
 
     values: dict[str, float | int | None]  # Flat: metric value name -> number.
     num_images: int  # Images generated for the main pass.
-    seeds: dict  # {"first": s, "count": n}: image i used seed first + i.
+    seeds: dict | None  # {"first": s, "count": n}: image i used seed first + i; None for a folder of images.
     weights: dict[str, dict]  # Weight files used: name -> {"file", "sha256"}.
     seconds: dict[str, float] = field(default_factory=dict)  # Time per stage and metric, and "total".
 
@@ -494,18 +529,33 @@ class EvalResult:
 def evaluate(metric_names: Sequence[str], model, tokenizer, dataset, opts: MetricOptions) -> EvalResult:
     """Run the named metrics on one model (gan.model.TextToImage in eval mode) against the
     reference `dataset` (items {"image": uint8 [3,R,R], "text", ...} at the model's resolution)."""
-    t0 = time.perf_counter()
-    metric_names = check_names(metric_names)
     model.eval()
-    ctx = Context(model, tokenizer, dataset, opts)
-    # Build what the generation pass feeds first (so a missing file fails before generating).
+    return _evaluate(check_names(metric_names), Context(model, tokenizer, dataset, opts))
+
+
+def evaluate_images(metric_names: Sequence[str], images, dataset, opts: MetricOptions) -> EvalResult:
+    """Run the named metrics on a folder of captioned images (data.FolderDataset, read at the
+    reference's resolution) against the reference `dataset`: the first `opts.num` images (all
+    when fewer), image i with its first caption. `seeds` of the result is None."""
+    metric_names = check_names(metric_names)
+    if unfit := [m for m in metric_names if not _REGISTRY[m].images]:
+        raise MetricError(f"--metrics: {', '.join(unfit)} score(s) a model, not a folder of images; "
+                          f"for --images use {', '.join(m for m in _REGISTRY if _REGISTRY[m].images)}")
+    opts = dataclasses.replace(opts, num=min(opts.num, len(images)))
+    return _evaluate(metric_names, Context(None, None, dataset, opts, images=images))
+
+
+def _evaluate(metric_names: list[str], ctx: Context) -> EvalResult:
+    t0 = time.perf_counter()
+    opts = ctx.opts
+    # Build what the pass feeds first (so a missing file fails before generating).
     needs = list(dict.fromkeys(n for m in metric_names for n in _REGISTRY[m].needs))
     if "clip" in needs:
         ctx_clip(ctx)
     if "probe" in needs:
         ctx.prompt_attributes()
         ctx_probe(ctx)
-    if "alignment" in metric_names:
+    if any(_REGISTRY[m].scorer for m in metric_names):
         ctx_scorer(ctx)
     ctx.run_generation({n: CONSUMERS[n]() for n in needs})
     values: dict[str, Any] = {}
@@ -515,8 +565,8 @@ def evaluate(metric_names: Sequence[str], model, tokenizer, dataset, opts: Metri
         values.update(_REGISTRY[name].fn(ctx))
         ctx.seconds[name] = time.perf_counter() - t
     ctx.seconds["total"] = time.perf_counter() - t0
-    return EvalResult(values=values, num_images=opts.num, seeds={"first": opts.seed, "count": opts.num},
-                      weights=ctx.weights, seconds=ctx.seconds)
+    seeds = None if ctx.images is not None else {"first": opts.seed, "count": opts.num}
+    return EvalResult(values=values, num_images=opts.num, seeds=seeds, weights=ctx.weights, seconds=ctx.seconds)
 
 
 def compute(metric_names: Sequence[str], model, tokenizer, dataset, *, num: int = 1000, seed: int = 0,

@@ -175,6 +175,20 @@ def test_caption_bytes_that_are_not_utf8_are_skipped_with_their_line(tmp_path):
     assert ds.report.reasons() == {R.NOT_UTF8: 2, R.MISSING_CAPTION: 1}
 
 
+def test_with_resolution_reads_the_scanned_entries_at_another_side(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+        (tmp_path / f"{name}.txt").write_text(f"image {name}")
+    ds = FolderDataset(tmp_path, resolution=32)
+    assert ds.stored_size(0) == (48, 40) == ds.stored_size(1)
+    small = ds.with_resolution(16)
+    fresh = FolderDataset(tmp_path, resolution=16)
+    assert small.entries is ds.entries and small.resolution == 16 and ds.resolution == 32
+    assert all(torch.equal(small[i]["image"], fresh[i]["image"]) for i in range(2))
+    assert ds[0]["image"].shape == (3, 32, 32)
+
+
 def test_file_changed_after_scan_does_not_stop_iteration(tmp_path):
     for name in ("a", "b", "c"):
         png(tmp_path / f"{name}.png", colour=(ord(name), 0, 0))

@@ -66,7 +66,7 @@ def _run(argv, capsys):
 
 
 VALUE_KEYS = {
-    "fid", "kid", "kid_std", "r_precision", "cosine", "r_precision_real", "cosine_real", "candidates",
+    "fid", "fd_domain", "kid", "kid_std", "r_precision", "cosine", "r_precision_real", "cosine_real", "candidates",
     *(f"{p}_{k}" for p in ("attr", "probe") for k in ("count", "background", "shape", "colour", "size",
                                                      "position", "relation", "mean", "binding")),
 }
@@ -76,20 +76,21 @@ def test_cli_end_to_end_and_schema(tiny_model, scorer_and_probe, tmp_path, capsy
     scorer, probe = scorer_and_probe
     out = tmp_path / "scores.json"
     argv = ["--model", str(tiny_model[0]), "--model", str(tiny_model[1]), "--data", "shapes",
-            "--metrics", "fid,kid,alignment,attributes", "--num", "12", "--batch", "5", "--seed", "7",
+            "--metrics", "fid,fd_domain,kid,alignment,attributes", "--num", "12", "--batch", "5", "--seed", "7",
             "--scorer", str(scorer), "--probe", str(probe), "--cache-dir", str(tmp_path / "cache"),
             "--json", str(out), "--device", "cpu", "--quiet"]
     rc, stdout, stderr = _run(argv, capsys)
     assert rc == 0, stderr
     payload = json.loads(out.read_text())
     # The stable schema.
-    assert tuple(payload) == cli.TOP_KEYS and payload["schema"] == "spikegan-eval/1"
-    assert payload["metrics"] == ["fid", "kid", "alignment", "attributes"]
+    assert tuple(payload) == cli.TOP_KEYS and payload["schema"] == "spikegan-eval/2"
+    assert payload["metrics"] == ["fid", "fd_domain", "kid", "alignment", "attributes"]
     assert payload["settings"]["seed"] == 7 and payload["data"] == {"path": "shapes", "num_ref": 12}
     assert len(payload["rows"]) == 2
     for row, model in zip(payload["rows"], tiny_model):
         assert tuple(row) == cli.ROW_KEYS
-        assert row["model"] == str(model) and row["resolution"] == 16 and row["num_images"] == 12
+        assert row["model"] == str(model) and row["images"] is None
+        assert row["resolution"] == 16 and row["num_images"] == 12
         assert row["seeds"] == {"first": 7, "count": 12}
         assert set(row["values"]) == VALUE_KEYS
         assert set(row["weights"]) == {"inception", "alignment_scorer", "attribute_probe"}
@@ -99,7 +100,7 @@ def test_cli_end_to_end_and_schema(tiny_model, scorer_and_probe, tmp_path, capsy
     # Two different models, two different scores; the table has one line per model.
     assert payload["rows"][0]["values"]["fid"] != payload["rows"][1]["values"]["fid"]
     lines = stdout.splitlines()
-    assert lines[0].split()[:3] == ["model", "fid", "kid"]
+    assert lines[0].split()[:4] == ["model", "fid", "fd_domain", "kid"]
     assert lines[2].startswith(str(tiny_model[0])) and lines[3].startswith(str(tiny_model[1]))
 
     # Deterministic: the same command gives the same values (reference stats now from the cache).
@@ -257,3 +258,116 @@ def test_prompts_file_and_folder_data(tiny_model, tmp_path, capsys):
     payload = json.loads((tmp_path / "o.json").read_text())
     assert payload["settings"]["prompts"] == str(prompts)
     assert payload["rows"][0]["values"]["fid"] > 0
+
+
+# --- fd_domain and folders of images (--images) -------------------------------------------
+
+
+def naive_frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 sqrtm(S_a S_b)), from numpy and scipy alone."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(s_a @ s_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * root))
+
+
+def shapes_folder(root, *, resolution: int, num: int, seed: int):
+    """`num` shapes images (PNG) with their captions in metadata.jsonl: another system's outputs."""
+    root.mkdir()
+    ds = ShapesDataset(resolution, seed=seed)
+    with open(root / "metadata.jsonl", "w") as f:
+        for i in range(num):
+            item = ds[i]
+            Image.fromarray(item["image"].permute(1, 2, 0).numpy()).save(root / f"{i:02d}.png")
+            f.write(json.dumps({"file_name": f"{i:02d}.png", "text": item["text"]}) + "\n")
+    return root
+
+
+def domain_embeddings(scorer_dir, images) -> np.ndarray:
+    """The scorer's image embeddings [N, E] of uint8 images [N, 3, R, R] (TinyFeatures underneath)."""
+    from eval.alignment import AlignmentScorer
+
+    scorer = AlignmentScorer.load(scorer_dir)
+    with torch.no_grad():
+        return scorer.embed_images(TinyFeatures()(images)).double().numpy()
+
+
+def test_fd_domain_is_the_frechet_distance_of_the_scorers_image_embeddings(tiny_model, scorer_and_probe, tmp_path):
+    from gan.model import load_model
+
+    scorer_dir, _ = scorer_and_probe
+    model, tok = load_model(tiny_model[0])
+    ref = ShapesDataset(16)
+    values = metrics.compute(["fd_domain", "fid"], model, tok, ref, num=10, num_ref=12, seed=3, batch=4,
+                             cache_dir=str(tmp_path), extractor=TinyFeatures(), scorer=str(scorer_dir))
+    assert list(values) == ["fd_domain", "fid"]
+    prompts = [ref[i]["text"] for i in range(10)]
+    generated = torch.cat(list(metrics.generate(model, tok, prompts, list(range(3, 13)), emphasis=False)))
+    reals = torch.stack([ref[i]["image"] for i in range(12)])
+    want = naive_frechet(domain_embeddings(scorer_dir, generated), domain_embeddings(scorer_dir, reals))
+    assert values["fd_domain"] == pytest.approx(want, rel=1e-6) and values["fd_domain"] > 0
+    assert values["fid"] == pytest.approx(naive_frechet(TinyFeatures()(generated).double().numpy(),
+                                                        TinyFeatures()(reals).double().numpy()), rel=1e-6)
+
+
+def test_images_folder_is_scored_like_a_model(scorer_and_probe, tmp_path, capsys):
+    from data.folder import FolderDataset
+    from eval.alignment import AlignmentScorer, score
+    from eval.fid import kid
+
+    scorer_dir, _ = scorer_and_probe
+    other = shapes_folder(tmp_path / "other", resolution=32, num=9, seed=4)  # read at 16 px below
+    same = shapes_folder(tmp_path / "same", resolution=16, num=8, seed=0)  # the reference's own first 8
+    out = tmp_path / "scores.json"
+    rc, stdout, err = _run(["--images", str(other), "--images", str(same), "--resolution", "16", "--data", "shapes",
+                            "--num", "8", "--scorer", str(scorer_dir), "--cache-dir", str(tmp_path / "c"),
+                            "--json", str(out), "--device", "cpu", "--quiet"], capsys)
+    assert rc == 0, err
+    payload = json.loads(out.read_text())
+    assert payload["metrics"] == ["fid", "fd_domain", "kid", "alignment"]  # the default
+    rows = payload["rows"]
+    assert [r["images"] for r in rows] == [str(other), str(same)] and all(tuple(r) == cli.ROW_KEYS for r in rows)
+    assert all(r["model"] is None and r["seeds"] is None and r["resolution"] == 16 for r in rows)
+    assert [r["num_images"] for r in rows] == [8, 8]  # --num caps the folder of 9
+    assert set(rows[0]["values"]) == {"fid", "fd_domain", "kid", "kid_std", "r_precision", "cosine",
+                                      "r_precision_real", "cosine_real", "candidates"}
+    assert set(rows[0]["weights"]) == {"inception", "alignment_scorer"}
+    assert str(other) in stdout.splitlines()[2]
+
+    # The folder's values, computed directly: its first 8 images read at 16 px, their captions.
+    folder = FolderDataset(other, resolution=16)
+    images = torch.stack([folder[i]["image"] for i in range(8)])
+    captions = [folder.entries[i].texts[0] for i in range(8)]
+    reals = torch.stack([ShapesDataset(16)[i]["image"] for i in range(8)])
+    f_gen, f_ref = TinyFeatures()(images), TinyFeatures()(reals)
+    values = rows[0]["values"]
+    assert values["fid"] == pytest.approx(naive_frechet(f_gen.double().numpy(), f_ref.double().numpy()), rel=1e-6)
+    assert values["kid"] == kid(f_gen.numpy(), f_ref.numpy(), seed=0)[0]
+    assert values["fd_domain"] == pytest.approx(naive_frechet(domain_embeddings(scorer_dir, images),
+                                                              domain_embeddings(scorer_dir, reals)), rel=1e-6)
+    assert values["r_precision"] == score(AlignmentScorer.load(scorer_dir), f_gen, captions)["r_precision"]
+    # The reference's own images score (close to) zero: the folder is read back bit for bit.
+    assert abs(rows[1]["values"]["fid"]) < 1e-4 and abs(rows[1]["values"]["fd_domain"]) < 1e-4
+
+
+def test_images_folder_errors_name_the_file_or_option(scorer_and_probe, tmp_path, capsys):
+    scorer_dir, _ = scorer_and_probe
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(bare / "0.png")
+    Image.new("RGB", (16, 16), (0, 0, 200)).save(bare / "1.png")
+    folder = shapes_folder(tmp_path / "folder", resolution=16, num=4, seed=0)
+    base = ["--data", "shapes", "--num", "4", "--scorer", str(scorer_dir), "--quiet", "--device", "cpu",
+            "--cache-dir", str(tmp_path / "c")]
+    cases = [
+        (["--images", str(bare), *base], f"--images {bare}: no image has a caption: {bare / 'metadata.jsonl'} is missing"),
+        (["--images", str(tmp_path / "none"), *base], "--images"),
+        (["--images", str(folder), *base, "--metrics", "fid,attributes"], "--metrics: attributes"),
+        (["--images", str(folder), *base, "--metrics", "lpips_diversity"], "--metrics: lpips_diversity"),
+        (base, "give --model DIR"),
+    ]
+    for argv, needle in cases:
+        rc, out, err = _run(argv, capsys)
+        assert rc == 2 and err.startswith("error: ") and needle in err, (argv, err)
