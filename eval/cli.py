@@ -186,6 +186,8 @@ def run_score(args: argparse.Namespace, argv: Sequence[str], *, extractor: Any =
         raise CliError("nothing to score: give --model DIR (a saved model) or --images DIR (images with captions)")
     try:
         metric_names = metrics.check_names(args.metrics.split(","))
+        if args.images:
+            metrics.check_images_names(metric_names)
     except metrics.MetricError as e:
         raise CliError(str(e)) from e
     prompts = read_prompts(args.prompts) if args.prompts else None

@@ -328,6 +328,15 @@ def check_names(metric_names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def check_images_names(metric_names: Sequence[str]) -> list[str]:
+    """check_names, and each metric must be able to score a folder of images."""
+    out = check_names(metric_names)
+    if unfit := [m for m in out if not _REGISTRY[m].images]:
+        raise MetricError(f"--metrics: {', '.join(unfit)} score(s) a model, not a folder of images; "
+                          f"for --images use {', '.join(m for m in _REGISTRY if _REGISTRY[m].images)}")
+    return out
+
+
 @register("fid", needs=("inception",))
 def fid(ctx: Context) -> dict:
     """Frechet Inception distance to the reference set (clean-fid)."""
@@ -537,10 +546,7 @@ def evaluate_images(metric_names: Sequence[str], images, dataset, opts: MetricOp
     """Run the named metrics on a folder of captioned images (data.FolderDataset, read at the
     reference's resolution) against the reference `dataset`: the first `opts.num` images (all
     when fewer), image i with its first caption. `seeds` of the result is None."""
-    metric_names = check_names(metric_names)
-    if unfit := [m for m in metric_names if not _REGISTRY[m].images]:
-        raise MetricError(f"--metrics: {', '.join(unfit)} score(s) a model, not a folder of images; "
-                          f"for --images use {', '.join(m for m in _REGISTRY if _REGISTRY[m].images)}")
+    metric_names = check_images_names(metric_names)
     opts = dataclasses.replace(opts, num=min(opts.num, len(images)))
     return _evaluate(metric_names, Context(None, None, dataset, opts, images=images))
 
