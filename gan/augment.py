@@ -158,7 +158,7 @@ class AugmentPipe(nn.Module):
         """x: [B, C, H, W] float in [-1, 1] -> augmented [B, C, H, W]; identity when p == 0."""
         if self.p <= 0.0:
             return x
-        cfg, (B, C, H, W), dev = self.cfg, x.shape, x.device
+        cfg, (B, _C, H, W), dev = self.cfg, x.shape, x.device
 
         def chosen() -> torch.Tensor:  # [B] bool, True where this op applies (no draw when p >= 1)
             if self.p >= 1.0:

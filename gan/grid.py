@@ -10,6 +10,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from data import to_uint8
+
 # torch.Generator.manual_seed accepts 0 .. 2**64 - 1.
 MAX_SEED = 2**64 - 1
 
@@ -51,15 +53,10 @@ def parse_seeds(text: str, *, option: str = "--seeds") -> list[int]:
     return seeds
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[B, 3, H, W] float in [-1, 1] -> [B, H, W, 3] uint8 (StyleGAN's rounding: x*127.5+128)."""
-    assert images.ndim == 4 and images.shape[1] == 3, images.shape
-    return (images.detach() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
-
-
 def to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
-    """[B, 3, H, W] float in [-1, 1] -> B RGB PIL images."""
-    return [PIL.Image.fromarray(a.numpy(), "RGB") for a in to_uint8(images)]
+    """[B, 3, H, W] float in [-1, 1] -> B RGB PIL images, quantised by data.to_uint8."""
+    assert images.ndim == 4 and images.shape[1] == 3, images.shape
+    return [PIL.Image.fromarray(a.numpy(), "RGB") for a in to_uint8(images).permute(0, 2, 3, 1).cpu()]  # [H, W, 3] each
 
 
 def from_pil(image: PIL.Image.Image, *, resolution: int | None = None) -> torch.Tensor:
