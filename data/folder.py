@@ -11,6 +11,8 @@ root is a security boundary.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import json
 import os
 import posixpath
@@ -24,7 +26,7 @@ import numpy as np
 
 from . import report as R
 from .captioned import CaptionedImages, ImageDtype
-from .images import IMAGE_EXTENSIONS, Fit, ImageOptions, ImageRejected, decode, validate
+from .images import IMAGE_EXTENSIONS, Fit, ImageOptions, ImageRejected, decode, open_checked, validate
 from .report import ScanReport
 
 METADATA = "metadata.jsonl"
@@ -171,6 +173,18 @@ def _unsafe(key: str) -> bool:
         return True
 
 
+def decode_utf8(raw: bytes, *, prefix: str = "", first_line: int = 1) -> str:
+    """Caption bytes -> str. Raises EntryRejected(NOT_UTF8) naming the line (counted from
+    `first_line`) and column of the first byte that is not UTF-8."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = first_line + raw.count(b"\n", 0, e.start)
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise EntryRejected(R.NOT_UTF8, f"{prefix}line {line}, column {column}: "
+                                        f"byte 0x{raw[e.start]:02x} is not UTF-8") from None
+
+
 def _caption_list(value: object, where: str) -> tuple[str, ...]:
     """Metadata/txt caption value -> non-empty tuple of stripped captions."""
     if value is None:
@@ -222,14 +236,19 @@ def scan(source: DirSource | ZipSource, opts: ImageOptions, *, caption_column: s
     if METADATA in file_set:
         try:
             source.check(METADATA)
-            lines = source.read(METADATA).decode("utf-8", errors="replace").splitlines()
+            lines = source.read(METADATA).splitlines()  # bytes: each line is decoded on its own
         except EntryRejected as e:
             reject(METADATA, e)
             lines = []
-        for lineno, line in enumerate(lines, start=1):
-            if not line.strip():
+        for lineno, raw in enumerate(lines, start=1):
+            if not raw.strip():
                 continue
             where = f"{METADATA}:{lineno}"
+            try:
+                line = decode_utf8(raw, first_line=lineno)
+            except EntryRejected as e:
+                report.skip(where, e.reason, e.detail)
+                continue
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
@@ -260,8 +279,7 @@ def scan(source: DirSource | ZipSource, opts: ImageOptions, *, caption_column: s
             if txt not in file_set:
                 raise EntryRejected(R.MISSING_CAPTION, f"not in {METADATA} and no {txt}")
             source.check(txt)
-            raw = source.read(txt).decode("utf-8", errors="replace")
-            pending[key] = _caption_list(raw, txt)
+            pending[key] = _caption_list(decode_utf8(source.read(txt), prefix=f"{txt}: "), txt)
         except EntryRejected as e:
             reject(key, e)
 
@@ -333,6 +351,18 @@ class FolderDataset(CaptionedImages):
                 + "".join(f"\n  {s.file}: {s.reason} ({s.detail})" for s in self.report.skipped[:5]),
                 self.report,
             )
+
+    def with_resolution(self, resolution: int) -> FolderDataset:
+        """The same scanned entries, read at another side (no second scan)."""
+        other = copy.copy(self)
+        other.resolution = resolution
+        other.options = dataclasses.replace(self.options, resolution=resolution)
+        other._draws = {}
+        return other
+
+    def stored_size(self, index: int = 0) -> tuple[int, int]:
+        """(width, height) of entry `index`'s file as stored (read from its header)."""
+        return open_checked(self.source.read(self.entries[index].file), self.options).size
 
     def _num_raw(self) -> int:
         return len(self.entries)

@@ -19,6 +19,7 @@ from typing import Callable
 import numpy as np
 
 from .captioned import CaptionedImages, ImageDtype
+from .files import atomic_write, atomic_write_text
 from .folder import FolderDataset
 from .images import ImageRejected, resize
 from .report import ScanReport
@@ -78,47 +79,45 @@ def write_prepared(
             report.skip(entry.file, e.reason, e.detail)
             return None, {}
 
-    tmp_images = out / "images.npy.tmp"
-    arr = np.lib.format.open_memmap(tmp_images, mode="w+", dtype=np.uint8, shape=(n, res, res, 3))
     records: list[dict] = []
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for image, record in pool.map(load, range(n), chunksize=64):
-            if image is not None:
-                arr[len(records)] = image
-                records.append(record)
-                if progress is not None and len(records) % 256 == 0:
-                    progress(len(records))
-    arr.flush()
-    del arr
-    if len(records) < n:  # entries failed after the scan: shrink to the kept rows
-        full = np.load(tmp_images, mmap_mode="r")
-        kept = np.lib.format.open_memmap(out / "images.npy.tmp2", mode="w+", dtype=np.uint8,
-                                         shape=(len(records), res, res, 3))
-        kept[:] = full[: len(records)]
-        kept.flush()
-        del kept, full
-        os.replace(out / "images.npy.tmp2", tmp_images)
+
+    def write_images(tmp: Path) -> None:
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, res, res, 3))
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            for image, record in pool.map(load, range(n), chunksize=64):
+                if image is not None:
+                    arr[len(records)] = image
+                    records.append(record)
+                    if progress is not None and len(records) % 256 == 0:
+                        progress(len(records))
+        arr.flush()
+        del arr
+        if len(records) < n:  # entries failed after the scan: shrink to the kept rows
+            atomic_write(tmp, lambda shrunk: _copy_rows(tmp, len(records), shrunk))
+        (out / "dataset.json").unlink(missing_ok=True)  # the set is incomplete until it is rewritten
+
+    atomic_write(out / "images.npy", write_images)
     report.kept = len(records)
     if progress is not None:
         progress(len(records))
-
-    (out / "dataset.json").unlink(missing_ok=True)  # the set is incomplete until it is rewritten
-    os.replace(tmp_images, out / "images.npy")
-    _write_text(out / "captions.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    _write_text(out / "report.json", json.dumps(report.to_dict(), indent=1) + "\n")
+    atomic_write_text(out / "captions.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    report.save(out / "report.json")
     info = {"format": FORMAT, "version": VERSION, "resolution": res, "count": len(records),
             "source": source}
     if isinstance(dataset, FolderDataset):
         info.update(fit=dataset.options.fit, background=list(dataset.options.background))
-    _write_text(out / "dataset.json", json.dumps(info, indent=1) + "\n")
+    atomic_write_text(out / "dataset.json", json.dumps(info, indent=1) + "\n")
     return report
 
 
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def _copy_rows(src: Path, count: int, dst: Path) -> None:
+    """The first `count` rows of the .npy array `src` into a new .npy file `dst`."""
+    full = np.load(src, mmap_mode="r")  # [N, R, R, 3]
+    kept = np.lib.format.open_memmap(dst, mode="w+", dtype=full.dtype, shape=(count, *full.shape[1:]))
+    kept[:] = full[:count]
+    kept.flush()
+    del kept, full
 
 
 def prepare_dataset(

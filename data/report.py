@@ -7,12 +7,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .files import atomic_write_text
+
 # Stable reason phrases (tests and report.json readers match on these).
 CORRUPT = "corrupt image"
 MISSING_FILE = "missing file"
 MISSING_CAPTION = "missing caption"
 EMPTY_CAPTION = "empty caption"
 MALFORMED_METADATA = "malformed metadata"
+NOT_UTF8 = "caption line not UTF-8"
 OUTSIDE_ROOT = "outside dataset root"
 BOMB = "decompression bomb"
 TOO_SMALL = "too small"
@@ -58,7 +61,8 @@ class ScanReport:
         return cls(kept=int(d["kept"]), skipped=skipped)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=1) + "\n")
+        """report.json at `path`, written atomically."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     def summary(self) -> str:
         """One line: 'kept 10, skipped 3 (2 corrupt image, 1 missing caption)'."""

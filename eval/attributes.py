@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -27,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from data.shapes import BACKGROUNDS, COLOURS, POSITIONS, RELATIONS, SHAPES, SIZES, ShapesDataset
+from data.files import atomic_write, atomic_write_text
+from data.shapes import BACKGROUNDS, COLOURS, POSITIONS, SHAPES, SIZES, ShapesDataset
 
 PROBE_CONFIG = "probe.json"
 PROBE_WEIGHTS = "probe.safetensors"
@@ -203,13 +203,11 @@ class AttributeProbe(nn.Module):
 
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / (PROBE_WEIGHTS + ".tmp")
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(tmp))
-        os.replace(tmp, out_dir / PROBE_WEIGHTS)
-        tmp = out_dir / (PROBE_CONFIG + ".tmp")
-        tmp.write_text(json.dumps({"format": FORMAT, "config": self.cfg.to_dict(),
-                                   "heads": {k: list(v) for k, v in HEADS.items()}, "info": info or {}}, indent=2))
-        os.replace(tmp, out_dir / PROBE_CONFIG)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        atomic_write(out_dir / PROBE_WEIGHTS, lambda tmp: save_file(state, str(tmp)))
+        atomic_write_text(out_dir / PROBE_CONFIG, json.dumps({"format": FORMAT, "config": self.cfg.to_dict(),
+                                                               "heads": {k: list(v) for k, v in HEADS.items()},
+                                                               "info": info or {}}, indent=2))
 
     @classmethod
     def load(cls, path: str | Path, *, device: str | torch.device = "cpu") -> "AttributeProbe":

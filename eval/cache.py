@@ -2,18 +2,19 @@
 
 Files live under `$SPIKEGAN_CACHE`, else `~/.cache/spikegan` (never inside site-packages,
 where clean-fid would put them), one sub-folder per kind. Keys hash everything the contents
-depend on; writes go to a temporary file in the same folder and are renamed into place with
-`os.replace`, so readers see either the old file, the new one, or none.
+depend on; writes are atomic (`data.files.atomic_write`), so readers see either the old file, the new
+one, or none.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from data.files import atomic_write
 
 
 def default_cache_dir() -> Path:
@@ -58,16 +59,12 @@ def dataset_fingerprint(dataset: torch.utils.data.Dataset, num: int, *, resoluti
 
 
 def save_npz_atomic(path: str | Path, **arrays: np.ndarray) -> None:
-    """np.savez to a temporary file beside `path`, then os.replace it into place."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    """np.savez into `path`, atomically (data.files.atomic_write)."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a path
             np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def load_npz(path: str | Path) -> dict[str, np.ndarray]:

@@ -1,12 +1,15 @@
-"""`python -m eval` / `spikegan-eval`: score saved models, compare them in one table.
+"""`python -m eval` / `spikegan-eval`: score saved models and folders of images in one table.
 
     python -m eval --model runs/a/model --model runs/b/model --data shapes \\
         --metrics fid,kid,lpips_diversity,alignment,attributes --num 1000 --json scores.json
+    python -m eval --images other_system/ --data data/my64 # images + metadata.jsonl of captions
     python -m eval lpips a.png b.png                 # LPIPS between two image files
     python -m eval train-scorer --data DIR --out DIR # the alignment scorer of a reference set
 
 Image i of a model comes from prompt i and seed `--seed + i`; prompts are the reference set's
 captions in order, one image per caption (COCO FID-30k protocol), or the lines of --prompts.
+An --images folder (another system's outputs, read like a training folder) is scored image by
+image with its first caption, at the side of its first image unless --resolution says.
 The JSON holds every value, the number of images, the seeds, the weight files used (with
 sha256) and the time taken; its layout is `SCHEMA` (a test keeps it stable).
 """
@@ -15,16 +18,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from data.files import atomic_write_text, sha256_file
 from eval.allocator import keep_freed_memory
 
-SCHEMA = "spikegan-eval/1"
-ROW_KEYS = ("model", "model_sha256", "resolution", "values", "num_images", "seeds", "weights", "seconds")
+SCHEMA = "spikegan-eval/2"  # /2: rows of --images folders ("images"; "model" and "seeds" None)
+ROW_KEYS = ("model", "model_sha256", "images", "resolution", "values", "num_images", "seeds", "weights", "seconds")
+DEFAULT_METRICS = "fid,fd_domain,kid,alignment"
 TOP_KEYS = ("schema", "created", "command", "data", "metrics", "settings", "rows", "seconds")
 SUBCOMMANDS = ("lpips", "train-scorer")
 
@@ -64,14 +68,21 @@ def score_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="python -m eval",
-        description="Score text-to-image models (several --model flags make rows of one table). "
-                    f"Subcommands: {', '.join(SUBCOMMANDS)} (see `python -m eval SUBCOMMAND --help`).")
-    p.add_argument("--model", action="append", required=True, metavar="DIR",
+        description="Score text-to-image models and folders of images (each --model or --images flag makes a row "
+                    f"of one table). Subcommands: {', '.join(SUBCOMMANDS)} (see `python -m eval SUBCOMMAND --help`).")
+    p.add_argument("--model", action="append", default=[], metavar="DIR",
                    help="model directory (config.json, model.safetensors, tokenizer.json); repeatable")
+    p.add_argument("--images", action="append", default=[], metavar="DIR",
+                   help="a folder or .zip of images with their captions (metadata.jsonl lines {\"file_name\", "
+                        "\"text\"}), e.g. another system's outputs; repeatable")
+    p.add_argument("--resolution", type=_positive("--resolution"), default=None,
+                   help="side --images folders and the reference set are read at (default: each folder's first image)")
     p.add_argument("--data", required=True, metavar="PATH|shapes",
                    help="reference set: a folder, .zip, prepared directory, or 'shapes'")
-    p.add_argument("--metrics", default="fid,kid", help=f"comma-separated, from: {', '.join(names())} (default: fid,kid)")
-    p.add_argument("--num", type=_positive("--num"), default=1000, help="images generated per model (default 1000)")
+    p.add_argument("--metrics", default=DEFAULT_METRICS,
+                   help=f"comma-separated, from: {', '.join(names())} (default: {DEFAULT_METRICS})")
+    p.add_argument("--num", type=_positive("--num"), default=1000,
+                   help="images generated per model, or read per --images folder (default 1000)")
     p.add_argument("--num-ref", type=_positive("--num-ref"), default=None,
                    help="reference images for FID/KID statistics (default: --num)")
     p.add_argument("--prompts", metavar="FILE", default=None,
@@ -125,6 +136,23 @@ def open_reference(path: str, resolution: int):
         raise CliError(f"--data {path}: {e}") from e
 
 
+def open_images(path: str, resolution: int | None):
+    """An --images folder (data.FolderDataset) at `resolution`, or at its first image's shorter side."""
+    from data import report as R
+    from data.folder import METADATA, EmptyDatasetError, FolderDataset
+
+    try:
+        folder = FolderDataset(path, resolution=resolution or 64)
+    except EmptyDatasetError as e:
+        if {s.reason for s in e.report.skipped} == {R.MISSING_CAPTION}:
+            raise CliError(f"--images {path}: no image has a caption: {Path(path) / METADATA} is missing or names "
+                           "none of them (one line per image: {\"file_name\": \"0.png\", \"text\": \"its prompt\"})") from e
+        raise CliError(f"--images {path}: {e}") from e
+    except (OSError, ValueError) as e:
+        raise CliError(f"--images {path}: {e}") from e
+    return folder if resolution is not None else folder.with_resolution(min(folder.stored_size(0)))
+
+
 def load(model_dir: str, device: str):
     from gan.model import load_model
 
@@ -140,7 +168,7 @@ def format_table(rows: Sequence[dict]) -> str:
     header = ["model", *columns, "images", "seconds"]
     body = []
     for r in rows:
-        cells = [r["model"]]
+        cells = [r["model"] or r["images"]]
         for c in columns:
             v = r["values"].get(c)
             cells.append("-" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)))
@@ -150,21 +178,16 @@ def format_table(rows: Sequence[dict]) -> str:
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, body)])
 
 
-def write_json_atomic(path: str | Path, payload: dict) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
-
-
 def run_score(args: argparse.Namespace, argv: Sequence[str], *, extractor: Any = None, text_embedder: Any = None) -> dict:
     from eval import metrics
-    from eval.inception import sha256_file
 
     t0 = time.perf_counter()
+    if not args.model and not args.images:
+        raise CliError("nothing to score: give --model DIR (a saved model) or --images DIR (images with captions)")
     try:
         metric_names = metrics.check_names(args.metrics.split(","))
+        if args.images:
+            metrics.check_images_names(metric_names)
     except metrics.MetricError as e:
         raise CliError(str(e)) from e
     prompts = read_prompts(args.prompts) if args.prompts else None
@@ -172,9 +195,12 @@ def run_score(args: argparse.Namespace, argv: Sequence[str], *, extractor: Any =
         out_dir = Path(args.json).parent
         if out_dir.exists() and not out_dir.is_dir():
             raise CliError(f"--json {args.json}: {out_dir} is not a directory")
-    for m in args.model:  # fail before any work on a missing model
+    for m in args.model:  # fail before any work on a missing model or folder
         if not Path(m).is_dir():
             raise CliError(f"--model {m}: no such directory")
+    for d in args.images:
+        if not Path(d).exists():
+            raise CliError(f"--images {d}: no such directory or .zip")
     device = _device(args.device)
     log = None if args.quiet else (lambda msg: print(f"[eval] {msg}", file=sys.stderr, flush=True))
     if extractor is None and metrics.needs_features(metric_names):
@@ -185,28 +211,45 @@ def run_score(args: argparse.Namespace, argv: Sequence[str], *, extractor: Any =
         except FileNotFoundError as e:
             raise CliError(str(e)) from e
     datasets: dict[int, Any] = {}
+    opts = metrics.MetricOptions(
+        num=args.num, seed=args.seed, batch=args.batch, device=device, prompts=prompts, psi=args.psi,
+        num_ref=args.num_ref or args.num, cache_dir=args.cache_dir, lpips_backbone=args.lpips_backbone,
+        lpips_prompts=args.lpips_prompts, lpips_seeds=args.lpips_seeds, scorer=args.scorer,
+        scorer_num=args.scorer_num, scorer_text=args.scorer_text, probe=args.probe,
+        clip_weights=args.clip_weights, clip_arch=args.clip_arch, extractor=extractor,
+        text_embedder=text_embedder, log=log)
+
+    def reference(res: int):
+        if res not in datasets:
+            datasets[res] = open_reference(args.data, res)
+        return datasets[res]
+
     rows = []
     for model_dir in args.model:
         model, tokenizer = load(model_dir, device)
         res = int(model.cfg.resolution)
-        if res not in datasets:
-            datasets[res] = open_reference(args.data, res)
-        opts = metrics.MetricOptions(
-            num=args.num, seed=args.seed, batch=args.batch, device=device, prompts=prompts, psi=args.psi,
-            num_ref=args.num_ref, cache_dir=args.cache_dir, lpips_backbone=args.lpips_backbone,
-            lpips_prompts=args.lpips_prompts, lpips_seeds=args.lpips_seeds, scorer=args.scorer,
-            scorer_num=args.scorer_num, scorer_text=args.scorer_text, probe=args.probe,
-            clip_weights=args.clip_weights, clip_arch=args.clip_arch, extractor=extractor,
-            text_embedder=text_embedder, log=log)
+        dataset = reference(res)
         if log:
             log(f"scoring {model_dir} ({res} px) on {', '.join(metric_names)}")
         try:
-            result = metrics.evaluate(metric_names, model, tokenizer, datasets[res], opts)
+            result = metrics.evaluate(metric_names, model, tokenizer, dataset, opts)
         except metrics.MetricError as e:
             raise CliError(str(e)) from e
         weights_file = Path(model_dir) / "model.safetensors"
-        rows.append({"model": str(model_dir), "model_sha256": sha256_file(weights_file), "resolution": res,
-                     **{k: v for k, v in result.to_dict().items()}})
+        rows.append({"model": str(model_dir), "model_sha256": sha256_file(weights_file), "images": None,
+                     "resolution": res, **result.to_dict()})
+    for images_dir in args.images:
+        folder = open_images(images_dir, args.resolution)
+        res = folder.resolution
+        dataset = reference(res)
+        if log:
+            log(f"scoring {images_dir} ({folder.report.summary()}; read at {res} px) on {', '.join(metric_names)}")
+        try:
+            result = metrics.evaluate_images(metric_names, folder, dataset, opts)
+        except metrics.MetricError as e:
+            raise CliError(str(e)) from e
+        rows.append({"model": None, "model_sha256": None, "images": str(images_dir), "resolution": res,
+                     **result.to_dict()})
     payload = {
         "schema": SCHEMA,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -221,7 +264,8 @@ def run_score(args: argparse.Namespace, argv: Sequence[str], *, extractor: Any =
     }
     print(format_table(payload["rows"]))
     if args.json:
-        write_json_atomic(args.json, payload)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(args.json, json.dumps(payload, indent=2))
         print(f"wrote {args.json}")
     return payload
 
@@ -253,7 +297,7 @@ def lpips_main(argv: Sequence[str]) -> float:
 
 def train_scorer_main(argv: Sequence[str], *, extractor: Any = None, text_embedder: Any = None) -> dict:
     from eval.alignment import ScorerConfig
-    from eval.metrics import fit_scorer
+    from eval.fitted import fit_scorer
 
     defaults = ScorerConfig()
     p = argparse.ArgumentParser(prog="python -m eval train-scorer",

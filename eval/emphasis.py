@@ -170,7 +170,7 @@ def measure_emphasis(draw: Draw, *, seed: int = 0, prompts: int = EMPHASIS_PROMP
     return out
 
 
-@register("emphasis")
+@register("emphasis", images=False)
 def emphasis(ctx: Context) -> dict:
     """Spearman of emphasis weight vs what the word names, and image change per unit weight (shapes)."""
     return measure_emphasis(drawer(ctx), seed=ctx.opts.seed)

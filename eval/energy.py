@@ -122,14 +122,14 @@ def encoder_energy(encoder, tokenizer, prompts: list[str], *, device, emphasis: 
 def network_flops(model, tokenizer, prompts: list[str], *, device, emphasis: bool) -> dict[str, float]:
     """Forward FLOPs per image of the generator and of a discriminator built from the model's
     config (its weights do not change the count), on `prompts` (one image each)."""
-    from gan.discriminator import Discriminator
+    from gan.discriminator import build_discriminator
     from gan.pipeline import seed_latents
 
     with nullcontext() if emphasis else cuts_reported():
         code = model.encoder(tokenizer(prompts, emphasis=emphasis).to(device))
     z = seed_latents(range(len(prompts)), int(model.generator.z_dim)).to(device)
     images = model.generator(z, code, noise_mode="const")
-    D = Discriminator(model.cfg.discriminator).to(device).eval()
+    D = build_discriminator(model.cfg).to(device).eval()
     g = count_flops(lambda: model.generator(z, code, noise_mode="const"))
     d = count_flops(lambda: D(images, code.pooled))
     return {"energy_g_flops": g / len(prompts), "energy_d_flops": d / len(prompts)}
@@ -149,7 +149,7 @@ def measure_energy(model, tokenizer, prompts: list[str], *, device, emphasis: bo
     return out
 
 
-@register("energy")
+@register("energy", images=False)
 def energy(ctx: Context) -> dict:
     """Firing rate, synaptic ops vs dense MACs of the text encoder (pJ, Horowitz 2014), G and D FLOPs."""
     return measure_energy(ctx.model, ctx.tokenizer, ctx.prompts(), device=ctx.opts.device, emphasis=ctx.emphasis)

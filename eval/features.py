@@ -15,7 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from eval.inception import INPUT_SIZE, load_inception, sha256_file
+from data.files import sha256_file
+from eval.inception import INPUT_SIZE, load_inception
 
 
 def clean_resize(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:

@@ -127,8 +127,9 @@ class ReferenceStats:
     path: Path | None  # The cache file (None when caching is off).
 
 
-def _extractor_id(extractor) -> str:
-    # Weights hash of the Inception extractor; stand-in extractors are keyed by class name.
+def extractor_id(extractor) -> str:
+    """What identifies an image feature network in cache keys: its weights' sha256, or the
+    class name of a stand-in without one."""
     return getattr(extractor, "weights_sha256", None) or type(extractor).__qualname__
 
 
@@ -152,7 +153,7 @@ def reference_stats(
     if count < 2:
         raise ValueError(f"reference_stats: need at least 2 reference images, dataset has {len(dataset)}")
     content = cache.dataset_fingerprint(dataset, count, resolution=resolution)
-    key = cache.make_key(content=content, resolution=resolution, num=count, network=_extractor_id(extractor))
+    key = cache.make_key(content=content, resolution=resolution, num=count, network=extractor_id(extractor))
     path = cache.cache_path("fid", f"ref-r{resolution}-n{count}-{key}.npz", cache_dir=cache_dir) if use_cache else None
     if path is not None and path.is_file():
         data = cache.load_npz(path)
@@ -171,5 +172,5 @@ def reference_stats(
         cache.save_npz_atomic(path, mu=result.mu, sigma=result.sigma, features=result.features,
                               num=np.int64(count), meta=np.array(json.dumps(
                                   {"content": content, "resolution": resolution, "num": count,
-                                   "network": _extractor_id(extractor)})))
+                                   "network": extractor_id(extractor)})))
     return result

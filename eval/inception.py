@@ -16,7 +16,6 @@ Weights load from either TorchScript file (`load_inception`):
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections import OrderedDict
@@ -284,14 +283,6 @@ def state_dict_from_torchscript(source: str | Path | torch.jit.ScriptModule) -> 
     for name in conv_names:
         state[f"{name}.weight"], state[f"{name}.bias"] = _fold(raw, name)
     return state
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def torchscript_candidates() -> list[Path]:

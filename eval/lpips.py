@@ -22,7 +22,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from eval.inception import sha256_file
+from data.files import sha256_file
 
 TORCHVISION_FILE = "alexnet-owt-7be5be79.pth"
 ENV_BACKBONE = "SPIKEGAN_LPIPS_BACKBONE"

@@ -1,29 +1,31 @@
 """A registry of named metrics (as StyleGAN's metric_main), each returning a dict of numbers.
 
     values = eval.metrics.compute(["fid", "alignment"], model, tokenizer, dataset, num=1000)
+    result = eval.metrics.evaluate_images(["fid", "fd_domain"], folder, dataset, MetricOptions())
 
 Protocol (COCO FID-30k style): image i is generated from prompt i and seed `seed + i`, where
 the prompts are the reference set's captions in order (one image per caption), or a prompt
-list cycled to `num`. Images stream through in batches: one generation pass feeds every
-frozen network the chosen metrics need (Inception features, the attribute probe, CLIP), so
-scoring N images never holds N images in memory.
+list cycled to `num`. A folder of images with captions (`evaluate_images`, another system's
+outputs) is scored the same way, image i with its first caption. Images stream through in
+batches: one pass feeds every frozen network the chosen metrics need (Inception features,
+the attribute probe, CLIP), so scoring N images never holds N images in memory.
 
 Metrics:
 - fid, kid: clean-fid's FID and KID against cached reference statistics (`eval.fid`).
+- fd_domain: the Frechet distance in the domain scorer's image embeddings (the alignment
+  scorer's image head), beside FID: a domain-trained feature space rather than ImageNet's.
 - lpips_diversity: mean pairwise LPIPS between seeds of the same prompt (`eval.lpips`).
 - alignment: R-precision and cosine of a contrastive scorer trained on the reference set's
   real pairs, beside the same on held-out real pairs (`eval.alignment`).
 - attributes: probe accuracy per attribute on the shapes domain (`eval.attributes`).
-- clip_score: CLIPScore (100 * max(cos, 0)) with user-supplied open_clip weights.
+- clip_score: CLIPScore (100 * max(cos, 0)) with user-supplied open_clip weights (`eval.clip`).
 - emphasis, order, energy: what the spikes carry and cost (`eval.emphasis`, `eval.order`, `eval.energy`).
+
+The scorer and the probe are fitted on demand and cached by `eval.fitted`.
 """
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
-import os
-import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -34,8 +36,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from data.files import sha256_file
 from encoders.tokenizer import cut_report, cuts_reported
-from eval import cache
 
 
 class MetricError(ValueError):
@@ -80,7 +82,7 @@ def generate(model, tokenizer, prompts: Sequence[str], seeds: Sequence[int], *, 
 class MetricOptions:
     """What every metric of one evaluation shares."""
 
-    num: int = 1000  # Images generated (image i: prompt i, seed `seed + i`).
+    num: int = 1000  # Images generated (image i: prompt i, seed `seed + i`); of a folder, the first `num` scored.
     seed: int = 0  # First seed.
     batch: int = 32  # Images per generator / feature-network call.
     device: str = "cpu"  # Where the networks run.
@@ -104,13 +106,15 @@ class MetricOptions:
 
 
 class Context:
-    """One model scored against one reference set: lazily built shared pieces, weights used."""
+    """One model, or one folder of captioned images, scored against one reference set: lazily
+    built shared pieces, weights used."""
 
-    def __init__(self, model, tokenizer, dataset, opts: MetricOptions):
+    def __init__(self, model, tokenizer, dataset, opts: MetricOptions, *, images=None):
         if opts.num < 2:
             raise MetricError(f"--num must be >= 2, got {opts.num}")
         self.model, self.tokenizer, self.dataset, self.opts = model, tokenizer, dataset, opts
-        self.resolution = int(model.cfg.resolution)
+        self.images = images  # data.FolderDataset scored instead of a model's images, or None
+        self.resolution = int(model.cfg.resolution if images is None else images.resolution)
         self.weights: dict[str, dict] = {}  # name -> {"file", "sha256"}
         self.seconds: dict[str, float] = {}
         self._items: list[dict] | None = None
@@ -136,9 +140,11 @@ class Context:
         return self._items[:num]
 
     def prompts(self) -> list[str]:
-        """Prompt of each generated image: [num] strings."""
+        """Prompt of each generated image (of a folder: each image's first caption): [num] strings."""
         if self._prompts is None:
-            if self.opts.prompts is not None:
+            if self.images is not None:
+                self._prompts = [self.images.entries[i].texts[0] for i in range(self.opts.num)]
+            elif self.opts.prompts is not None:
                 if not self.opts.prompts:
                     raise MetricError("--prompts: the file has no prompts")
                 self._prompts = [self.opts.prompts[i % len(self.opts.prompts)] for i in range(self.opts.num)]
@@ -197,26 +203,37 @@ class Context:
 
     # -- the generation pass -------------------------------------------------------------------
 
-    def run_generation(self, consumers: dict[str, "Consumer"]) -> None:
-        """One pass over (prompt, seed) pairs feeding each consumer's batches; results land in
-        self.generated[name]."""
-        todo = {k: c for k, c in consumers.items() if k not in self.generated}
-        if not todo:
+    def image_batches(self) -> Iterator[torch.Tensor]:
+        """The scored images in order, uint8 [b, 3, R, R] batches: generated from (prompt, seed)
+        pairs, or read from the folder."""
+        if self.images is not None:
+            from eval.features import iterate_batches
+
+            yield from iterate_batches(self.images, self.opts.batch, limit=self.opts.num)
             return
-        t = time.perf_counter()
-        prompts, seeds = self.prompts(), self.seeds()
-        self.log(f"generating {len(prompts)} images for {', '.join(todo)}")
+        prompts = self.prompts()
         quiet = nullcontext()
         if not self.emphasis:  # reference captions: their cuts are reported once, not one by one
             if report := cut_report(self.tokenizer, list(dict.fromkeys(prompts))):
                 self.log(report)
             quiet = cuts_reported()
-        states = {k: c.start(self) for k, c in todo.items()}
         with quiet:
-            for images in generate(self.model, self.tokenizer, prompts, seeds, batch=self.opts.batch,
-                                   device=self.opts.device, psi=self.opts.psi, emphasis=self.emphasis):
-                for k, c in todo.items():
-                    c.update(states[k], images)
+            yield from generate(self.model, self.tokenizer, prompts, self.seeds(), batch=self.opts.batch,
+                                device=self.opts.device, psi=self.opts.psi, emphasis=self.emphasis)
+
+    def run_generation(self, consumers: dict[str, "Consumer"]) -> None:
+        """One pass over the scored images feeding each consumer's batches; results land in
+        self.generated[name]."""
+        todo = {k: c for k, c in consumers.items() if k not in self.generated}
+        if not todo:
+            return
+        t = time.perf_counter()
+        verb = "reading" if self.images is not None else "generating"
+        self.log(f"{verb} {self.opts.num} images for {', '.join(todo)}")
+        states = {k: c.start(self) for k, c in todo.items()}
+        for images in self.image_batches():
+            for k, c in todo.items():
+                c.update(states[k], images)
         for k, c in todo.items():
             self.generated[k] = c.finish(states[k])
         self.seconds["generation_pass"] = time.perf_counter() - t
@@ -276,15 +293,18 @@ CONSUMERS: dict[str, Callable[[], Consumer]] = {
 class Metric:
     fn: Callable[[Context], dict]
     needs: tuple[str, ...]  # Generation-pass consumers (CONSUMERS keys) it reads.
+    scorer: bool = False  # Whether it uses the domain scorer (built before the pass, so that errors come first).
+    images: bool = True  # Whether it can score a folder of images (False: it needs the model or the prompts' scenes).
     doc: str = ""
 
 
 _REGISTRY: dict[str, Metric] = {}
 
 
-def register(name: str, *, needs: tuple[str, ...] = ()):
+def register(name: str, *, needs: tuple[str, ...] = (), scorer: bool = False, images: bool = True):
     def wrap(fn):
-        _REGISTRY[name] = Metric(fn=fn, needs=needs, doc=(fn.__doc__ or "").strip().split("\n")[0])
+        _REGISTRY[name] = Metric(fn=fn, needs=needs, scorer=scorer, images=images,
+                                 doc=(fn.__doc__ or "").strip().split("\n")[0])
         return fn
     return wrap
 
@@ -309,6 +329,15 @@ def check_names(metric_names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def check_images_names(metric_names: Sequence[str]) -> list[str]:
+    """check_names, and each metric must be able to score a folder of images."""
+    out = check_names(metric_names)
+    if unfit := [m for m in out if not _REGISTRY[m].images]:
+        raise MetricError(f"--metrics: {', '.join(unfit)} score(s) a model, not a folder of images; "
+                          f"for --images use {', '.join(m for m in _REGISTRY if _REGISTRY[m].images)}")
+    return out
+
+
 @register("fid", needs=("inception",))
 def fid(ctx: Context) -> dict:
     """Frechet Inception distance to the reference set (clean-fid)."""
@@ -321,6 +350,19 @@ def fid(ctx: Context) -> dict:
     return {"fid": frechet_distance(stats.mean(), stats.cov(), ref.mu, ref.sigma)}
 
 
+@register("fd_domain", needs=("inception",), scorer=True)
+def fd_domain(ctx: Context) -> dict:
+    """Frechet distance between the domain scorer's image embeddings of the images and of the reference set."""
+    from eval.fid import fid_from_features
+
+    scorer = ctx_scorer(ctx).eval()
+    ref = ctx.reference_stats(ctx.opts.num_ref or ctx.opts.num)
+    with torch.no_grad():
+        gen = scorer.embed_images(torch.from_numpy(ctx.generated["inception"])).cpu().double().numpy()  # [N, E]
+        real = scorer.embed_images(torch.from_numpy(ref.features)).cpu().double().numpy()  # [N_ref, E]
+    return {"fd_domain": fid_from_features(gen, real)}
+
+
 @register("kid", needs=("inception",))
 def kid(ctx: Context) -> dict:
     """Kernel Inception distance (clean-fid's unbiased estimate) and its spread over subsets."""
@@ -331,7 +373,7 @@ def kid(ctx: Context) -> dict:
     return {"kid": mean, "kid_std": std}
 
 
-@register("lpips_diversity")
+@register("lpips_diversity", images=False)
 def lpips_diversity(ctx: Context) -> dict:
     """Mean pairwise LPIPS between seeds of the same prompt (low = mode collapse)."""
     from data import to_float
@@ -359,7 +401,7 @@ def lpips_diversity(ctx: Context) -> dict:
     return {"lpips_diversity": diversity(groups, net, batch=opts.batch)}
 
 
-@register("alignment", needs=("inception",))
+@register("alignment", needs=("inception",), scorer=True)
 def alignment(ctx: Context) -> dict:
     """R-precision and cosine of the domain scorer; *_real = on held-out real pairs (the ceiling)."""
     from eval.alignment import score
@@ -372,7 +414,7 @@ def alignment(ctx: Context) -> dict:
             "candidates": out["candidates"]}
 
 
-@register("attributes", needs=("probe",))
+@register("attributes", needs=("probe",), images=False)
 def attributes(ctx: Context) -> dict:
     """Probe accuracy per attribute vs the prompt's scene (shapes); probe_* = on real images."""
     from eval.attributes import EXTRA, REPORTED, accuracy
@@ -400,86 +442,14 @@ def _mean(values) -> float | None:
 
 
 # ----------------------------------------------------------------------------------------
-# Cached trained scorers and probes.
-
-
-def sha256_file(path: str | Path) -> str:
-    from eval.inception import sha256_file as _sha
-
-    return _sha(path)
-
-
-def _extractor_id(extractor) -> str:
-    return getattr(extractor, "weights_sha256", None) or type(extractor).__qualname__
-
-
-def _publish_dir(tmp: Path, final: Path) -> None:
-    """Move a finished folder into place; if another process got there first, keep theirs."""
-    try:
-        os.replace(tmp, final)
-    except OSError:
-        if not final.exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def scorer_cache_key(dataset, resolution: int, num: int, extractor, cfg) -> tuple[str, int]:
-    """(key, count) of the scorer trained on the first `num` pairs of `dataset`: it changes with
-    the images' content, the resolution, the count, the image network and the scorer config."""
-    from eval.alignment import FORMAT
-
-    count = min(num, len(dataset))
-    content = cache.dataset_fingerprint(dataset, count, resolution=resolution)
-    key = cache.make_key(kind=FORMAT, content=content, resolution=resolution, num=count,
-                         network=_extractor_id(extractor), config=json.dumps(cfg.to_dict(), sort_keys=True))
-    return key, count
-
-
-def fit_scorer(dataset, resolution: int, num: int, extractor, *, cfg=None, cache_dir: str | None = None,
-               out: str | Path | None = None, device: str = "cpu", batch: int = 32, text_embedder=None,
-               log: Callable[[str], None] | None = None):
-    """The alignment scorer of a reference set: loaded from the cache (or `out`) when its key
-    matches, else trained on the first `num` real pairs (image features from `extractor`, the
-    cached FID reference features) and saved there. Returns (scorer, folder)."""
-    from eval.alignment import AlignmentScorer, ScorerConfig, resolve_text_backend, train_scorer
-    from eval.fid import reference_stats
-
-    cfg = cfg or ScorerConfig()
-    cfg = dataclasses.replace(cfg, text=resolve_text_backend(cfg.text))
-    key, count = scorer_cache_key(dataset, resolution, num, extractor, cfg)
-    folder = Path(out) if out is not None else cache.cache_path("alignment", f"scorer-r{resolution}-n{count}-{key}",
-                                                                   cache_dir=cache_dir)
-    if (folder / "scorer.json").is_file() and json.loads((folder / "scorer.json").read_text()).get("info", {}).get("key") == key:
-        return AlignmentScorer.load(folder, device=device, text_embedder=text_embedder), folder
-    ref = reference_stats(dataset, resolution, count, extractor, cache_dir, batch=batch)
-    n = len(dataset)
-    captions = [dataset[i % n]["text"] for i in range(count)]
-    scorer, report = train_scorer(torch.from_numpy(ref.features), captions, cfg, text_embedder=text_embedder,
-                                  device=device, log=log)
-    info = {"key": key, "num": count, "resolution": resolution, "network": _extractor_id(extractor), "report": report}
-    _save_atomically(scorer, folder, info=info, into_existing=out is not None)
-    return scorer, folder
-
-
-def _save_atomically(net, folder: Path, *, info: dict, into_existing: bool) -> None:
-    """net.save(...) into a temporary sibling, then move it into place: a user's `--out` folder
-    file by file (it may hold other files), a cache folder as a whole."""
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    net.save(tmp, info=info)
-    if into_existing:
-        folder.mkdir(parents=True, exist_ok=True)
-        for f in tmp.iterdir():
-            os.replace(f, folder / f.name)
-        tmp.rmdir()
-    else:
-        _publish_dir(tmp, folder)
-    net.info = info
+# The networks a Context fits or loads, checked against the options (eval.fitted, eval.clip).
 
 
 def ctx_scorer(ctx: Context):
     if "scorer" not in ctx.nets:
         from eval.alignment import AlignmentScorer, ScorerConfig
+        from eval.fid import extractor_id
+        from eval.fitted import fit_scorer
 
         opts = ctx.opts
         t = time.perf_counter()
@@ -491,9 +461,9 @@ def ctx_scorer(ctx: Context):
             if scorer.info.get("resolution") not in (None, ctx.resolution):
                 raise MetricError(f"--scorer {opts.scorer}: trained on {scorer.info['resolution']} px images, the "
                                   f"model makes {ctx.resolution} px; retrain with train-scorer --resolution {ctx.resolution}")
-            if scorer.info.get("network") not in (None, _extractor_id(ctx.extractor)):
+            if scorer.info.get("network") not in (None, extractor_id(ctx.extractor)):
                 raise MetricError(f"--scorer {opts.scorer}: trained on features of network {scorer.info['network']}, "
-                                  f"but this run extracts {_extractor_id(ctx.extractor)}")
+                                  f"but this run extracts {extractor_id(ctx.extractor)}")
         else:
             ctx.log(f"alignment scorer: {opts.scorer_num} real pairs")
             scorer, folder = fit_scorer(ctx.dataset, ctx.resolution, opts.scorer_num, ctx.extractor,
@@ -509,38 +479,10 @@ def ctx_scorer(ctx: Context):
     return ctx.nets["scorer"]
 
 
-def probe_cache_key(cfg) -> str:
-    """Changes with the probe config, the heads, and the renderer (a hash of rendered images)."""
-    from data.shapes import ShapesDataset
-    from eval.attributes import HEADS
-
-    rendered = cache.dataset_fingerprint(ShapesDataset(cfg.resolution, size=64, seed=cfg.data_seed), 64,
-                                         resolution=cfg.resolution)
-    from eval.attributes import FORMAT
-
-    return cache.make_key(kind=FORMAT, config=json.dumps(cfg.to_dict(), sort_keys=True),
-                          heads=json.dumps(HEADS), rendered=rendered)
-
-
-def fit_probe(cfg, *, cache_dir: str | None = None, out: str | Path | None = None, device: str = "cpu",
-              log: Callable[[str], None] | None = None):
-    """The attribute probe for `cfg` (resolution, ...): from the cache or `out` when the key
-    matches, else trained and saved there. Returns (probe, folder)."""
-    from eval.attributes import AttributeProbe, train_probe
-
-    key = probe_cache_key(cfg)
-    folder = Path(out) if out is not None else cache.cache_path("attributes", f"probe-r{cfg.resolution}-{key}",
-                                                                   cache_dir=cache_dir)
-    if (folder / "probe.json").is_file() and json.loads((folder / "probe.json").read_text()).get("info", {}).get("key") == key:
-        return AttributeProbe.load(folder, device=device), folder
-    probe, report = train_probe(cfg, device=device, log=log)
-    _save_atomically(probe, folder, info={"key": key, "report": report}, into_existing=out is not None)
-    return probe, folder
-
-
 def ctx_probe(ctx: Context):
     if "probe" not in ctx.nets:
         from eval.attributes import AttributeProbe, ProbeConfig
+        from eval.fitted import fit_probe
 
         opts = ctx.opts
         t = time.perf_counter()
@@ -560,46 +502,17 @@ def ctx_probe(ctx: Context):
     return ctx.nets["probe"]
 
 
-# ----------------------------------------------------------------------------------------
-# CLIP score (optional extra).
-
-
-class ClipScorer:
-    """open_clip model from a local checkpoint: score(uint8 images [B,3,H,W], B prompts) ->
-    [B] CLIPScore = 100 * max(cosine, 0)."""
-
-    def __init__(self, weights: str | Path, *, arch: str, device: str):
-        try:
-            import open_clip
-        except ImportError as e:
-            raise MetricError("clip_score needs the optional extra open_clip_torch (`pip install spikegan[clip]`) "
-                              "and a local checkpoint given with --clip-weights PATH") from e
-        if not Path(weights).is_file():
-            raise MetricError(f"--clip-weights {weights}: no such file")
-        self.model, _, self.preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights), device=device)
-        self.model.eval()
-        self.tokenize = open_clip.get_tokenizer(arch)
-        self.device = device
-        self.weights_file = str(weights)
-        self.weights_sha256 = sha256_file(weights)
-
-    @torch.no_grad()
-    def score(self, images: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        from PIL import Image
-
-        pil = [Image.fromarray(im.permute(1, 2, 0).numpy()) for im in images]
-        x = torch.stack([self.preprocess(p) for p in pil]).to(self.device)
-        img = F.normalize(self.model.encode_image(x).float(), dim=-1)
-        txt = F.normalize(self.model.encode_text(self.tokenize(list(prompts)).to(self.device)).float(), dim=-1)
-        return (100 * (img * txt).sum(-1).clamp_min(0)).cpu()
-
-
-def ctx_clip(ctx: Context) -> ClipScorer:
+def ctx_clip(ctx: Context):
     if "clip" not in ctx.nets:
+        from eval.clip import ClipScorer
+
         if ctx.opts.clip_weights is None:
             raise MetricError("clip_score needs open_clip weights: pass --clip-weights PATH (a local open_clip "
                               "checkpoint; nothing is downloaded) and install the optional extra open_clip_torch")
-        clip = ClipScorer(ctx.opts.clip_weights, arch=ctx.opts.clip_arch, device=ctx.opts.device)
+        try:
+            clip = ClipScorer(ctx.opts.clip_weights, arch=ctx.opts.clip_arch, device=ctx.opts.device)
+        except (ImportError, FileNotFoundError) as e:
+            raise MetricError(str(e)) from e
         ctx.record("clip", clip)
         ctx.nets["clip"] = clip
     return ctx.nets["clip"]
@@ -615,7 +528,7 @@ class EvalResult:
 
     values: dict[str, float | int | None]  # Flat: metric value name -> number.
     num_images: int  # Images generated for the main pass.
-    seeds: dict  # {"first": s, "count": n}: image i used seed first + i.
+    seeds: dict | None  # {"first": s, "count": n}: image i used seed first + i; None for a folder of images.
     weights: dict[str, dict]  # Weight files used: name -> {"file", "sha256"}.
     seconds: dict[str, float] = field(default_factory=dict)  # Time per stage and metric, and "total".
 
@@ -626,18 +539,30 @@ class EvalResult:
 def evaluate(metric_names: Sequence[str], model, tokenizer, dataset, opts: MetricOptions) -> EvalResult:
     """Run the named metrics on one model (gan.model.TextToImage in eval mode) against the
     reference `dataset` (items {"image": uint8 [3,R,R], "text", ...} at the model's resolution)."""
-    t0 = time.perf_counter()
-    metric_names = check_names(metric_names)
     model.eval()
-    ctx = Context(model, tokenizer, dataset, opts)
-    # Build what the generation pass feeds first (so a missing file fails before generating).
+    return _evaluate(check_names(metric_names), Context(model, tokenizer, dataset, opts))
+
+
+def evaluate_images(metric_names: Sequence[str], images, dataset, opts: MetricOptions) -> EvalResult:
+    """Run the named metrics on a folder of captioned images (data.FolderDataset, read at the
+    reference's resolution) against the reference `dataset`: the first `opts.num` images (all
+    when fewer), image i with its first caption. `seeds` of the result is None."""
+    metric_names = check_images_names(metric_names)
+    opts = dataclasses.replace(opts, num=min(opts.num, len(images)))
+    return _evaluate(metric_names, Context(None, None, dataset, opts, images=images))
+
+
+def _evaluate(metric_names: list[str], ctx: Context) -> EvalResult:
+    t0 = time.perf_counter()
+    opts = ctx.opts
+    # Build what the pass feeds first (so a missing file fails before generating).
     needs = list(dict.fromkeys(n for m in metric_names for n in _REGISTRY[m].needs))
     if "clip" in needs:
         ctx_clip(ctx)
     if "probe" in needs:
         ctx.prompt_attributes()
         ctx_probe(ctx)
-    if "alignment" in metric_names:
+    if any(_REGISTRY[m].scorer for m in metric_names):
         ctx_scorer(ctx)
     ctx.run_generation({n: CONSUMERS[n]() for n in needs})
     values: dict[str, Any] = {}
@@ -647,8 +572,8 @@ def evaluate(metric_names: Sequence[str], model, tokenizer, dataset, opts: Metri
         values.update(_REGISTRY[name].fn(ctx))
         ctx.seconds[name] = time.perf_counter() - t
     ctx.seconds["total"] = time.perf_counter() - t0
-    return EvalResult(values=values, num_images=opts.num, seeds={"first": opts.seed, "count": opts.num},
-                      weights=ctx.weights, seconds=ctx.seconds)
+    seeds = None if ctx.images is not None else {"first": opts.seed, "count": opts.num}
+    return EvalResult(values=values, num_images=opts.num, seeds=seeds, weights=ctx.weights, seconds=ctx.seconds)
 
 
 def compute(metric_names: Sequence[str], model, tokenizer, dataset, *, num: int = 1000, seed: int = 0,

@@ -94,7 +94,7 @@ def measure_order(draw: Draw, predict: Predict, resolution: int, *, seed: int = 
             "order_exchanged_as_original": share["exchanged_as_original"], "order_images": len(sets) * seeds}
 
 
-@register("order")
+@register("order", images=False)
 def order(ctx: Context) -> dict:
     """Share of two-object images whose layout follows the wording, and its word-exchanged twins (probe)."""
     from eval.emphasis import drawer  # imported here: eval.metrics imports both modules

@@ -10,6 +10,12 @@ D calls real, r_t = E[sign(D(real))], stays near a target.
 Images are float NCHW in [-1, 1]. All operations are batched (no Python loop over images)
 and differentiable with respect to the images. Randomness comes from the torch RNG of the
 images' device, or from an explicit `torch.Generator` when given (tests, reproducibility).
+
+DiffAugment (Zhao et al. 2020: colour, translation by up to 1/8 of the side with zero padding,
+cutout of half the side, every operation on every image) is the pipe with `DIFFAUGMENT`'s
+settings: `AugmentConfig(**DIFFAUGMENT)`. Its draws follow Zhao et al.'s ranges: brightness
+shift in [-0.5, 0.5), saturation factor in [0, 2), contrast factor in [0.5, 1.5), integer
+shifts in [-side / 8, side / 8], cutout centres on [0, side] for an even cutout side.
 """
 from __future__ import annotations
 
@@ -49,6 +55,11 @@ class AugmentConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# DiffAugment (Zhao et al. 2020) as AugmentConfig settings: every operation on every image, always.
+DIFFAUGMENT = dict(mode="fixed", p_init=1.0, brightness=0.5, saturation=1.0, contrast=0.5, translation=0.125,
+                   cutout=0.5, pad_mode="zeros")
 
 
 def adjust_p(p: float, *, rt: float, target: float, num_images: int, speed_kimg: float) -> float:
@@ -97,6 +108,27 @@ def translate(x: torch.Tensor, shift: torch.Tensor, *, pad_mode: str = "reflect"
     return out
 
 
+def _per_image(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return v.to(x.dtype).view(-1, 1, 1, 1)
+
+
+def shift_brightness(x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+    """x [B, C, H, W] + delta [B] per image."""
+    return x + _per_image(delta, x)
+
+
+def scale_saturation(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Scale each pixel's deviation from its mean over channels (its grey) by factor [B]."""
+    grey = x.mean(dim=1, keepdim=True)  # [B, 1, H, W]
+    return grey + (x - grey) * _per_image(factor, x)
+
+
+def scale_contrast(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """Scale each image's deviation from its mean over channels and pixels by factor [B]."""
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)  # [B, 1, 1, 1]
+    return mean + (x - mean) * _per_image(factor, x)
+
+
 def cutout_mask(centre: torch.Tensor, size: int, H: int, W: int) -> torch.Tensor:
     """[B, 1, H, W] mask that is 0 inside a size x size square around each centre (cy, cx)
     (clipped at the border) and 1 elsewhere. centre: [B, 2] long."""
@@ -126,33 +158,34 @@ class AugmentPipe(nn.Module):
         """x: [B, C, H, W] float in [-1, 1] -> augmented [B, C, H, W]; identity when p == 0."""
         if self.p <= 0.0:
             return x
-        cfg, (B, C, H, W), dev = self.cfg, x.shape, x.device
+        cfg, (B, _C, H, W), dev = self.cfg, x.shape, x.device
 
-        def chosen() -> torch.Tensor:  # [B, 1, 1, 1] float, 1 where this op applies
-            return (_rand(B, dev, generator) < self.p).to(x.dtype)[:, None, None, None]
+        def chosen() -> torch.Tensor:  # [B] bool, True where this op applies (no draw when p >= 1)
+            if self.p >= 1.0:
+                return torch.ones(B, dtype=torch.bool, device=dev)
+            return _rand(B, dev, generator) < self.p
+
+        def uniform(strength: float) -> torch.Tensor:  # [B] in [-strength, strength)
+            return (_rand(B, dev, generator) * 2 - 1) * strength
 
         if cfg.brightness > 0:
-            delta = (_rand(B, dev, generator) * 2 - 1) * cfg.brightness
-            x = x + chosen() * delta.to(x.dtype)[:, None, None, None]
+            x = shift_brightness(x, uniform(cfg.brightness) * chosen())
         if cfg.saturation > 0:
-            factor = 1 + (_rand(B, dev, generator) * 2 - 1) * cfg.saturation
-            grey = x.mean(dim=1, keepdim=True)  # [B, 1, H, W]
-            x = grey + (x - grey) * (1 + chosen() * (factor.to(x.dtype)[:, None, None, None] - 1))
+            x = scale_saturation(x, 1 + uniform(cfg.saturation) * chosen())
         if cfg.contrast > 0:
-            factor = 1 + (_rand(B, dev, generator) * 2 - 1) * cfg.contrast
-            mean = x.mean(dim=(1, 2, 3), keepdim=True)  # [B, 1, 1, 1]
-            x = mean + (x - mean) * (1 + chosen() * (factor.to(x.dtype)[:, None, None, None] - 1))
+            x = scale_contrast(x, 1 + uniform(cfg.contrast) * chosen())
         if cfg.translation > 0:
             reach = torch.tensor([H, W], device=dev) * cfg.translation
             max_shift = (reach + 0.5).long()  # [2]
             u = torch.rand(B, 2, device=dev, generator=generator)
             shift = (u * (2 * max_shift + 1)).long() - max_shift  # uniform in [-max, max]
-            shift = shift * chosen().view(B, 1).long()
-            x = translate(x, shift, pad_mode=cfg.pad_mode)
+            x = translate(x, shift * chosen()[:, None], pad_mode=cfg.pad_mode)
         if cfg.cutout > 0:
             size = int(min(H, W) * cfg.cutout + 0.5)
             u = torch.rand(B, 2, device=dev, generator=generator)
-            centre = (u * torch.tensor([H, W], device=dev)).long()
-            keep = cutout_mask(centre, size, H, W) | (chosen() == 0)
+            # Centres on [0, side] for an even cutout side (DiffAugment's range): the squares
+            # then reach past the top / left border as often as past the bottom / right one.
+            centre = (u * torch.tensor([H + 1 - size % 2, W + 1 - size % 2], device=dev)).long()
+            keep = cutout_mask(centre, size, H, W) | ~chosen()[:, None, None, None]
             x = x * keep.to(x.dtype)
         return x

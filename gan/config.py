@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from encoders import EncoderConfig
 
+    from .projected import ProjectedDiscriminatorConfig
+
 RESOLUTIONS = (16, 32, 64, 128, 256)
 ARCHITECTURES = ("skip", "orig")
 UPSAMPLE_MODES = ("bilinear", "nearest")  # gan.layers.UPSAMPLE_TAPS
@@ -128,9 +130,15 @@ class ModelConfig:
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
     vocab_size: int = 0  # Tokenizer vocabulary size (set from the tokenizer; 0 = not yet known).
+    # The projected discriminator on frozen pretrained features (gan/projected.py) in place of the
+    # residual one above; None = the residual D.
+    projected: ProjectedDiscriminatorConfig | None = None
 
     def __post_init__(self) -> None:
-        for what, cfg in (("generator", self.generator), ("discriminator", self.discriminator)):
+        checked = [("generator", self.generator), ("discriminator", self.discriminator)]
+        if self.projected is not None:
+            checked.append(("projected", self.projected))
+        for what, cfg in checked:
             if cfg.resolution != self.resolution:
                 raise ValueError(f"{what}.resolution {cfg.resolution} != resolution {self.resolution}")
             if cfg.c_dim != self.encoder.code_dim:
@@ -148,13 +156,17 @@ class ModelConfig:
             "encoder": self.encoder.to_dict(),
             "generator": _to_plain(dataclasses.asdict(self.generator)),
             "discriminator": _to_plain(dataclasses.asdict(self.discriminator)),
+            "projected": dataclasses.asdict(self.projected) if self.projected is not None else None,
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         from encoders import EncoderConfig
 
+        from .projected import ProjectedDiscriminatorConfig
+
         d = dict(d)
+        projected = d.get("projected")
         _reject_unknown(d, {f.name for f in dataclasses.fields(cls)}, "model config")
         return cls(
             name=d["name"],
@@ -164,6 +176,8 @@ class ModelConfig:
             generator=_dataclass_from_dict(GeneratorConfig, d.get("generator", {}), "generator"),
             discriminator=_dataclass_from_dict(DiscriminatorConfig, drop_removed(d.get("discriminator", {}), "discriminator"),
                                                "discriminator"),
+            projected=_dataclass_from_dict(ProjectedDiscriminatorConfig, projected, "projected")
+            if projected is not None else None,
         )
 
     def replace(self, **changes: Any) -> ModelConfig:
@@ -204,7 +218,7 @@ def parameter_counts(cfg: ModelConfig, vocab_size: int = 1000) -> dict[str, int]
     """Parameters of G, D and the text encoder built from `cfg` (encoder at `vocab_size`)."""
     from encoders import build_encoder
 
-    from .discriminator import Discriminator
+    from .discriminator import build_discriminator
     from .generator import Generator
 
     def count(m) -> int:
@@ -212,7 +226,7 @@ def parameter_counts(cfg: ModelConfig, vocab_size: int = 1000) -> dict[str, int]
 
     return {
         "generator": count(Generator(cfg.generator)),
-        "discriminator": count(Discriminator(cfg.discriminator)),
+        "discriminator": count(build_discriminator(cfg)),  # the projected D's frozen backbone is no parameter
         "encoder": count(build_encoder(cfg.encoder, cfg.vocab_size or vocab_size)),
     }
 

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import nn
 
-from .config import DiscriminatorConfig
+from .config import DiscriminatorConfig, ModelConfig
 from .layers import EqualConv2d, EqualLinear, MappingNetwork
 
 SQRT_HALF = math.sqrt(0.5)
@@ -128,3 +128,13 @@ class Discriminator(nn.Module):
         if not words:
             return logits
         return logits, self.words(x)
+
+
+def build_discriminator(cfg: ModelConfig) -> nn.Module:
+    """The model's D: the projected one on frozen pretrained features when cfg.projected is set,
+    else the residual StyleGAN2 D. Both take D(img, pooled, pairs=, words=)."""
+    if cfg.projected is not None:
+        from .projected import ProjectedDiscriminator
+
+        return ProjectedDiscriminator(cfg.projected)
+    return Discriminator(cfg.discriminator)

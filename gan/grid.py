@@ -1,6 +1,7 @@
 """Image grids, GIFs, tensor <-> PIL conversion and seed-range parsing for sampling."""
 from __future__ import annotations
 
+import io
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -8,6 +9,8 @@ from typing import Any, Sequence
 import numpy as np
 import PIL.Image
 import torch
+
+from data import to_uint8
 
 # torch.Generator.manual_seed accepts 0 .. 2**64 - 1.
 MAX_SEED = 2**64 - 1
@@ -50,15 +53,10 @@ def parse_seeds(text: str, *, option: str = "--seeds") -> list[int]:
     return seeds
 
 
-def to_uint8(images: torch.Tensor) -> torch.Tensor:
-    """[B, 3, H, W] float in [-1, 1] -> [B, H, W, 3] uint8 (StyleGAN's rounding: x*127.5+128)."""
-    assert images.ndim == 4 and images.shape[1] == 3, images.shape
-    return (images.detach() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu()
-
-
 def to_pil(images: torch.Tensor) -> list[PIL.Image.Image]:
-    """[B, 3, H, W] float in [-1, 1] -> B RGB PIL images."""
-    return [PIL.Image.fromarray(a.numpy(), "RGB") for a in to_uint8(images)]
+    """[B, 3, H, W] float in [-1, 1] -> B RGB PIL images, quantised by data.to_uint8."""
+    assert images.ndim == 4 and images.shape[1] == 3, images.shape
+    return [PIL.Image.fromarray(a.numpy(), "RGB") for a in to_uint8(images).permute(0, 2, 3, 1).cpu()]  # [H, W, 3] each
 
 
 def from_pil(image: PIL.Image.Image, *, resolution: int | None = None) -> torch.Tensor:
@@ -99,10 +97,26 @@ def save_gif(frames: Sequence[PIL.Image.Image], path: str | Path, *, fps: float 
         raise ValueError(f"save_gif: no frames for {path}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    first, *rest = [f.convert("RGB") for f in frames]
-    first.save(path, save_all=True, append_images=rest, duration=max(1, round(1000 / fps)),
-               loop=loop, optimize=False)
+    path.write_bytes(gif_bytes(frames, fps=fps, loop=loop))
     return path
+
+
+def gif_bytes(frames: Sequence[PIL.Image.Image], *, fps: float = 12.0, loop: int = 0) -> bytes:
+    """An animated GIF file's bytes (loop=0: forever), one frame per image."""
+    if not frames:
+        raise ValueError("gif_bytes: no frames")
+    first, *rest = [f.convert("RGB") for f in frames]
+    buf = io.BytesIO()
+    first.save(buf, format="GIF", save_all=True, append_images=rest, duration=max(1, round(1000 / fps)),
+               loop=loop, optimize=False)
+    return buf.getvalue()
+
+
+def png_bytes(image: PIL.Image.Image) -> bytes:
+    """A PNG file's bytes."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def pil_resize_matrix(in_size: int, out_size: int, resample: int = PIL.Image.BICUBIC) -> torch.Tensor:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import encoders
+from data.files import atomic_write, atomic_write_text
 from encoders.code import SpikeCode
 
 from .config import ModelConfig
@@ -71,15 +72,6 @@ def clean_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def save_model(directory: str | os.PathLike, model: nn.Module, tokenizer) -> Path:
     """Write config.json, model.safetensors and tokenizer.json into `directory` (each atomically)."""
     model = unwrap(model)
@@ -90,10 +82,9 @@ def save_model(directory: str | os.PathLike, model: nn.Module, tokenizer) -> Pat
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = clean_state_dict(model)
-    _atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    text = json.dumps(model.cfg.to_dict(), indent=2)
-    _atomic_write(directory / CONFIG_FILE, lambda p: p.write_text(text))
-    _atomic_write(directory / TOKENIZER_FILE, lambda p: tokenizer.save(p))
+    atomic_write(directory / WEIGHTS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(model.cfg.to_dict(), indent=2))
+    tokenizer.save(directory / TOKENIZER_FILE)  # atomic too
     return directory
 
 

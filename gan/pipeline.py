@@ -11,7 +11,6 @@ and seed only, never on what else shares its batch.
 """
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -338,15 +337,22 @@ class Pipeline:
     # How spikes shape the image: spike rasters and cross-attention maps.
 
     @torch.no_grad()
-    def write_raster(self, prompt: str, path: str | Path) -> Path:
-        """A spike raster PNG of one prompt: the input spike train and every spiking layer,
+    def raster(self, prompt: str) -> PIL.Image.Image:
+        """The spike raster of one prompt: the input spike train and every spiking layer,
         time across, neurons down, token windows labelled with their words."""
-        from encoders import plot_spikes
+        from encoders import spike_raster
 
         batch = self.tokenizer([prompt]).to(self.device)
         _, trains = self.encoder.run(batch)                      # name -> [T, 1, N]
-        return plot_spikes(path, {k: v[:, 0] for k, v in trains.items()}, words=batch.words[0],
-                           steps_per_token=self.encoder.cfg.steps_per_token, title=prompt)
+        return spike_raster({k: v[:, 0] for k, v in trains.items()}, words=batch.words[0],
+                            steps_per_token=self.encoder.cfg.steps_per_token, title=prompt)
+
+    def write_raster(self, prompt: str, path: str | Path) -> Path:
+        """Save raster(prompt) as a PNG; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.raster(prompt).save(path)
+        return path
 
     @torch.no_grad()
     def attention_maps(self, prompt: str, seed: int, *, psi: float = 1.0, truncation: Truncation = "prompt",
@@ -380,37 +386,40 @@ class Pipeline:
         assert maps_t.shape[0] == len(words), (maps_t.shape, words)
         return image, words, maps_t
 
-    def attention_panel(self, prompt: str, seed: int, **gen) -> PIL.Image.Image:
+    def attention_panel(self, prompt: str, seed: int, *, columns: int | None = None, **gen) -> PIL.Image.Image:
         """The image followed by one panel per word: its cross-attention map over the image
-        (each map on its own colour scale; the title gives the word's mean attention share)."""
-        import matplotlib
+        (each map on its own colour scale; the title gives the word's mean attention share).
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
+        columns: panels per row (None = all in one row); more panels wrap onto further rows.
+        """
+        from matplotlib.figure import Figure
+
+        from encoders.raster import figure_image
 
         image, words, maps = self.attention_maps(prompt, seed, **gen)
         rgb = to_pil(image)[0]
         gray = rgb.convert("L")
         n = len(words) + 1
-        fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 2.0), squeeze=False)
-        axes[0, 0].imshow(rgb, interpolation="nearest")
-        axes[0, 0].set_title(f"seed {seed}", fontsize=8)
-        for ax, word, m in zip(axes[0, 1:], words, maps):
+        if columns is not None and columns < 1:
+            raise ValueError(f"attention_panel: columns must be >= 1, got {columns}")
+        cols = n if columns is None else min(columns, n)
+        rows = -(-n // cols)
+        fig = Figure(figsize=(1.6 * cols, 2.0 * rows))
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
+        axes[0].imshow(rgb, interpolation="nearest")
+        axes[0].set_title(f"seed {seed}", fontsize=8)
+        for ax, word, m in zip(axes[1:], words, maps):
             # Each word's map on its own scale (as DAAM shows them); the title gives its share
             # of the attention, averaged over the image.
             ax.imshow(gray, cmap="gray", interpolation="nearest")
             ax.imshow(m.cpu().numpy(), cmap="jet", alpha=0.55, vmin=float(m.min()), vmax=float(m.max()) + 1e-8,
                       interpolation="bilinear")
             ax.set_title(f"{word} {float(m.mean()):.2f}", fontsize=8)
-        for ax in axes[0]:
+        for ax in axes:
             ax.axis("off")
         fig.suptitle(prompt, fontsize=8)
         fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=100)
-        plt.close(fig)
-        buf.seek(0)
-        return PIL.Image.open(buf).convert("RGB")
+        return figure_image(fig, dpi=100)
 
 
 def _check_truncation(psi: float, truncation: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .augment import DIFFAUGMENT
 from .config import DiscriminatorConfig, GeneratorConfig, ModelConfig
 
 # Rows of the shapes32 sample grid: they vary one thing at a time (position, colour, shape, relation).
@@ -62,6 +63,17 @@ _PRESETS: dict[str, dict[str, Any]] = {
                    warmup=dict(kimg=51.2, layout_kimg=128.0),
                    grid_prompts=SHAPES_GRID_PROMPTS),
     ),
+    # Your own images at 32 px on a CPU: the projected D on frozen EfficientNet-Lite0 features (images
+    # seen at 64 px), DiffAugment, no R1 (Projected GAN uses none); the frozen MiniLM reads the captions.
+    "custom32": dict(
+        model=dict(resolution=32, encoder_kind="transformer", code_dim=256,
+                   g=dict(z_dim=128, w_dim=256, channel_base=2048, channel_max=128, attn_resolutions=(8, 16),
+                          attn_heads=4),
+                   d=dict(channel_base=2048, channel_max=128),
+                   projected=dict(backbone_resolution=64)),
+        train=dict(kimg=1000.0, batch=32, snap=10.0, tick=1.0, g_lr=0.002, d_lr=0.002, ema_kimg=5.0,
+                   loss=dict(r1_gamma=0.0, match_weight=1.0), augment=DIFFAUGMENT),
+    ),
     "emoji64": dict(
         model=dict(resolution=64, encoder_kind="transformer", code_dim=256,
                    g=dict(z_dim=128, w_dim=256, channel_base=8192, channel_max=256, attn_resolutions=(8, 16),
@@ -105,6 +117,8 @@ def preset(name: str) -> ModelConfig:
     """The named preset's ModelConfig (vocab_size 0: set it from the tokenizer)."""
     from encoders import EncoderConfig
 
+    from .projected import ProjectedDiscriminatorConfig
+
     m = _entry(name)["model"]
     res, code_dim = m["resolution"], m["code_dim"]
     return ModelConfig(
@@ -113,6 +127,8 @@ def preset(name: str) -> ModelConfig:
         encoder=EncoderConfig(kind=m["encoder_kind"], code_dim=code_dim, **m.get("encoder", {})),
         generator=GeneratorConfig(resolution=res, c_dim=code_dim, **m["g"]),
         discriminator=DiscriminatorConfig(resolution=res, c_dim=code_dim, **m["d"]),
+        projected=ProjectedDiscriminatorConfig(resolution=res, c_dim=code_dim, **m["projected"])
+        if "projected" in m else None,
     )
 
 

@@ -3,12 +3,13 @@ and the loss statistics gathered over every process between log ticks."""
 from __future__ import annotations
 
 import json
-import os
 import resource
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from data.files import atomic_write_text
 
 
 class MainProcess:
@@ -27,10 +28,7 @@ class MainProcess:
 
     def write_json(self, name: str, payload: dict) -> None:
         if self.active:
-            path = self.out / name
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(json.dumps(payload, indent=2) + "\n")
-            os.replace(tmp, path)
+            atomic_write_text(self.out / name, json.dumps(payload, indent=2) + "\n")
 
     def append_log(self, record: dict) -> None:
         if self.active:

@@ -110,7 +110,10 @@ def model_config(cfg: TrainConfig):
     d = preset(cfg.preset).to_dict()
     if cfg.encoder is not None:
         d["encoder"]["kind"] = cfg.encoder
-    return ModelConfig.from_dict(deep_merge(d, cfg.model))
+    d = deep_merge(d, cfg.model)
+    if d.get("projected") is not None:  # the projected D sees the model's images and codes
+        d["projected"] = {"resolution": d["resolution"], "c_dim": d["encoder"]["code_dim"], **d["projected"]}
+    return ModelConfig.from_dict(d)
 
 
 def check_config(cfg: TrainConfig) -> None:
@@ -168,7 +171,8 @@ def check_config(cfg: TrainConfig) -> None:
 def model_flags(model: dict) -> str:
     """The flags that set these ModelConfig overrides, for error messages."""
     flags = {("encoder", "max_length"): "--max-length", ("encoder", "steps_per_token"): "--steps-per-token",
-             ("encoder", "spikes"): "--encoder-spikes", ("generator", "layout_resolution"): "--layout-resolution"}
+             ("encoder", "spikes"): "--encoder-spikes", ("generator", "layout_resolution"): "--layout-resolution",
+             ("projected", "backbone_resolution"): "--discriminator projected / --backbone-resolution"}
     named = [flags.get((section, key), f"model.{section}.{key}") for section, sub in model.items()
              for key in (sub if isinstance(sub, dict) else {section: sub})]
     return ", ".join(named)

@@ -117,7 +117,7 @@ def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess)
     from data import open_dataset
     from encoders import load_tokenizer, make_tokenizer
     from gan.config import ModelConfig
-    from gan.discriminator import Discriminator
+    from gan.discriminator import build_discriminator
     from gan.model import TextToImage, load_model
 
     if resume_dir is not None:
@@ -148,11 +148,14 @@ def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess)
         raise ValueError(f"--word-weight {cfg.loss.word_weight}: the run in {resume_dir} was trained "
                          f"{'with' if model_cfg.discriminator.word_classes else 'without'} D's word classifier; "
                          f"resume it with the word weight it started with")
+    if cfg.loss.word_weight > 0 and model_cfg.projected is not None:
+        raise ValueError(f"--word-weight {cfg.loss.word_weight}: the projected discriminator has no word classifier; "
+                         f"use --word-weight 0 with it")
     if resume_dir is None:  # D's word classifier covers the (possibly extended) vocabulary, or is absent
         words = len(tokenizer) if cfg.loss.word_weight > 0 else 0
         model_cfg = model_cfg.replace(discriminator=dataclasses.replace(model_cfg.discriminator, word_classes=words))
         model.cfg = model_cfg
-    return dataset, captions, model, Discriminator(model_cfg.discriminator), tokenizer, model_cfg
+    return dataset, captions, model, build_discriminator(model_cfg), tokenizer, model_cfg
 
 
 def make_optimizers(cfg: TrainConfig, model: nn.Module, D: nn.Module) -> tuple[torch.optim.Adam, torch.optim.Adam]:

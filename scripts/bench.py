@@ -142,9 +142,14 @@ def bench_networks(
         D.zero_grad(set_to_none=True)
 
     make_code_fixed = make_code(batch, gcfg.c_dim, device=device)
-    G.eval()
+    # A frozen G, as sampling uses it. With trainable weights, the FLOP counter's module tracker
+    # fails on views of parameters made under no_grad (the layout map's queries).
+    trainable = [p for p in G.parameters() if p.requires_grad]
+    G.eval().requires_grad_(False)
     t_fwd = timed(g_forward, warmup=warmup, reps=reps, device=device)
     fwd_flops = count_flops(g_forward)
+    for p in trainable:
+        p.requires_grad_(True)
     G.train()
     D.train()
     t_step = timed(train_step, warmup=warmup, reps=reps, device=device)
@@ -197,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
     peak = conv_peak(device=device, batch=args.peak_batch, warmup=args.warmup, reps=args.reps)
     results["conv_peak_by_format"] = peak
     results["conv_peak_gflops"] = max(peak.values())
-    print(f"conv3x3 256ch 32x32 fwd+bwd: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()) + " GFLOP/s")
+    print("conv3x3 256ch 32x32 fwd+bwd: " + ", ".join(f"{k} {v:.1f}" for k, v in peak.items()) + " GFLOP/s")
 
     for name in args.configs.split(","):
         if name == "reference":

@@ -146,7 +146,7 @@ def gan_share(preset_name: str, texts: list[str], reps: int) -> dict:
     return {"preset": preset_name, "encoder": cfg.kind, "encoder_ms": e, "step_ms": s, "share": e / s}
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=64, help="prompts per batch")
     ap.add_argument("--length", type=int, default=16, help="words per prompt (= max_length)")
@@ -186,7 +186,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{r['preset']}: {r['encoder']} encoder {r['encoder_ms']:.1f} ms of a {r['step_ms']:.1f} ms "
               f"G+D training step at batch {args.batch} = {100 * r['share']:.1f} %")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1, default=list))
+    return results
 
 
 if __name__ == "__main__":

@@ -110,7 +110,7 @@ class RandomImages(torch.utils.data.Dataset):
                 "text": "", "index": i}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32, help="images per network call")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing repeats (medians)")
@@ -120,7 +120,9 @@ def main() -> None:
     parser.add_argument("--keep-freed-memory", choices=["on", "off"], default="on",
                         help="glibc keeps freed blocks for reuse (eval.allocator), as the eval CLI does")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.batch < 1 or args.repeats < 1 or args.resolution < 1 or args.stream < 0:
+        parser.error("--batch, --repeats and --resolution must be >= 1, --stream >= 0")
     if args.threads:
         torch.set_num_threads(args.threads)
     kept = keep_freed_memory() if args.keep_freed_memory == "on" else False
@@ -168,7 +170,7 @@ def main() -> None:
             "end_to_end_images_per_s": round(ips["end_to_end"], 2),
         }
     result["end_to_end_source_resolution"] = args.resolution
-    del torchscript
+    torchscript = None  # its weights are freed before the memory measurement
 
     if args.stream:
         stats = FeatureStats(extractor.dim, keep_features=True)  # as reference_stats keeps them for KID
@@ -188,7 +190,9 @@ def main() -> None:
 
     print(json.dumps(result, indent=2))
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
 
 
 if __name__ == "__main__":

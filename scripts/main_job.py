@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="runs/shapes32", help="run directory")
     p.add_argument("--kimg", type=float, default=None, help="training length (default: the preset's)")
     p.add_argument("--num", type=int, default=500, help="images generated for the scores")
-    p.add_argument("--metrics", default="attributes,fid,kid", help="eval metrics (lpips_diversity is added "
+    p.add_argument("--metrics", default="attributes,fid,fd_domain,kid", help="eval metrics (lpips_diversity is added "
                    "when an AlexNet backbone is found: $SPIKEGAN_LPIPS_BACKBONE or ../shared/weights)")
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -82,8 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics += ",lpips_diversity"
         if not os.environ.get("SPIKEGAN_LPIPS_BACKBONE"):
             extra = ["--lpips-backbone", str(backbone)]
+    # fd_domain's scorer trains on the FID reference images: no Inception pass beyond FID's own.
     return cli.main(["--model", str(out / "model"), "--data", "shapes", "--metrics", metrics, *extra,
-                     "--num", str(args.num), "--json", str(out / "scores.json")])
+                     "--num", str(args.num), "--scorer-num", str(args.num), "--json", str(out / "scores.json")])
 
 
 if __name__ == "__main__":

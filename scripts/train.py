@@ -48,6 +48,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     core.add_argument("--metrics-images", type=int, default=1000, help="generated images per metric evaluation")
     core.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
 
+    core.add_argument("--discriminator", choices=("residual", "projected"), default=None,
+                      help="D (a fresh run): the residual StyleGAN2 D, or the projected D on frozen pretrained "
+                           "EfficientNet-Lite0 features (default: the preset's)")
+    core.add_argument("--backbone-resolution", type=int, default=None,
+                      help="the projected D resizes images to this before its feature network (a fresh run)")
+
     text = p.add_argument_group("text conditioning")
     text.add_argument("--encoder", choices=("embedding", "recurrent", "transformer"), default=None,
                       help="text encoder kind (default: the preset's)")
@@ -104,6 +110,10 @@ def build_config(args: argparse.Namespace):
     for name, section in sections.items():
         if given := drop_none(section):
             overrides[name] = given
+    if args.discriminator == "projected" or args.backbone_resolution is not None:
+        overrides.setdefault("model", {})["projected"] = drop_none({"backbone_resolution": args.backbone_resolution})
+    elif args.discriminator == "residual":
+        overrides.setdefault("model", {})["projected"] = None
     cfg = resolve_config(args.preset, **overrides)
     check_config(cfg)
     if args.resume is not None:

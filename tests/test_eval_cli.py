@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from data.files import sha256_file
 from data.shapes import ShapesDataset
-from eval import cli, metrics
+from eval import cli, fitted, metrics
 from eval.attributes import ProbeConfig
 
 pytestmark = pytest.mark.filterwarnings("ignore:Matrix is singular")  # FID of 12 images in 48-d
@@ -53,7 +54,7 @@ def scorer_and_probe(tmp_path_factory):
                    "--num", "64", "--steps", "5", "--text", "tower", "--device", "cpu",
                    "--cache-dir", str(root / "cache")], extractor=TinyFeatures())
     assert rc == 0
-    metrics.fit_probe(ProbeConfig(resolution=16, channels=4, hidden=8, train_images=64, steps=2, heldout_images=16),
+    fitted.fit_probe(ProbeConfig(resolution=16, channels=4, hidden=8, train_images=64, steps=2, heldout_images=16),
                       out=root / "probe")
     return root / "scorer", root / "probe"
 
@@ -65,7 +66,7 @@ def _run(argv, capsys):
 
 
 VALUE_KEYS = {
-    "fid", "kid", "kid_std", "r_precision", "cosine", "r_precision_real", "cosine_real", "candidates",
+    "fid", "fd_domain", "kid", "kid_std", "r_precision", "cosine", "r_precision_real", "cosine_real", "candidates",
     *(f"{p}_{k}" for p in ("attr", "probe") for k in ("count", "background", "shape", "colour", "size",
                                                      "position", "relation", "mean", "binding")),
 }
@@ -75,30 +76,31 @@ def test_cli_end_to_end_and_schema(tiny_model, scorer_and_probe, tmp_path, capsy
     scorer, probe = scorer_and_probe
     out = tmp_path / "scores.json"
     argv = ["--model", str(tiny_model[0]), "--model", str(tiny_model[1]), "--data", "shapes",
-            "--metrics", "fid,kid,alignment,attributes", "--num", "12", "--batch", "5", "--seed", "7",
+            "--metrics", "fid,fd_domain,kid,alignment,attributes", "--num", "12", "--batch", "5", "--seed", "7",
             "--scorer", str(scorer), "--probe", str(probe), "--cache-dir", str(tmp_path / "cache"),
             "--json", str(out), "--device", "cpu", "--quiet"]
     rc, stdout, stderr = _run(argv, capsys)
     assert rc == 0, stderr
     payload = json.loads(out.read_text())
     # The stable schema.
-    assert tuple(payload) == cli.TOP_KEYS and payload["schema"] == "spikegan-eval/1"
-    assert payload["metrics"] == ["fid", "kid", "alignment", "attributes"]
+    assert tuple(payload) == cli.TOP_KEYS and payload["schema"] == "spikegan-eval/2"
+    assert payload["metrics"] == ["fid", "fd_domain", "kid", "alignment", "attributes"]
     assert payload["settings"]["seed"] == 7 and payload["data"] == {"path": "shapes", "num_ref": 12}
     assert len(payload["rows"]) == 2
     for row, model in zip(payload["rows"], tiny_model):
         assert tuple(row) == cli.ROW_KEYS
-        assert row["model"] == str(model) and row["resolution"] == 16 and row["num_images"] == 12
+        assert row["model"] == str(model) and row["images"] is None
+        assert row["resolution"] == 16 and row["num_images"] == 12
         assert row["seeds"] == {"first": 7, "count": 12}
         assert set(row["values"]) == VALUE_KEYS
         assert set(row["weights"]) == {"inception", "alignment_scorer", "attribute_probe"}
-        assert row["weights"]["alignment_scorer"]["sha256"] == metrics.sha256_file(scorer / "scorer.safetensors")
+        assert row["weights"]["alignment_scorer"]["sha256"] == sha256_file(scorer / "scorer.safetensors")
         assert len(row["model_sha256"]) == 64 and row["seconds"]["total"] > 0
         assert row["values"]["fid"] > 0 and 0 <= row["values"]["r_precision"] <= 1
     # Two different models, two different scores; the table has one line per model.
     assert payload["rows"][0]["values"]["fid"] != payload["rows"][1]["values"]["fid"]
     lines = stdout.splitlines()
-    assert lines[0].split()[:3] == ["model", "fid", "kid"]
+    assert lines[0].split()[:4] == ["model", "fid", "fd_domain", "kid"]
     assert lines[2].startswith(str(tiny_model[0])) and lines[3].startswith(str(tiny_model[1]))
 
     # Deterministic: the same command gives the same values (reference stats now from the cache).
@@ -165,25 +167,25 @@ def test_scorer_cache_key_follows_the_data():
 
     cfg = ScorerConfig(text="tower")
     ex = TinyFeatures()
-    key, count = metrics.scorer_cache_key(ShapesDataset(16, seed=0), 16, 8, ex, cfg)
+    key, count = fitted.scorer_cache_key(ShapesDataset(16, seed=0), 16, 8, ex, cfg)
     assert count == 8
-    assert key == metrics.scorer_cache_key(ShapesDataset(16, seed=0), 16, 8, ex, cfg)[0]
-    assert key != metrics.scorer_cache_key(ShapesDataset(16, seed=1), 16, 8, ex, cfg)[0]  # other images
-    assert key != metrics.scorer_cache_key(ShapesDataset(16, seed=0), 16, 9, ex, cfg)[0]  # count
-    assert key != metrics.scorer_cache_key(ShapesDataset(32, seed=0), 32, 8, ex, cfg)[0]  # resolution
-    assert key != metrics.scorer_cache_key(ShapesDataset(16, seed=0), 16, 8, ex, dataclasses.replace(cfg, steps=3))[0]
+    assert key == fitted.scorer_cache_key(ShapesDataset(16, seed=0), 16, 8, ex, cfg)[0]
+    assert key != fitted.scorer_cache_key(ShapesDataset(16, seed=1), 16, 8, ex, cfg)[0]  # other images
+    assert key != fitted.scorer_cache_key(ShapesDataset(16, seed=0), 16, 9, ex, cfg)[0]  # count
+    assert key != fitted.scorer_cache_key(ShapesDataset(32, seed=0), 32, 8, ex, cfg)[0]  # resolution
+    assert key != fitted.scorer_cache_key(ShapesDataset(16, seed=0), 16, 8, ex, dataclasses.replace(cfg, steps=3))[0]
 
 
 def test_fit_scorer_caches(tmp_path):
     from eval.alignment import ScorerConfig
 
     cfg = ScorerConfig(text="tower", steps=3, batch=8, embed_dim=8, hidden_dim=16, tower_dim=8)
-    s1, f1 = metrics.fit_scorer(ShapesDataset(16), 16, 24, TinyFeatures(), cfg=cfg, cache_dir=tmp_path)
+    s1, f1 = fitted.fit_scorer(ShapesDataset(16), 16, 24, TinyFeatures(), cfg=cfg, cache_dir=tmp_path)
     stamp = (f1 / "scorer.safetensors").stat().st_mtime_ns
-    s2, f2 = metrics.fit_scorer(ShapesDataset(16), 16, 24, TinyFeatures(), cfg=cfg, cache_dir=tmp_path)
+    s2, f2 = fitted.fit_scorer(ShapesDataset(16), 16, 24, TinyFeatures(), cfg=cfg, cache_dir=tmp_path)
     assert f1 == f2 and (f2 / "scorer.safetensors").stat().st_mtime_ns == stamp
     assert s2.info["report"]["heldout"] == s1.info["report"]["heldout"]
-    _, f3 = metrics.fit_scorer(ShapesDataset(16, seed=5), 16, 24, TinyFeatures(), cfg=cfg, cache_dir=tmp_path)
+    _, f3 = fitted.fit_scorer(ShapesDataset(16, seed=5), 16, 24, TinyFeatures(), cfg=cfg, cache_dir=tmp_path)
     assert f3 != f1
 
 
@@ -256,3 +258,116 @@ def test_prompts_file_and_folder_data(tiny_model, tmp_path, capsys):
     payload = json.loads((tmp_path / "o.json").read_text())
     assert payload["settings"]["prompts"] == str(prompts)
     assert payload["rows"][0]["values"]["fid"] > 0
+
+
+# --- fd_domain and folders of images (--images) -------------------------------------------
+
+
+def naive_frechet(a: np.ndarray, b: np.ndarray) -> float:
+    """|mu_a - mu_b|^2 + Tr(S_a + S_b - 2 sqrtm(S_a S_b)), from numpy and scipy alone."""
+    from scipy import linalg
+
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    root = linalg.sqrtm(s_a @ s_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * root))
+
+
+def shapes_folder(root, *, resolution: int, num: int, seed: int):
+    """`num` shapes images (PNG) with their captions in metadata.jsonl: another system's outputs."""
+    root.mkdir()
+    ds = ShapesDataset(resolution, seed=seed)
+    with open(root / "metadata.jsonl", "w") as f:
+        for i in range(num):
+            item = ds[i]
+            Image.fromarray(item["image"].permute(1, 2, 0).numpy()).save(root / f"{i:02d}.png")
+            f.write(json.dumps({"file_name": f"{i:02d}.png", "text": item["text"]}) + "\n")
+    return root
+
+
+def domain_embeddings(scorer_dir, images) -> np.ndarray:
+    """The scorer's image embeddings [N, E] of uint8 images [N, 3, R, R] (TinyFeatures underneath)."""
+    from eval.alignment import AlignmentScorer
+
+    scorer = AlignmentScorer.load(scorer_dir)
+    with torch.no_grad():
+        return scorer.embed_images(TinyFeatures()(images)).double().numpy()
+
+
+def test_fd_domain_is_the_frechet_distance_of_the_scorers_image_embeddings(tiny_model, scorer_and_probe, tmp_path):
+    from gan.model import load_model
+
+    scorer_dir, _ = scorer_and_probe
+    model, tok = load_model(tiny_model[0])
+    ref = ShapesDataset(16)
+    values = metrics.compute(["fd_domain", "fid"], model, tok, ref, num=10, num_ref=12, seed=3, batch=4,
+                             cache_dir=str(tmp_path), extractor=TinyFeatures(), scorer=str(scorer_dir))
+    assert list(values) == ["fd_domain", "fid"]
+    prompts = [ref[i]["text"] for i in range(10)]
+    generated = torch.cat(list(metrics.generate(model, tok, prompts, list(range(3, 13)), emphasis=False)))
+    reals = torch.stack([ref[i]["image"] for i in range(12)])
+    want = naive_frechet(domain_embeddings(scorer_dir, generated), domain_embeddings(scorer_dir, reals))
+    assert values["fd_domain"] == pytest.approx(want, rel=1e-6) and values["fd_domain"] > 0
+    assert values["fid"] == pytest.approx(naive_frechet(TinyFeatures()(generated).double().numpy(),
+                                                        TinyFeatures()(reals).double().numpy()), rel=1e-6)
+
+
+def test_images_folder_is_scored_like_a_model(scorer_and_probe, tmp_path, capsys):
+    from data.folder import FolderDataset
+    from eval.alignment import AlignmentScorer, score
+    from eval.fid import kid
+
+    scorer_dir, _ = scorer_and_probe
+    other = shapes_folder(tmp_path / "other", resolution=32, num=9, seed=4)  # read at 16 px below
+    same = shapes_folder(tmp_path / "same", resolution=16, num=8, seed=0)  # the reference's own first 8
+    out = tmp_path / "scores.json"
+    rc, stdout, err = _run(["--images", str(other), "--images", str(same), "--resolution", "16", "--data", "shapes",
+                            "--num", "8", "--scorer", str(scorer_dir), "--cache-dir", str(tmp_path / "c"),
+                            "--json", str(out), "--device", "cpu", "--quiet"], capsys)
+    assert rc == 0, err
+    payload = json.loads(out.read_text())
+    assert payload["metrics"] == ["fid", "fd_domain", "kid", "alignment"]  # the default
+    rows = payload["rows"]
+    assert [r["images"] for r in rows] == [str(other), str(same)] and all(tuple(r) == cli.ROW_KEYS for r in rows)
+    assert all(r["model"] is None and r["seeds"] is None and r["resolution"] == 16 for r in rows)
+    assert [r["num_images"] for r in rows] == [8, 8]  # --num caps the folder of 9
+    assert set(rows[0]["values"]) == {"fid", "fd_domain", "kid", "kid_std", "r_precision", "cosine",
+                                      "r_precision_real", "cosine_real", "candidates"}
+    assert set(rows[0]["weights"]) == {"inception", "alignment_scorer"}
+    assert str(other) in stdout.splitlines()[2]
+
+    # The folder's values, computed directly: its first 8 images read at 16 px, their captions.
+    folder = FolderDataset(other, resolution=16)
+    images = torch.stack([folder[i]["image"] for i in range(8)])
+    captions = [folder.entries[i].texts[0] for i in range(8)]
+    reals = torch.stack([ShapesDataset(16)[i]["image"] for i in range(8)])
+    f_gen, f_ref = TinyFeatures()(images), TinyFeatures()(reals)
+    values = rows[0]["values"]
+    assert values["fid"] == pytest.approx(naive_frechet(f_gen.double().numpy(), f_ref.double().numpy()), rel=1e-6)
+    assert values["kid"] == kid(f_gen.numpy(), f_ref.numpy(), seed=0)[0]
+    assert values["fd_domain"] == pytest.approx(naive_frechet(domain_embeddings(scorer_dir, images),
+                                                              domain_embeddings(scorer_dir, reals)), rel=1e-6)
+    assert values["r_precision"] == score(AlignmentScorer.load(scorer_dir), f_gen, captions)["r_precision"]
+    # The reference's own images score (close to) zero: the folder is read back bit for bit.
+    assert abs(rows[1]["values"]["fid"]) < 1e-4 and abs(rows[1]["values"]["fd_domain"]) < 1e-4
+
+
+def test_images_folder_errors_name_the_file_or_option(scorer_and_probe, tmp_path, capsys):
+    scorer_dir, _ = scorer_and_probe
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    Image.new("RGB", (16, 16), (200, 0, 0)).save(bare / "0.png")
+    Image.new("RGB", (16, 16), (0, 0, 200)).save(bare / "1.png")
+    folder = shapes_folder(tmp_path / "folder", resolution=16, num=4, seed=0)
+    base = ["--data", "shapes", "--num", "4", "--scorer", str(scorer_dir), "--quiet", "--device", "cpu",
+            "--cache-dir", str(tmp_path / "c")]
+    cases = [
+        (["--images", str(bare), *base], f"--images {bare}: no image has a caption: {bare / 'metadata.jsonl'} is missing"),
+        (["--images", str(tmp_path / "none"), *base], "--images"),
+        (["--images", str(folder), *base, "--metrics", "fid,attributes"], "--metrics: attributes"),
+        (["--images", str(folder), *base, "--metrics", "lpips_diversity"], "--metrics: lpips_diversity"),
+        (base, "give --model DIR"),
+    ]
+    for argv, needle in cases:
+        rc, out, err = _run(argv, capsys)
+        assert rc == 2 and err.startswith("error: ") and needle in err, (argv, err)

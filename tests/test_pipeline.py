@@ -191,6 +191,8 @@ def test_attention_maps(pipe, tmp_path):
     assert all(layer.last_attention is None for layer in pipe.generator.attention_layers())
     panel = pipe.attention_panel("a (red:1.4) circle", 0)
     assert panel.width > 3 * panel.height / 2  # a row of 1 + 3 panels
+    wrapped = pipe.attention_panel("a (red:1.4) circle", 0, columns=2)
+    assert wrapped.size == (panel.width // 2, 2 * panel.height)  # 2 rows of 2 panels
     raster = pipe.write_raster("a (red:1.4) circle", tmp_path / "r.png")
     with PIL.Image.open(raster) as im:
         assert im.size[0] > 100 and im.size[1] > 100

