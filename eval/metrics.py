@@ -605,4 +605,6 @@ def snapshot_callback(metric_names: Sequence[str], dataset, **compute_kwargs) ->
     return callback
 
 
-from eval import emphasis, energy, order  # noqa: F401  (at the end: their metrics register on import)
+import eval.emphasis  # noqa: E402,F401  (at the end: the spike metrics register on import)
+import eval.energy  # noqa: E402,F401
+import eval.order  # noqa: E402,F401
