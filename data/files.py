@@ -8,6 +8,7 @@ old file or the new one, never a part.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from pathlib import Path
@@ -31,6 +32,13 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """`atomic_write` of a UTF-8 text file."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | os.PathLike, payload) -> Path:
+    """`atomic_write_text` of `payload` as indented JSON, its folder made first."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def sha256_file(path: str | os.PathLike) -> str:

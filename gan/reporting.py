@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import torch
 
-from data.files import atomic_write_text
+from data.files import write_json
 
 
 class MainProcess:
@@ -28,7 +28,7 @@ class MainProcess:
 
     def write_json(self, name: str, payload: dict) -> None:
         if self.active:
-            atomic_write_text(self.out / name, json.dumps(payload, indent=2) + "\n")
+            write_json(self.out / name, payload)
 
     def append_log(self, record: dict) -> None:
         if self.active:

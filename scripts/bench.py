@@ -18,7 +18,6 @@ StyleGAN2-ADA networks the targets refer to).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,6 +34,8 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch  # noqa: E402
+
+from data.files import write_json  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
@@ -228,8 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{100 * r['train_step_of_peak']:>11.0f}% {r['train_step_gflop_per_img']:>10.2f}"
         )
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
     return results
 
 

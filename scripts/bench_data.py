@@ -10,7 +10,6 @@ also writes them: rates as {"per_s", "per_cpu_s"} (items per wall second and per
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -23,6 +22,8 @@ if __package__ in (None, ""):  # run as a file: make the repository's packages i
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
+
+from data.files import write_json  # noqa: E402
 
 import data  # noqa: E402
 from data import shapes  # noqa: E402
@@ -148,8 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
                "load_average": os.getloadavg()[0], "emoji": bench_emoji(args.emoji, args.repeats),
                "shapes": bench_shapes(args.shapes_count, args.repeats, resolutions)}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
     return results
 
 

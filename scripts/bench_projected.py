@@ -13,7 +13,6 @@ the projected D's time over the preset D's from the same run.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -24,6 +23,8 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see scripts/bench.py
 
 import torch  # noqa: E402
+
+from data.files import write_json  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from gan.presets import preset  # noqa: E402
@@ -101,8 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"{name:<10} {r['resolution']:>4} {k:>14} {v['seconds']:>8.3f} {v.get('ratio', 1.0):>7.2f} "
                       f"{v['params']:>10,}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
     return results
 
 

@@ -16,7 +16,6 @@ x 64 seeds.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,6 +25,8 @@ if __package__ in (None, ""):  # run as a file: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+
+from data.files import write_json
 
 from encoders import make_tokenizer
 from gan.presets import preset
@@ -126,8 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name:<10} {r['resolution']:>4} {w:>8} {x['g_forward_img_s']:>12.1f} {x['pipe_pt_img_s']:>14.1f} "
                   f"{x['pipe_pil_img_s']:>15.1f} {x['pipe_over_g']:>7.2f}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+        write_json(args.json, results)
     return results
 
 

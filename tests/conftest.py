@@ -35,3 +35,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A saved tiny-preset model directory (tests.test_pipeline.make_model_dir), made once per session."""
+    from tests.test_pipeline import make_model_dir
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return make_model_dir(tmp_path_factory.mktemp("tiny-model"))
+    finally:
+        torch.set_num_threads(n)

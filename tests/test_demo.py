@@ -24,10 +24,8 @@ LIMITS = DemoLimits(max_images=3, max_prompt_chars=40, max_frames=4, max_running
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, one_thread) -> Path:
-    from tests.test_pipeline import make_model_dir
-
-    return make_model_dir(tmp_path_factory.mktemp("model"))
+def model_dir(tiny_model_dir) -> Path:
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -49,10 +49,8 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, one_thread) -> Path:
-    from tests.test_pipeline import make_model_dir
-
-    return make_model_dir(tmp_path_factory.mktemp("model"))
+def model_dir(tiny_model_dir) -> Path:
+    return tiny_model_dir
 
 
 @pytest.fixture(scope="module")
