@@ -48,3 +48,11 @@ def tiny_model_dir(tmp_path_factory) -> Path:
         return make_model_dir(tmp_path_factory.mktemp("tiny-model"))
     finally:
         torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe(tiny_model_dir):
+    """gan.pipeline.Pipeline of `tiny_model_dir`."""
+    from gan.pipeline import Pipeline
+
+    return Pipeline.from_pretrained(tiny_model_dir)

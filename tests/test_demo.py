@@ -6,7 +6,6 @@ import base64
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -24,18 +23,8 @@ LIMITS = DemoLimits(max_images=3, max_prompt_chars=40, max_frames=4, max_running
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_model_dir) -> Path:
-    return tiny_model_dir
-
-
-@pytest.fixture(scope="module")
-def pipe(model_dir) -> Pipeline:
-    return Pipeline.from_pretrained(model_dir)
-
-
-@pytest.fixture(scope="module")
-def client(pipe):
-    with TestClient(create_app(pipe, limits=LIMITS)) as c:  # one event loop for every request
+def client(tiny_pipe):
+    with TestClient(create_app(tiny_pipe, limits=LIMITS)) as c:  # one event loop for every request
         yield c
 
 
@@ -50,14 +39,14 @@ def pixels(url: str) -> np.ndarray:
     return np.asarray(decode(url).convert("RGB"))
 
 
-def test_generate_gives_the_pipelines_images_at_the_models_resolution(client, pipe):
+def test_generate_gives_the_pipelines_images_at_the_models_resolution(client, tiny_pipe):
     r = client.post("/api/generate", json={"prompt": "a (red:1.4) circle", "seed": 5, "count": 3, "psi": 0.7})
     assert r.status_code == 200, r.text
     res = r.json()
     assert res["seeds"] == [5, 6, 7]
-    ref = pipe("a (red:1.4) circle", [5, 6, 7], psi=0.7)
+    ref = tiny_pipe("a (red:1.4) circle", [5, 6, 7], psi=0.7)
     for url, im in zip(res["images"], ref, strict=True):
-        assert decode(url).size == (pipe.resolution, pipe.resolution)
+        assert decode(url).size == (tiny_pipe.resolution, tiny_pipe.resolution)
         assert np.array_equal(pixels(url), np.asarray(im))
     grid = pixels(res["grid"])
     assert grid.shape == (16, 3 * 16, 3) and np.array_equal(grid[:, 16:32], np.asarray(ref[1]))
@@ -80,11 +69,11 @@ def test_random_seed_is_reported_and_repeats(client):
     assert again["images"] == res["images"]
 
 
-def test_attention_and_interpolation(client, pipe):
+def test_attention_and_interpolation(client, tiny_pipe):
     r = client.post("/api/attention", json={"prompt": "a red circle", "seed": 3})
     assert r.status_code == 200, r.text
     panel = pixels(r.json()["panel"])
-    assert np.array_equal(panel, np.asarray(pipe.attention_panel("a red circle", 3, columns=5)))
+    assert np.array_equal(panel, np.asarray(tiny_pipe.attention_panel("a red circle", 3, columns=5)))
     r = client.post("/api/interpolate", json={"prompt": "a red circle", "prompt_b": "a blue square", "seed": 2, "frames": 3})
     assert r.status_code == 200, r.text
     with decode(r.json()["gif"]) as gif:
@@ -118,9 +107,9 @@ def test_over_limit_and_bad_requests_are_refused(client, path, body, field, text
     assert r.json()["field"] == field and text in r.json()["error"], r.json()
 
 
-def test_busy_server_refuses_with_429_and_still_serves_pages(model_dir):
+def test_busy_server_refuses_with_429_and_still_serves_pages(tiny_model_dir):
     """One slot, no queue: while a generation holds the slot, pages are served and a second generation is refused."""
-    pipe = Pipeline.from_pretrained(model_dir)
+    pipe = Pipeline.from_pretrained(tiny_model_dir)
     entered, release = threading.Event(), threading.Event()
     raster = pipe.raster
 
@@ -169,9 +158,9 @@ def test_generation_slots_admit_queue_and_refuse():
     asyncio.run(scenario())
 
 
-def test_bounded_load_on_a_live_server(pipe):
+def test_bounded_load_on_a_live_server(tiny_pipe):
     """20 concurrent requests: each completes or is refused with the limit message; the server answers after."""
-    app = create_app(pipe, limits=DemoLimits(max_images=4, max_running=1, max_waiting=3))
+    app = create_app(tiny_pipe, limits=DemoLimits(max_images=4, max_running=1, max_waiting=3))
     with running_server(app) as url:
         def post(i):
             return httpx.post(f"{url}/api/generate", json={"prompt": "a red circle", "seed": i, "count": 1}, timeout=60)
@@ -218,23 +207,23 @@ def test_cli_errors_name_the_flag(argv, flag, capsys):
     assert e.value.code == 2 and flag in capsys.readouterr().err
 
 
-def test_cli_serves_the_model_on_localhost_by_default(model_dir, monkeypatch, capsys):
+def test_cli_serves_the_model_on_localhost_by_default(tiny_model_dir, monkeypatch, capsys):
     import gan.demo
 
     served = {}
     monkeypatch.setattr(gan.demo, "serve", lambda app, host, port: served.update(app=app, host=host, port=port))
-    assert demo_cli.main(["--model", str(model_dir), "--max-images", "5"]) == 0
+    assert demo_cli.main(["--model", str(tiny_model_dir), "--max-images", "5"]) == 0
     assert served["host"] == "127.0.0.1" and served["port"] == 7860
     assert served["app"].state.limits.max_images == 5
     assert "serving" in capsys.readouterr().out
 
 
-def test_cli_refuses_a_pickle_model(model_dir, tmp_path, capsys):
+def test_cli_refuses_a_pickle_model(tiny_model_dir, tmp_path, capsys):
     import pickle
     import shutil
 
     bad = tmp_path / "bad"
-    shutil.copytree(model_dir, bad)
+    shutil.copytree(tiny_model_dir, bad)
     (bad / "model.safetensors").write_bytes(pickle.dumps({"w": 1}))
     assert demo_cli.main(["--model", str(bad)]) == 1
     err = capsys.readouterr().err

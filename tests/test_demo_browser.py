@@ -6,13 +6,11 @@ Without Chromium or Playwright the test skips on a developer machine, saying why
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from gan.demo import DemoLimits, create_app, running_server
-from gan.pipeline import Pipeline
 from scripts.demo_screenshot import animate, chromium_page, find_chromium, generate, open_demo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,18 +47,8 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tiny_model_dir) -> Path:
-    return tiny_model_dir
-
-
-@pytest.fixture(scope="module")
-def pipe(model_dir) -> Pipeline:
-    return Pipeline.from_pretrained(model_dir)
-
-
-@pytest.fixture(scope="module")
-def page(chromium, pipe):
-    with running_server(create_app(pipe, limits=DemoLimits(max_running=1, max_waiting=4))) as url, \
+def page(chromium, tiny_pipe):
+    with running_server(create_app(tiny_pipe, limits=DemoLimits(max_running=1, max_waiting=4))) as url, \
             chromium_page(chromium) as page:
         open_demo(page, url)
         yield page
@@ -72,12 +60,12 @@ def page_pixels(page, selector: str) -> np.ndarray:
     return np.array(got["data"], dtype=np.uint8).reshape(got["height"], got["width"], 4)[..., :3]
 
 
-def test_generate_in_the_browser(page, pipe):
+def test_generate_in_the_browser(page, tiny_pipe):
     generate(page, "a red circle", seed=4, count=2)
     assert page.locator("#images img.tile").count() == 2
     red = page_pixels(page, "#images img.tile >> nth=0")
     assert red.shape == (16, 16, 3)
-    assert np.abs(red.astype(int) - np.asarray(pipe("a red circle", 4)[0])).max() <= 1  # what the model made
+    assert np.abs(red.astype(int) - np.asarray(tiny_pipe("a red circle", 4)[0])).max() <= 1  # what the model made
     assert page.locator("#images figcaption >> nth=1").inner_text() == "seed 5"
     # The prompt's spike raster and the first image's attention maps are shown.
     assert page.locator("#raster").is_visible() and page.eval_on_selector("#raster", NATURAL_WIDTH) > 100
