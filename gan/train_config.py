@@ -104,6 +104,7 @@ def resolve_config(preset: str = "shapes32", **overrides: Any) -> TrainConfig:
 
 def model_config(cfg: TrainConfig):
     """The ModelConfig a fresh run builds: the preset, the --encoder kind, then cfg.model."""
+    from encoders import EncoderConfig
     from gan.config import ModelConfig
     from gan.presets import preset
 
@@ -111,6 +112,10 @@ def model_config(cfg: TrainConfig):
     if cfg.encoder is not None:
         d["encoder"]["kind"] = cfg.encoder
     d = deep_merge(d, cfg.model)
+    guided = EncoderConfig.from_dict(d["encoder"])
+    if guided.guide_tokens:  # the layout map needs a learned position for every guide token too
+        need = guided.max_length + guided.guide_tokens
+        d["generator"]["max_tokens"] = max(d["generator"].get("max_tokens", need), need)
     if d.get("projected") is not None:  # the projected D sees the model's images and codes
         d["projected"] = {"resolution": d["resolution"], "c_dim": d["encoder"]["code_dim"], **d["projected"]}
     return ModelConfig.from_dict(d)
@@ -171,7 +176,8 @@ def check_config(cfg: TrainConfig) -> None:
 def model_flags(model: dict) -> str:
     """The flags that set these ModelConfig overrides, for error messages."""
     flags = {("encoder", "max_length"): "--max-length", ("encoder", "steps_per_token"): "--steps-per-token",
-             ("encoder", "spikes"): "--encoder-spikes", ("generator", "layout_resolution"): "--layout-resolution",
+             ("encoder", "spikes"): "--encoder-spikes", ("encoder", "palette"): "--palette",
+             ("encoder", "sketch_grid"): "--sketch-grid", ("generator", "layout_resolution"): "--layout-resolution",
              ("projected", "backbone_resolution"): "--discriminator projected / --backbone-resolution"}
     named = [flags.get((section, key), f"model.{section}.{key}") for section, sub in model.items()
              for key in (sub if isinstance(sub, dict) else {section: sub})]
