@@ -62,6 +62,7 @@ class TrainConfig:
     max_nonfinite: int = 20  # Stop after this many consecutive steps with a non-finite loss.
     threads: int | None = None  # torch.set_num_threads per process; None = leave torch's default.
     model: dict = field(default_factory=dict)  # Overrides merged into the preset's ModelConfig dict (a fresh run).
+    input_drop: float = 0.5  # Probability that a training image loses its palette (and, apart, its sketch).
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -143,6 +144,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
     need(cfg.keep >= 1, f"keep must be >= 1, got {cfg.keep}")
+    need(0 <= cfg.input_drop <= 1, f"--input-drop must lie in [0, 1], got {cfg.input_drop}")
     need(cfg.ema_kimg >= 0, f"ema_kimg must be >= 0, got {cfg.ema_kimg}")
     need(cfg.max_nonfinite >= 1, f"max_nonfinite must be >= 1, got {cfg.max_nonfinite}")
     need(not (cfg.resume and cfg.init_from), "--resume and --init-from exclude each other")
@@ -161,6 +163,8 @@ def check_config(cfg: TrainConfig) -> None:
     need(loss.sketch_weight == 0 or warm.kimg > 0,
          f"--sketch-weight {loss.sketch_weight} needs --warmup-kimg > 0: the sketch is the warmed layout map's")
     encoder = cfg.model.get("encoder", {})
+    grid = encoder.get("sketch_grid", 0)
+    need(isinstance(grid, int) and 0 <= grid <= 32, f"--sketch-grid must be an int in 0..32 (0 = no sketch), got {grid}")
     need(encoder.get("max_length", 1) >= 1, f"--max-length must be >= 1, got {encoder.get('max_length')}")
     need(encoder.get("steps_per_token", 1) >= 1,
          f"--steps-per-token must be >= 1, got {encoder.get('steps_per_token')}")
