@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+GUIDE_KEYS = ("palette", "palette_weights", "sketch")
+
 
 def collate(items: list[dict]) -> dict:
     """Batch dataset items.
@@ -11,7 +13,8 @@ def collate(items: list[dict]) -> dict:
     items: dicts with "image" uint8 [3, R, R] (or float), "text" str, "index" int and,
     for the shapes domain, "attributes" (JSON-able dict).
     Returns {"image": [B, 3, R, R], "text": list[str], "index": [B] long} plus
-    "attributes": list[dict] when every item has them.
+    "attributes": list[dict] when every item has them, and the guide keys ("palette" [B, K, 3],
+    "palette_weights" [B, K], "sketch" [B, 3, g, g]) when every item has them.
     """
     if not items:
         raise ValueError("collate: empty list of items")
@@ -22,6 +25,9 @@ def collate(items: list[dict]) -> dict:
     }
     if all("attributes" in it for it in items):
         batch["attributes"] = [it["attributes"] for it in items]
+    for key in GUIDE_KEYS:  # data.guides.GuidedDataset's items
+        if all(key in it for it in items):
+            batch[key] = torch.stack([it[key] for it in items])
     return batch
 
 

@@ -2,7 +2,10 @@
 
 A prepared directory holds
   images.npy      uint8 [N, R, R, 3], read memory-mapped (one page-cached file, no decoding)
-  captions.jsonl  line i: {"file": ..., "text": [captions...]} (+ "attributes" for shapes)
+  captions.jsonl  line i: {"file": ..., "text": [captions...]} (+ "attributes" for shapes, + "palette":
+                  its dominant colours ["#rrggbb", ...] for other images, data/guides.py)
+  sketches.npy    uint8 [N, g, g, 3], each image's sketch at dataset.json's "sketch_grid" g (not for shapes,
+                  whose guides come from the scenes); sets prepared without it compute sketches on load
   report.json     {"kept": N, "skipped": [{"file", "reason", "detail"}, ...], "reasons": {...}}
   dataset.json    {"format": "spikegan-prepared", "version": 1, "resolution": R, "count": N, ...}
 dataset.json is written last, so a directory with it is complete.
@@ -17,16 +20,21 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from .captioned import CaptionedImages, ImageDtype
 from .files import atomic_write, atomic_write_text
 from .folder import FolderDataset
+from .guides import hex_colours, image_palette, image_sketch
 from .images import ImageRejected, resize
 from .report import ScanReport
 from .shapes import Scene, ShapesDataset, render_scene, scene_attributes
 
+PREPARED_COLOURS = 5  # dominant colours stored per image (encoders.config.MAX_COLOURS)
+
 FORMAT, VERSION = "spikegan-prepared", 1
 FILES = ("images.npy", "captions.jsonl", "report.json", "dataset.json")
+SKETCH_GRID = 8  # default grid of the stored sketches
 
 
 def read_info(path: str | Path) -> dict | None:
@@ -52,9 +60,12 @@ def write_prepared(
     source: str,  # Where the data came from, recorded in dataset.json.
     workers: int | None = None,  # Decoding threads; None = up to 4.
     progress: Callable[[int], None] | None = None,  # Called with the number of images done so far.
+    sketch_grid: int = SKETCH_GRID,  # Grid of the stored sketches (folder sources).
 ) -> ScanReport:
     """Write `dataset` in the prepared format; returns the final report (entries that fail
     to decode now, after the scan, are added to it)."""
+    if not isinstance(sketch_grid, int) or sketch_grid < 1:
+        raise ValueError(f"--sketch-grid must be a positive int, got {sketch_grid!r}")
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(f"--out {out} exists and is not a directory")
@@ -74,10 +85,14 @@ def write_prepared(
                 "attributes": scene_attributes(ex.scene, res, ex.mentioned)}
         entry = dataset.entries[i]
         try:
-            return dataset._image(i), {"file": entry.file, "text": list(entry.texts)}
+            image = dataset._image(i)
         except ImageRejected as e:
             report.skip(entry.file, e.reason, e.detail)
             return None, {}
+        chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))  # [3, R, R]
+        sketch = (image_sketch(chw, sketch_grid) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        return image, {"file": entry.file, "text": list(entry.texts),
+                       "palette": hex_colours(image_palette(chw, PREPARED_COLOURS)), "sketch": sketch}
 
     records: list[dict] = []
     workers = workers if workers is not None else min(4, os.cpu_count() or 1)
@@ -98,6 +113,9 @@ def write_prepared(
         (out / "dataset.json").unlink(missing_ok=True)  # the set is incomplete until it is rewritten
 
     atomic_write(out / "images.npy", write_images)
+    sketches = [r.pop("sketch") for r in records if "sketch" in r]
+    if sketches:
+        atomic_write(out / "sketches.npy", lambda tmp: _save_npy(tmp, np.stack(sketches)))  # [N, g, g, 3]
     report.kept = len(records)
     if progress is not None:
         progress(len(records))
@@ -106,9 +124,14 @@ def write_prepared(
     info = {"format": FORMAT, "version": VERSION, "resolution": res, "count": len(records),
             "source": source}
     if isinstance(dataset, FolderDataset):
-        info.update(fit=dataset.options.fit, background=list(dataset.options.background))
+        info.update(fit=dataset.options.fit, background=list(dataset.options.background), sketch_grid=sketch_grid)
     atomic_write_text(out / "dataset.json", json.dumps(info, indent=1) + "\n")
     return report
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would append ".npy" to the temporary name
+        np.save(f, array)
 
 
 def _copy_rows(src: Path, count: int, dst: Path) -> None:
@@ -129,6 +152,7 @@ def prepare_dataset(
     seed: int = 0,  # Seed of the shapes scenes.
     workers: int | None = None,  # Decoding threads; None = up to 4.
     progress: Callable[[int], None] | None = None,  # Called with the number of images done.
+    sketch_grid: int = SKETCH_GRID,  # Grid of the stored sketches (folder sources, data/guides.py).
     **folder_kwargs,  # fit, background, min_size, max_pixels, caption_column (FolderDataset).
 ) -> ScanReport:
     """Validate `src` and write it to `out` in the prepared format; returns the report.
@@ -146,7 +170,7 @@ def prepare_dataset(
             Path(out).mkdir(parents=True, exist_ok=True)
             e.report.save(Path(out) / "report.json")
             raise
-    return write_prepared(dataset, out, source=str(src), workers=workers, progress=progress)
+    return write_prepared(dataset, out, source=str(src), workers=workers, progress=progress, sketch_grid=sketch_grid)
 
 
 class PreparedDataset(CaptionedImages):
@@ -182,11 +206,12 @@ class PreparedDataset(CaptionedImages):
                     texts = tuple(rec["text"])
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
                     raise ValueError(f"{self.path / 'captions.jsonl'}:{lineno}: {e}") from None
-                self._records.append((rec.get("file", str(lineno - 1)), texts, rec.get("attributes")))
+                self._records.append((rec.get("file", str(lineno - 1)), texts, rec.get("attributes"), rec.get("palette")))
         if flip and any(r[2] is not None for r in self._records):
             raise ValueError(f"{self.path}: flip=True would contradict the left/right ground truth "
                              "of a prepared shapes set")
         self._images: np.ndarray | None = None
+        self._sketches: np.ndarray | None = None
         shape = self._array().shape
         if shape != (len(self._records), self.prepared_resolution, self.prepared_resolution, 3):
             raise ValueError(f"{self.path / 'images.npy'}: shape {shape} does not match "
@@ -203,6 +228,7 @@ class PreparedDataset(CaptionedImages):
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_images"] = None
+        state["_sketches"] = None
         return state
 
     def _num_raw(self) -> int:
@@ -225,3 +251,16 @@ class PreparedDataset(CaptionedImages):
 
     def _name(self, raw: int) -> str:
         return self._records[raw][0]
+
+    def stored_guides(self, index: int) -> dict:
+        """The palette (["#rrggbb", ...]) and sketch (float [3, g, g] in [0, 1], mirrored for the flipped
+        copies) stored for item `index`; each None where the set has none (data/guides.py)."""
+        raw = index % self._num_raw()
+        sketch = None
+        if (self.path / "sketches.npy").is_file():
+            if self._sketches is None:
+                self._sketches = np.load(self.path / "sketches.npy", mmap_mode="r")
+            sketch = torch.from_numpy(np.array(self._sketches[raw])).permute(2, 0, 1).float() / 255  # [3, g, g]
+            if index >= self._num_raw():
+                sketch = sketch.flip(-1)
+        return {"palette": self._records[raw][3], "sketch": sketch}

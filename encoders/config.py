@@ -8,6 +8,7 @@ KINDS = ("embedding", "recurrent", "transformer")
 CODINGS = ("rate", "latency")
 RATE_NOISES = ("fresh", "frozen")
 RECURRENT_CELLS = ("rleaky", "slstm")
+MAX_COLOURS = 5  # palette slots of a guided encoder (encoders/guides.py)
 
 
 @dataclass
@@ -39,6 +40,15 @@ class EncoderConfig:
     # values (rate: p at every step; latency: the soft spike) and the neurons fire and reset through a
     # smooth step instead of the Heaviside (encoders/spiking.py). Saved configs without the key: True.
     spikes: bool = True
+    # Guides (encoders/guides.py): a palette of up to MAX_COLOURS colours and a sketch cut to a sketch_grid x
+    # sketch_grid grid, spike-coded into tokens after the caption's. Saved configs without the keys: off.
+    palette: bool = False  # take a colour palette
+    sketch_grid: int = 0  # side of the sketch grid; 0 = no sketch
+
+    @property
+    def guide_tokens(self) -> int:
+        """Token slots the guides add after the caption's max_length (MAX_COLOURS palette colours + grid^2 cells)."""
+        return (MAX_COLOURS if self.palette else 0) + self.sketch_grid**2
 
     def __post_init__(self) -> None:
         def check(ok: bool, option: str, why: str) -> None:
@@ -57,6 +67,9 @@ class EncoderConfig:
         check(self.latency_sigma > 0, "latency_sigma", "must be > 0")
         check(self.feature_cache >= 0, "feature_cache", "must be >= 0")
         check(isinstance(self.spikes, bool), "spikes", "must be true or false")
+        check(isinstance(self.palette, bool), "palette", "must be true or false")
+        check(isinstance(self.sketch_grid, int) and 0 <= self.sketch_grid <= 32, "sketch_grid",
+              "must be an int in 0..32 (0 = no sketch)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

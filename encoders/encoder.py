@@ -21,6 +21,7 @@ from torch import nn
 from .code import SpikeCode
 from .coding import SpikeCoder
 from .config import EncoderConfig
+from .guides import GuideEncoder, check_guides
 from .minilm import FEATURE_DIM, FrozenMiniLM, MiniLMTokenizer
 from .spiking import SpikingStack, spike_stats
 from .tokenizer import PAD_ID, TokenBatch, WordTokenizer
@@ -83,6 +84,11 @@ class SpikingTextEncoder(nn.Module):
         self.pooled_head = Readout(in_features=pooled_stats * cfg.hidden, out_features=cfg.code_dim)
         self.token_head = Readout(in_features=2 * cfg.hidden, out_features=cfg.code_dim)
         self.code_norm = CodeNorm(features=cfg.code_dim) if cfg.code_norm else nn.Identity()
+        self.guides = None
+        if cfg.guide_tokens:  # on a forked RNG: the text path initialises as it does without guides
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(torch.randint(2**62, ())) + 1)  # a stream of its own, from the global seed
+                self.guides = GuideEncoder(cfg)
 
     @property
     def code_dim(self) -> int:
@@ -132,7 +138,23 @@ class SpikingTextEncoder(nn.Module):
 
         stats = spike_stats(self.stack, spikes_in, layer_spikes, step_mask)
         trains = {"input": spikes_in, **{f"layer{i + 1}": s for i, s in enumerate(layer_spikes)}}
+        if self.guides is not None:
+            tokens, mask, pooled = self.join_guides(batch, tokens, mask, pooled, generator)
+        else:
+            check_guides(self.cfg, batch.guides)  # refuses guides a model without them is given
         return SpikeCode(pooled, tokens, mask, stats), trains
+
+    def join_guides(self, batch: TokenBatch, tokens: torch.Tensor, mask: torch.Tensor, pooled: torch.Tensor,
+                    generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The caption's tokens [B, L, C] padded to max_length, then the guide tokens [B, S, C]; the
+        pooled code [B, C] plus the guides' addition. Returns (tokens, mask, pooled)."""
+        B, L, C = tokens.shape
+        M = self.cfg.max_length
+        assert L <= M, (L, M)
+        g_tokens, g_mask, g_pooled = self.guides(batch.guides, B, tokens.device, generator)
+        tokens = torch.cat([tokens, tokens.new_zeros(B, M - L, C), g_tokens.to(tokens.dtype)], dim=1)  # [B, M + S, C]
+        mask = torch.cat([mask, mask.new_zeros(B, M - L), g_mask], dim=1)
+        return tokens, mask, pooled + g_pooled.to(pooled.dtype)
 
     def resize_vocab(self, new_size: int) -> None:
         raise NotImplementedError

@@ -15,6 +15,7 @@ from data.files import atomic_write_text
 
 import torch
 
+from .guides import Guides
 from .prompt import parse_prompt
 
 PAD, UNK = "<pad>", "<unk>"
@@ -32,17 +33,20 @@ class TokenBatch:
     mask:    [B, L] bool, True where a real token stands (a prefix of each row).
     weights: [B, L] float emphasis weight per token (0 at padding).
     words:   the token strings per prompt (len(words[b]) == mask[b].sum()).
+    guides:  the prompts' palettes and sketches (encoders.guides.Guides, B rows), or None.
     """
 
     ids: torch.Tensor
     mask: torch.Tensor
     weights: torch.Tensor
     words: list[list[str]]
+    guides: Guides | None = None
 
     def __post_init__(self) -> None:
         assert self.ids.ndim == 2 and self.ids.shape == self.mask.shape == self.weights.shape, (
             self.ids.shape, self.mask.shape, self.weights.shape)
         assert len(self.words) == self.ids.shape[0], (len(self.words), self.ids.shape)
+        assert self.guides is None or len(self.guides) == len(self.words), (len(self.guides), len(self.words))
 
     def __len__(self) -> int:
         return self.ids.shape[0]
@@ -53,17 +57,25 @@ class TokenBatch:
         return self.mask.sum(dim=1)
 
     def to(self, device: torch.device | str) -> TokenBatch:
-        return TokenBatch(self.ids.to(device), self.mask.to(device), self.weights.to(device), self.words)
+        return TokenBatch(self.ids.to(device), self.mask.to(device), self.weights.to(device), self.words,
+                          None if self.guides is None else self.guides.to(device))
+
+    def with_guides(self, guides: Guides | None) -> TokenBatch:
+        """The same prompts with these guides (B rows, or None)."""
+        return TokenBatch(self.ids, self.mask, self.weights, self.words, guides)
 
     def index(self, idx: Sequence[int] | slice) -> TokenBatch:
         """Rows `idx` of the batch."""
         rows = list(range(len(self)))[idx] if isinstance(idx, slice) else [int(i) for i in idx]
-        return TokenBatch(self.ids[rows], self.mask[rows], self.weights[rows], [self.words[i] for i in rows])
+        return TokenBatch(self.ids[rows], self.mask[rows], self.weights[rows], [self.words[i] for i in rows],
+                          None if self.guides is None else self.guides.index(rows))
 
     @staticmethod
     def cat(batches: Sequence[TokenBatch]) -> TokenBatch:
-        """The rows of several batches in order, padded to the longest."""
+        """The rows of several batches in order, padded to the longest (guides in all or in none)."""
         L = max(b.ids.shape[1] for b in batches)
+        if any(b.guides is None for b in batches) and not all(b.guides is None for b in batches):
+            raise ValueError("TokenBatch.cat: some batches have guides and some do not")
 
         def pad(t: torch.Tensor, value) -> torch.Tensor:
             return torch.nn.functional.pad(t, (0, L - t.shape[1]), value=value)
@@ -71,7 +83,8 @@ class TokenBatch:
         return TokenBatch(torch.cat([pad(b.ids, PAD_ID) for b in batches]),
                           torch.cat([pad(b.mask, False) for b in batches]),
                           torch.cat([pad(b.weights, 0.0) for b in batches]),
-                          [w for b in batches for w in b.words])
+                          [w for b in batches for w in b.words],
+                          None if batches[0].guides is None else Guides.cat([b.guides for b in batches]))
 
     @staticmethod
     def from_lists(ids: list[list[int]], weights: list[list[float]], words: list[list[str]]) -> TokenBatch:

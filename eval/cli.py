@@ -110,6 +110,11 @@ def score_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip-weights", metavar="PATH", default=None,
                    help="open_clip checkpoint for clip_score (needs the extra open_clip_torch)")
     p.add_argument("--clip-arch", default="ViT-B-32", help="open_clip architecture of --clip-weights")
+    p.add_argument("--palette-tolerance", type=float, default=15.0,
+                   help="palette: CIE76 delta E within which a pixel shows a palette colour (default 15)")
+    p.add_argument("--palette-shift", type=int, default=0,
+                   help="palette: image i gets the palette of reference item i + this; 0 = its own, another "
+                        "value a palette that mostly disagrees with the caption")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     return p
 
@@ -217,7 +222,8 @@ def run_score(args: argparse.Namespace, argv: Sequence[str], *, extractor: Any =
         lpips_prompts=args.lpips_prompts, lpips_seeds=args.lpips_seeds, scorer=args.scorer,
         scorer_num=args.scorer_num, scorer_text=args.scorer_text, probe=args.probe,
         clip_weights=args.clip_weights, clip_arch=args.clip_arch, extractor=extractor,
-        text_embedder=text_embedder, log=log)
+        text_embedder=text_embedder, log=log, palette_tolerance=args.palette_tolerance,
+        palette_shift=args.palette_shift)
 
     def reference(res: int):
         if res not in datasets:

@@ -20,6 +20,8 @@ Metrics:
 - attributes: probe accuracy per attribute on the shapes domain (`eval.attributes`).
 - clip_score: CLIPScore (100 * max(cos, 0)) with user-supplied open_clip weights (`eval.clip`).
 - emphasis, order, energy: what the spikes carry and cost (`eval.emphasis`, `eval.order`, `eval.energy`).
+- palette, sketch: adherence to the guides of a model trained with them (`eval.guides`); image i gets
+  the palette of reference item i + palette_shift (0: its own) or the sketch of item i, not both.
 
 The scorer and the probe are fitted on demand and cached by `eval.fitted`.
 """
@@ -51,13 +53,14 @@ class MetricError(ValueError):
 @torch.no_grad()
 def generate(model, tokenizer, prompts: Sequence[str], seeds: Sequence[int], *, batch: int = 32,
              device: str | torch.device = "cpu", psi: float = 1.0, noise_mode: str = "const",
-             emphasis: bool = True) -> Iterator[torch.Tensor]:
+             emphasis: bool = True, guides=None) -> Iterator[torch.Tensor]:
     """Image i from (prompts[i], seeds[i]), in batches: yields uint8 [b, 3, R, R] on the CPU.
 
     model: gan.model.TextToImage (eval mode); z of seed s is `seed_latents([s])` (N(0, I) from
     torch.Generator().manual_seed(s), the sampling pipeline's rule), so an image depends on its
     prompt and seed only. emphasis=False reads the prompts literally, as training reads captions
-    ("cocos (keeling) islands flag" is a caption, not an emphasis of "keeling")."""
+    ("cocos (keeling) islands flag" is a caption, not an emphasis of "keeling"). guides: an
+    encoders.guides.Guides with one row per image, or None."""
     from data import to_uint8
     from gan.pipeline import seed_latents
 
@@ -67,7 +70,10 @@ def generate(model, tokenizer, prompts: Sequence[str], seeds: Sequence[int], *, 
         raise ValueError(f"--batch must be >= 1, got {batch}")
     z_dim = int(model.generator.z_dim)
     for lo in range(0, len(prompts), batch):
-        tokens = tokenizer(list(prompts[lo : lo + batch]), emphasis=emphasis).to(device)
+        tokens = tokenizer(list(prompts[lo : lo + batch]), emphasis=emphasis)
+        if guides is not None:
+            tokens = tokens.with_guides(guides.index(slice(lo, lo + batch)))
+        tokens = tokens.to(device)
         code = model.encoder(tokens)
         z = seed_latents(seeds[lo : lo + batch], z_dim).to(device)  # [b, z_dim]
         img = model.generator(z, code, psi=psi, noise_mode=noise_mode)  # [b, 3, R, R] float ~[-1, 1]
@@ -100,6 +106,8 @@ class MetricOptions:
     probe: str | None = None  # Trained attribute probe folder; None = the cached one (trained on demand).
     clip_weights: str | None = None  # open_clip checkpoint for clip_score.
     clip_arch: str = "ViT-B-32"  # open_clip architecture of those weights.
+    palette_tolerance: float = 15.0  # palette: CIE76 ΔE within which a pixel shows a palette colour.
+    palette_shift: int = 0  # palette: image i gets the palette of reference item i + this (0 = its own).
     extractor: Any = None  # Image features uint8 [B,3,H,W] -> [B,D]; None = InceptionFeatures (tests inject stand-ins).
     text_embedder: Any = None  # Frozen sentence embedder captions -> [N,384]; None = MiniLM when needed.
     log: Callable[[str], None] | None = None  # Progress messages.
@@ -434,6 +442,62 @@ def attributes(ctx: Context) -> dict:
 def clip_score(ctx: Context) -> dict:
     """CLIPScore (torchmetrics' definition: 100 * max(cosine, 0)) with user-supplied open_clip weights."""
     return {"clip_score": float(ctx.generated["clip"].double().mean())}
+
+
+def guided_reference(ctx: Context, *, palette: bool, sketch: bool):
+    """The reference items with the guides the model takes (data.guides.GuidedDataset), or a
+    MetricError naming the metric when the model was trained without them."""
+    from data.guides import GuidedDataset
+    from encoders.config import MAX_COLOURS
+
+    cfg = ctx.model.cfg.encoder
+    if palette and not cfg.palette:
+        raise MetricError("palette: this model was trained without a palette input (train one with --palette on)")
+    if sketch and not cfg.sketch_grid:
+        raise MetricError("sketch: this model was trained without a sketch input (train one with --sketch-grid 8)")
+    return GuidedDataset(ctx.dataset, colours=MAX_COLOURS if palette else 0, grid=cfg.sketch_grid if sketch else 0)
+
+
+def generate_guided(ctx: Context, guides) -> torch.Tensor:
+    """uint8 [num, 3, R, R]: image i from prompt i, seed `seed + i` and guides row i."""
+    return torch.cat(list(generate(ctx.model, ctx.tokenizer, ctx.prompts(), ctx.seeds(), batch=ctx.opts.batch,
+                                   device=ctx.opts.device, psi=ctx.opts.psi, emphasis=ctx.emphasis, guides=guides)))
+
+
+@register("palette", images=False)
+def palette(ctx: Context) -> dict:
+    """Palette adherence: share of the palette's colours in the image, share of pixels far from all of them."""
+    from encoders.guides import Guides
+    from eval.guides import palette_adherence
+
+    if not ctx.opts.palette_tolerance > 0:
+        raise MetricError(f"--palette-tolerance must be > 0, got {ctx.opts.palette_tolerance}")
+    ref, n = guided_reference(ctx, palette=True, sketch=False), ctx.opts.num
+    items = [ref[(i + ctx.opts.palette_shift) % len(ref)] for i in range(n)]
+    colours = torch.stack([it["palette"] for it in items])
+    weights = torch.stack([it["palette_weights"] for it in items])
+    images = generate_guided(ctx, Guides(colours, weights))
+    coverage, outside = palette_adherence(images, colours, weights, tolerance=ctx.opts.palette_tolerance)
+    return {"palette_coverage": float(coverage.mean()), "palette_outside": float(outside.mean())}
+
+
+@register("sketch", images=False)
+def sketch(ctx: Context) -> dict:
+    """Sketch adherence: object-mask IoU on shapes, else the mean colour error per sketch cell."""
+    from data.guides import scene_mask
+    from data.shapes import Scene
+    from encoders.guides import Guides
+    from eval.guides import mask_iou, object_masks, sketch_cell_error
+
+    ref, n = guided_reference(ctx, palette=False, sketch=True), ctx.opts.num
+    items = [ref[i % len(ref)] for i in range(n)]
+    sketches = torch.stack([it["sketch"] for it in items])
+    images = generate_guided(ctx, Guides(sketch=sketches, sketch_mask=torch.ones(n, dtype=torch.bool)))
+    out = {"sketch_cell_error": float(sketch_cell_error(images, sketches).mean())}
+    if all("attributes" in it for it in items):
+        target = torch.stack([scene_mask(Scene.from_dict(it["attributes"]), ctx.resolution) > 0.5 for it in items])
+        out["sketch_iou"] = float(mask_iou(object_masks(images), target).mean())
+    return out
 
 
 def _mean(values) -> float | None:

@@ -144,9 +144,10 @@ class ModelConfig:
             if cfg.c_dim != self.encoder.code_dim:
                 raise ValueError(f"{what}.c_dim {cfg.c_dim} != encoder.code_dim {self.encoder.code_dim}")
         g = self.generator
-        if g.layout_resolution and self.encoder.max_length > g.max_tokens:
-            raise ValueError(f"encoder.max_length {self.encoder.max_length} > generator.max_tokens {g.max_tokens}: "
-                             f"the layout has positions for {g.max_tokens} tokens")
+        tokens = self.encoder.max_length + self.encoder.guide_tokens  # the caption's, then the guides'
+        if g.layout_resolution and tokens > g.max_tokens:
+            raise ValueError(f"encoder.max_length {self.encoder.max_length} + guide tokens {self.encoder.guide_tokens} > "
+                             f"generator.max_tokens {g.max_tokens}: the layout has positions for {g.max_tokens} tokens")
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -2,12 +2,14 @@
 
     pipe = Pipeline.from_pretrained("runs/shapes32/model")
     images = pipe(["a (red:1.4) circle", "a blue square"], seeds=[0, 1, 2])   # 6 PIL images
+    images = pipe(["a circle"], [0], palette="#ff0000,#0000ff:1.5", sketch="layout.png")  # with guides
 
 Images come prompt-major: image i is prompt i // len(seeds) with seed i % len(seeds), so a
 grid with one row per prompt and one column per seed is `image_grid(images, rows=P, cols=S)`.
 The latent z of a seed is `torch.randn(1, z_dim, generator=torch.Generator().manual_seed(seed))`
 drawn on the CPU, and each prompt is encoded on its own, so an image depends on its prompt
-and seed only, never on what else shares its batch.
+and seed only, never on what else shares its batch. A palette and a sketch (encoders/guides.py), for
+a model trained with them, guide every image of a call.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from encoders import SpikeCode
+from encoders.guides import Guides, Palette, check_guides, parse_palette
 from gan.grid import image_grid, to_pil
 
 Truncation = Literal["prompt", "global"]
@@ -129,16 +132,31 @@ class Pipeline:
     # ----------------------------------------------------------------------------------------
     # Building blocks: encode, latents, mapping, synthesis.
 
+    def guides(self, palette: str | Palette | None = None, sketch=None) -> Guides | None:
+        """One image's guides from a palette ('#ff0000,#0000ff:1.5' or a Palette) and a sketch (an
+        image file, PIL image, array or tensor; encoders.guides.load_sketch), or None without either.
+        Raises GuideError for bad input and for guides this model was not trained with."""
+        if palette is None and sketch is None:
+            return None
+        cfg = self.encoder.cfg
+        if isinstance(palette, str):
+            palette = parse_palette(palette)
+        check_guides(cfg, Guides.build(1, palette=palette) if palette is not None else None)
+        if sketch is not None and not cfg.sketch_grid:
+            check_guides(cfg, Guides.build(1, sketch=torch.zeros(1, 3, 1, 1)))  # the refusal, before reading a file
+        return Guides.build(1, palette=palette, sketch=sketch, grid=cfg.sketch_grid)
+
     @torch.no_grad()
-    def encode(self, prompts: Sequence[str]) -> SpikeCode:
-        """Prompts (emphasis syntax allowed) -> SpikeCode with batch len(prompts) on the device.
+    def encode(self, prompts: Sequence[str], guides: Guides | None = None) -> SpikeCode:
+        """Prompts (emphasis syntax allowed) -> SpikeCode with batch len(prompts) on the device;
+        `guides` (one image's, see `guides`) guide every prompt.
 
         Each prompt is encoded alone, so its code does not depend on the others' lengths.
         """
         if isinstance(prompts, str):
             prompts = [prompts]
         unique = list(dict.fromkeys(prompts))
-        codes = SpikeCode.cat([self.encoder(self.tokenizer([p]).to(self.device)) for p in unique])
+        codes = SpikeCode.cat([self.encoder(self.tokenizer([p]).with_guides(guides).to(self.device)) for p in unique])
         return codes if len(unique) == len(prompts) else codes.index([unique.index(p) for p in prompts])
 
     def latents(self, seeds: Sequence[int]) -> torch.Tensor:
@@ -176,13 +194,14 @@ class Pipeline:
         return torch.cat(out)
 
     def prepare(self, prompts: Sequence[str] | str, seeds: Sequence[int] | int, *, psi: float = 1.0,
-                truncation: Truncation = "prompt") -> Latents:
-        """Every prompt with every seed (prompt-major) -> Latents with batch P * S."""
+                truncation: Truncation = "prompt", palette: str | Palette | None = None, sketch=None) -> Latents:
+        """Every prompt with every seed (prompt-major) -> Latents with batch P * S; the palette and
+        sketch, if given, guide every image (see `guides`)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         seeds = [seeds] if isinstance(seeds, int) else list(seeds)
         if not prompts or not seeds:
             raise ValueError(f"need at least one prompt and one seed, got {len(prompts)} and {len(seeds)}")
-        codes = self.encode(prompts)                                   # [P]
+        codes = self.encode(prompts, self.guides(palette, sketch))    # [P]
         z = self.latents(seeds)                                        # [S, z_dim]
         P, S = len(prompts), len(seeds)
         rows = torch.arange(P).repeat_interleave(S).tolist()           # prompt of each image
@@ -228,15 +247,18 @@ class Pipeline:
         noise_mode: NoiseMode = "const",
         batch: int = 16,
         output_type: Literal["pil", "pt"] = "pil",
+        palette: str | Palette | None = None,
+        sketch=None,
     ) -> list[PIL.Image.Image] | torch.Tensor:
-        """Generate one image per (prompt, seed), prompt-major.
+        """Generate one image per (prompt, seed), prompt-major, guided by the palette and sketch
+        if given (a model trained with them; see `guides`).
 
         Returns P * S PIL images, or with output_type="pt" a float tensor [P*S, 3, R, R] in
         about [-1, 1] on the device.
         """
         if output_type not in ("pil", "pt"):
             raise ValueError(f"output_type must be 'pil' or 'pt', got {output_type!r}")
-        lat = self.prepare(prompts, seeds, psi=psi, truncation=truncation)
+        lat = self.prepare(prompts, seeds, psi=psi, truncation=truncation, palette=palette, sketch=sketch)
         images = self.synthesize(lat.ws, lat.code, noise_mode=noise_mode, batch=batch)
         return images if output_type == "pt" else to_pil(images)
 

@@ -7,8 +7,9 @@ would have.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from gan.signals import leave_stop_signals_to_parent
@@ -49,3 +50,19 @@ def make_loader(dataset, *, batch_gpu: int, rank: int, world: int, seed: int, st
         dataset, batch_size=batch_gpu, sampler=sampler, collate_fn=collate, num_workers=workers,
         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed),  # keeps global RNG untouched
         prefetch_factor=4 if workers > 0 else None, worker_init_fn=leave_stop_signals_to_parent)
+
+
+def batch_guides(batch: dict, *, drop: float, key: Sequence[int]):
+    """The palettes and sketches of a collated batch of data.guides.GuidedDataset items as
+    encoders.guides.Guides, each dropped with probability `drop` (per image and kind). The drop is
+    drawn from a generator seeded with `key` (seed, rank, step, micro-batch), so a resumed run drops
+    exactly what the original did; None when the batch carries no guides."""
+    from encoders.guides import Guides
+
+    if "palette" not in batch and "sketch" not in batch:
+        return None
+    sketch = batch.get("sketch")
+    guides = Guides(batch.get("palette"), batch.get("palette_weights"), sketch,
+                    None if sketch is None else torch.ones(sketch.shape[0], dtype=torch.bool))
+    seed = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
+    return guides.dropped(drop, torch.Generator().manual_seed(seed))

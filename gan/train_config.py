@@ -62,6 +62,7 @@ class TrainConfig:
     max_nonfinite: int = 20  # Stop after this many consecutive steps with a non-finite loss.
     threads: int | None = None  # torch.set_num_threads per process; None = leave torch's default.
     model: dict = field(default_factory=dict)  # Overrides merged into the preset's ModelConfig dict (a fresh run).
+    input_drop: float = 0.5  # Probability that a training image loses its palette (and, apart, its sketch).
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -104,6 +105,7 @@ def resolve_config(preset: str = "shapes32", **overrides: Any) -> TrainConfig:
 
 def model_config(cfg: TrainConfig):
     """The ModelConfig a fresh run builds: the preset, the --encoder kind, then cfg.model."""
+    from encoders import EncoderConfig
     from gan.config import ModelConfig
     from gan.presets import preset
 
@@ -111,6 +113,10 @@ def model_config(cfg: TrainConfig):
     if cfg.encoder is not None:
         d["encoder"]["kind"] = cfg.encoder
     d = deep_merge(d, cfg.model)
+    guided = EncoderConfig.from_dict(d["encoder"])
+    if guided.guide_tokens:  # the layout map needs a learned position for every guide token too
+        need = guided.max_length + guided.guide_tokens
+        d["generator"]["max_tokens"] = max(d["generator"].get("max_tokens", need), need)
     if d.get("projected") is not None:  # the projected D sees the model's images and codes
         d["projected"] = {"resolution": d["resolution"], "c_dim": d["encoder"]["code_dim"], **d["projected"]}
     return ModelConfig.from_dict(d)
@@ -138,6 +144,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.workers >= 0, f"--workers must be >= 0, got {cfg.workers}")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
     need(cfg.keep >= 1, f"keep must be >= 1, got {cfg.keep}")
+    need(0 <= cfg.input_drop <= 1, f"--input-drop must lie in [0, 1], got {cfg.input_drop}")
     need(cfg.ema_kimg >= 0, f"ema_kimg must be >= 0, got {cfg.ema_kimg}")
     need(cfg.max_nonfinite >= 1, f"max_nonfinite must be >= 1, got {cfg.max_nonfinite}")
     need(not (cfg.resume and cfg.init_from), "--resume and --init-from exclude each other")
@@ -156,6 +163,8 @@ def check_config(cfg: TrainConfig) -> None:
     need(loss.sketch_weight == 0 or warm.kimg > 0,
          f"--sketch-weight {loss.sketch_weight} needs --warmup-kimg > 0: the sketch is the warmed layout map's")
     encoder = cfg.model.get("encoder", {})
+    grid = encoder.get("sketch_grid", 0)
+    need(isinstance(grid, int) and 0 <= grid <= 32, f"--sketch-grid must be an int in 0..32 (0 = no sketch), got {grid}")
     need(encoder.get("max_length", 1) >= 1, f"--max-length must be >= 1, got {encoder.get('max_length')}")
     need(encoder.get("steps_per_token", 1) >= 1,
          f"--steps-per-token must be >= 1, got {encoder.get('steps_per_token')}")
@@ -171,7 +180,8 @@ def check_config(cfg: TrainConfig) -> None:
 def model_flags(model: dict) -> str:
     """The flags that set these ModelConfig overrides, for error messages."""
     flags = {("encoder", "max_length"): "--max-length", ("encoder", "steps_per_token"): "--steps-per-token",
-             ("encoder", "spikes"): "--encoder-spikes", ("generator", "layout_resolution"): "--layout-resolution",
+             ("encoder", "spikes"): "--encoder-spikes", ("encoder", "palette"): "--palette",
+             ("encoder", "sketch_grid"): "--sketch-grid", ("generator", "layout_resolution"): "--layout-resolution",
              ("projected", "backbone_resolution"): "--discriminator projected / --backbone-resolution"}
     named = [flags.get((section, key), f"model.{section}.{key}") for section, sub in model.items()
              for key in (sub if isinstance(sub, dict) else {section: sub})]

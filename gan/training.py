@@ -36,7 +36,7 @@ from gan.layout import LayoutTeacher
 from gan.loss import GANLoss
 from gan.reporting import MainProcess, TickStats, flat_hparams, peak_rss_mb
 from gan.signals import catch_stop_signals
-from gan.stream import MicroBatch, make_loader
+from gan.stream import MicroBatch, batch_guides, make_loader
 from gan.train_config import TrainConfig, check_config, model_config, split_batch
 from gan.warmup import run_warmup
 
@@ -144,6 +144,12 @@ def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess)
         tokenizer = make_tokenizer(model_cfg.encoder, captions)
         model_cfg = model_cfg.replace(vocab_size=len(tokenizer))
         model = TextToImage(model_cfg)
+    if model_cfg.encoder.guide_tokens:  # items carry the palette and sketch the encoder takes
+        from data.guides import GuidedDataset
+        from encoders.config import MAX_COLOURS
+
+        dataset = GuidedDataset(dataset, colours=MAX_COLOURS if model_cfg.encoder.palette else 0,
+                                grid=model_cfg.encoder.sketch_grid)
     if resume_dir is not None and (cfg.loss.word_weight > 0) != (model_cfg.discriminator.word_classes > 0):
         raise ValueError(f"--word-weight {cfg.loss.word_weight}: the run in {resume_dir} was trained "
                          f"{'with' if model_cfg.discriminator.word_classes else 'without'} D's word classifier; "
@@ -274,12 +280,13 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
                          start=state.step * batch_gpu * accum, workers=cfg.workers)
     batches = iter(loader)
 
-    def next_micro() -> MicroBatch:
+    def next_micro(k: int) -> MicroBatch:
         from data import to_float
 
         b = next(batches)
         with cuts_reported():
             tokens = tokenizer(b["text"], emphasis=False)
+        tokens = tokens.with_guides(batch_guides(b, drop=cfg.input_drop, key=(cfg.seed, rank, state.step, k)))
         return MicroBatch(real=to_float(b["image"]).to(device), tokens=tokens.to(device), index=b["index"])
 
     exits = ExitStack()
@@ -367,7 +374,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     interrupted = False
     try:
         while state.nimg < total_nimg:
-            micro = [next_micro() for _ in range(accum)]
+            micro = [next_micro(k) for k in range(accum)]
             D_raw.requires_grad_(False)
             ok = run_phase("Gmain", G_step, g_opt, micro)
             D_raw.requires_grad_(True)

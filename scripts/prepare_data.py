@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=None, help="number of scenes (SRC 'shapes' only)")
     p.add_argument("--seed", type=int, default=0, help="seed of the scenes (SRC 'shapes' only)")
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: up to 4)")
+    p.add_argument("--sketch-grid", type=int, default=8,
+                   help="grid of the sketch stored per image for models with guides (folder sources; default 8)")
     return p
 
 
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--min-size must be >= 1, got {args.min_size}")
     if args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {str(args.out)!r} exists and is not a directory")
+    if args.sketch_grid < 1:
+        parser.error(f"--sketch-grid must be >= 1, got {args.sketch_grid}")
     if args.workers is not None and args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
 
@@ -75,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         caption_column=args.caption_column)
     try:
         report = prepare_dataset(src, args.out, resolution=args.resolution, count=args.count,
-                                 seed=args.seed, workers=args.workers, **folder_kwargs)
+                                 seed=args.seed, workers=args.workers, sketch_grid=args.sketch_grid, **folder_kwargs)
     except EmptyDatasetError as e:
         print(f"error: {e}\nreport: {args.out / 'report.json'}", file=sys.stderr)
         return 1

@@ -6,6 +6,7 @@
     spikegan-sample --model M --prompt "a red circle" --seeds 0-3 --style-mix --col-seeds 10-13 --out mix.png
     spikegan-sample --model M --prompt "a red circle" --seeds 0-3 --raster --attention --out out/
     spikegan-sample --model M --prompt "a red circle" --seeds 0-3 --refine 100 --alignment-scorer S --out out/
+    spikegan-sample --model M --prompt "a circle" --palette "#ff0000,#0000ff:1.5" --sketch layout.png --out out/
 
 --out is a folder, or a file name for the one-file modes (--grid: .png, --interpolate: .gif,
 --style-mix: .png); given a folder there, they write grid.png / interpolation.gif /
@@ -37,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="PATH", help="output folder (or file for --grid/--interpolate/--style-mix)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     p.add_argument("--batch", type=int, default=16, help="images per generator call")
+    p.add_argument("--palette", default=None, metavar="COLOURS",
+                   help="guide every image by 1-5 colours #rrggbb, optionally weighted: '#ff0000,#0000ff:1.5' "
+                        "(a model trained with --palette on)")
+    p.add_argument("--sketch", default=None, metavar="IMAGE",
+                   help="guide every image by a rough layout image of any size (a model trained with --sketch-grid)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--grid", action="store_true", help="one grid PNG: rows are prompts, columns are seeds")
     mode.add_argument("--interpolate", action="store_true", help="a GIF walking through every prompt x seed keyframe")
@@ -92,6 +98,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--refine: steps must be >= 0, got {args.refine}")
     if args.refine and (args.grid or args.interpolate or args.style_mix):
         parser.error("--refine writes before/after images per prompt and seed; drop --grid/--interpolate/--style-mix")
+    if (args.palette is not None or args.sketch is not None) and (args.refine or args.interpolate or args.style_mix):
+        parser.error("--palette and --sketch guide plain images and --grid; drop --refine/--interpolate/--style-mix")
+    if args.palette is not None:
+        from encoders.guides import GuideError, parse_palette
+
+        try:
+            args.palette = parse_palette(args.palette)
+        except GuideError as e:
+            parser.error(f"--palette: {e}")
     if args.refine and not args.alignment_scorer:
         parser.error("--refine: needs --alignment-scorer DIR (train one with `python -m eval train-scorer`)")
     if args.interpolate and len(args.prompt_list) * len(args.seed_list) < 2:
@@ -119,12 +134,13 @@ def run(args: argparse.Namespace) -> list[Path]:
 
     pipe = Pipeline.from_pretrained(args.model, device=args.device)
     gen = dict(psi=args.truncation, truncation=args.truncation_mode, noise_mode=args.noise_mode, batch=args.batch)
+    guides = dict(palette=args.palette, sketch=args.sketch)
     prompts, seeds = args.prompt_list, args.seed_list
     written: list[Path] = []
     out = Path(args.out)
 
     if args.mode == "grid":
-        images = pipe(prompts, seeds, **gen)
+        images = pipe(prompts, seeds, **gen, **guides)
         path = output_file(args.out, "grid.png", ".png")
         path.parent.mkdir(parents=True, exist_ok=True)
         image_grid(images, rows=len(prompts), cols=len(seeds)).save(path)
@@ -150,7 +166,7 @@ def run(args: argparse.Namespace) -> list[Path]:
         out.mkdir(parents=True, exist_ok=True)
         folder = out
         if not args.refine:
-            images = pipe(prompts, seeds, **gen)
+            images = pipe(prompts, seeds, **gen, **guides)
             for k, im in enumerate(images):
                 p, s = divmod(k, len(seeds))
                 im.save(out / image_name(p, seeds[s]))
@@ -251,11 +267,12 @@ def run_refine(pipe, args: argparse.Namespace, folder: Path) -> list[Path]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from encoders import PromptError
+    from encoders.guides import GuideError
     from gan.pipeline import ModelDirError
 
     try:
         written = run(args)
-    except (ModelDirError, PromptError, FileNotFoundError) as e:
+    except (ModelDirError, PromptError, GuideError, FileNotFoundError) as e:
         print(f"spikegan-sample: error: {e}", file=sys.stderr)
         return 1
     for path in written:

@@ -63,6 +63,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="tokens per caption (a fresh run); longer captions lose their last tokens")
     text.add_argument("--encoder-spikes", choices=("on", "off"), default=None,
                       help="off: the dense ablation, continuous values in place of spikes (a fresh run)")
+    text.add_argument("--palette", choices=("on", "off"), default=None,
+                      help="on: the model also takes a colour palette, spike-coded beside the words (a fresh run)")
+    text.add_argument("--sketch-grid", type=int, default=None,
+                      help="the model also takes a sketch cut to this grid, e.g. 8 (a fresh run; 0 = none)")
+    text.add_argument("--input-drop", type=float, default=None,
+                      help="probability that a training image loses its palette, and apart its sketch (default 0.5)")
     text.add_argument("--steps-per-token", type=int, default=None, help="time steps K per token window (a fresh run)")
     text.add_argument("--match-weight", type=float, default=None,
                       help="weight of the matching-aware term (real image, other caption = fake)")
@@ -96,7 +102,7 @@ def build_config(args: argparse.Namespace):
         batch=args.batch, batch_gpu=args.batch_gpu, g_lr=args.lr, d_lr=args.lr,
         encoder_lr_mult=args.encoder_lr_mult, layout_lr=args.layout_lr,
         mixed_precision=args.mixed_precision, seed=args.seed, snap=args.snap, resume=args.resume,
-        init_from=args.init_from, workers=args.workers, threads=args.threads)
+        init_from=args.init_from, workers=args.workers, threads=args.threads, input_drop=args.input_drop)
     sections = {
         "loss": {"r1_gamma": args.gamma, "match_weight": args.match_weight,
                  "contrastive_weight": args.contrastive_weight, "diversity_weight": args.diversity_weight,
@@ -104,7 +110,9 @@ def build_config(args: argparse.Namespace):
         "augment": {"mode": args.augment},
         "warmup": {"kimg": args.warmup_kimg, "layout_kimg": args.warmup_layout_kimg},
         "model": {"encoder": {"max_length": args.max_length, "steps_per_token": args.steps_per_token,
-                              "spikes": None if args.encoder_spikes is None else args.encoder_spikes == "on"},
+                              "spikes": None if args.encoder_spikes is None else args.encoder_spikes == "on",
+                              "palette": None if args.palette is None else args.palette == "on",
+                              "sketch_grid": args.sketch_grid},
                   "generator": {"layout_resolution": args.layout_resolution}},
     }
     for name, section in sections.items():

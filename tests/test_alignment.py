@@ -1,6 +1,4 @@
 """Alignment scorer mechanics on small stand-in features (no Inception, no downloads)."""
-import itertools
-import math
 
 import pytest
 import torch

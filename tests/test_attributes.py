@@ -1,7 +1,6 @@
 """Shapes attribute probe: ground truth -> targets, the scoring rule, a probe that learns, caching."""
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -91,7 +90,6 @@ def build_bad_folder(root: Path, outside: Path) -> dict[str, str]:
     png(root / "good.png")
     png(outside / "secret.png")
     (root / "corrupt.png").write_bytes(b"this is not an image")
-    good = (root / "good.png").read_bytes()
     (root / "truncated.png").write_bytes(png(root / "big.png", (64, 64), (1, 2, 3)).read_bytes()[:60])
     (root / "big.png").unlink()
     (root / "bomb.png").write_bytes(bomb_png(30000, 30000))

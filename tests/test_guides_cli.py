@@ -1,0 +1,132 @@
+"""Guides end to end on the tiny preset: train with a palette and a sketch (exact resume, seeded
+dropout), sample them from the pipeline and the CLI, score them with the eval CLI, and the refusals
+of a model trained without them."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from encoders.guides import GuideEncoder
+from eval import cli as eval_cli
+from eval.guides import mask_iou, palette_adherence
+from gan.pipeline import Pipeline
+from gan.stream import batch_guides
+from gan.train_config import resolve_config
+from gan.training import train
+from scripts import sample
+from tests.test_training import assert_same, weights
+
+GUIDED = dict(threads=1, model={"encoder": {"palette": True, "sketch_grid": 4}})
+
+
+def guided(out, **kw):
+    return resolve_config("tiny", out=str(out), **{**GUIDED, **kw})
+
+
+@pytest.fixture(scope="module")
+def guided_run(tmp_path_factory):
+    """0.064 kimg of the tiny preset with guides on (4 steps of 16 images)."""
+    return train(guided(tmp_path_factory.mktemp("guided"), kimg=0.064, snap=0.032))
+
+
+def layout_png(path):
+    rgb = np.zeros((24, 24, 3), dtype=np.uint8)
+    rgb[4:12, 2:10] = 255
+    PIL.Image.fromarray(rgb).save(path)
+    return path
+
+
+def test_guided_training_resumes_exactly(guided_run, tmp_path, monkeypatch):
+    cfg = json.loads((guided_run.out / "config.json").read_text())
+    assert cfg["model"]["encoder"]["palette"] is True and cfg["model"]["encoder"]["sketch_grid"] == 4
+    assert cfg["train"]["input_drop"] == 0.5
+    seen = []
+    forward = GuideEncoder.forward
+
+    def spy(self, guides, *args, **kw):
+        if guides is not None:
+            seen.append(((guides.palette_weights.sum(1) > 0).float().mean().item(), guides.sketch_mask.float().mean().item()))
+        return forward(self, guides, *args, **kw)
+
+    monkeypatch.setattr(GuideEncoder, "forward", spy)
+    train(guided(tmp_path, kimg=0.032, snap=0.032))
+    kept = torch.tensor(seen)  # share of images keeping each guide, per encoder call in the GAN phases
+    assert len(seen) > 0 and 0.2 < float(kept.mean()) < 0.8 and kept.min() < kept.max()
+    monkeypatch.undo()
+    resumed = train(guided(tmp_path, kimg=0.064, snap=0.032, model={}, resume="latest"))
+    assert_same(weights(resumed.model), weights(guided_run.model))
+    assert_same(weights(resumed.discriminator), weights(guided_run.discriminator))
+
+
+def test_dropout_follows_the_key():
+    batch = {"palette": torch.rand(64, 5, 3), "palette_weights": torch.ones(64, 5), "sketch": torch.rand(64, 3, 4, 4)}
+    a = batch_guides(batch, drop=0.5, key=(0, 0, 3, 0))
+    assert torch.equal(a.palette_weights, batch_guides(batch, drop=0.5, key=(0, 0, 3, 0)).palette_weights)
+    assert not torch.equal(a.sketch_mask, batch_guides(batch, drop=0.5, key=(0, 0, 4, 0)).sketch_mask)
+    assert batch_guides(batch, drop=0.0, key=(0,)).sketch_mask.all()
+    assert batch_guides({"image": None}, drop=0.5, key=(0,)) is None
+
+
+def test_pipeline_and_sample_cli_take_the_guides(guided_run, tmp_path, capsys):
+    model = guided_run.out / "model"
+    pipe = Pipeline.from_pretrained(model)
+    plain = pipe(["a red circle"], [0], output_type="pt")
+    red = pipe(["a red circle"], [0], palette="#ff0000", output_type="pt")
+    blue = pipe(["a red circle"], [0], palette="#0000ff:1.5", output_type="pt")
+    sketched = pipe(["a red circle"], [0], sketch=layout_png(tmp_path / "layout.png"), output_type="pt")
+    assert not torch.equal(plain, red) and not torch.equal(red, blue) and not torch.equal(plain, sketched)
+    assert torch.equal(red, pipe(["a red circle"], [0], palette="#ff0000", output_type="pt"))
+
+    grid = tmp_path / "grid.png"
+    rc = sample.main(["--model", str(model), "--prompt", "a red circle", "--prompt", "a blue square", "--seeds", "0-1",
+                      "--palette", "#ff0000,#0000ff:1.5", "--sketch", str(tmp_path / "layout.png"), "--grid",
+                      "--out", str(grid)])
+    assert rc == 0 and min(PIL.Image.open(grid).size) >= 2 * 16  # 2 prompts x 2 seeds of 16 px
+    (tmp_path / "junk.png").write_bytes(b"junk")
+    rc = sample.main(["--model", str(model), "--prompt", "a circle", "--seeds", "0", "--sketch",
+                      str(tmp_path / "junk.png"), "--out", str(tmp_path / "out")])
+    assert rc == 1 and "junk.png" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        sample.main(["--model", str(model), "--prompt", "a circle", "--palette", "#12345", "--out", str(tmp_path)])
+    assert "--palette" in (err := capsys.readouterr().err) and "'#12345'" in err
+
+
+def test_eval_cli_scores_the_guides(guided_run, tmp_path, capsys):
+    out = tmp_path / "scores.json"
+    rc = eval_cli.main(["--model", str(guided_run.out / "model"), "--data", "shapes", "--metrics", "palette,sketch",
+                        "--num", "4", "--batch", "2", "--json", str(out), "--device", "cpu", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    values = json.loads(out.read_text())["rows"][0]["values"]
+    assert set(values) == {"palette_coverage", "palette_outside", "sketch_cell_error", "sketch_iou"}
+    assert all(0 <= v <= 1 for v in values.values())
+
+
+def test_a_model_without_guides_refuses_them(tiny_model_dir, tmp_path, capsys):
+    rc = sample.main(["--model", str(tiny_model_dir), "--prompt", "a circle", "--seeds", "0", "--palette", "#ff0000",
+                      "--out", str(tmp_path / "a")])
+    assert rc == 1 and "trained without a palette" in capsys.readouterr().err
+    rc = sample.main(["--model", str(tiny_model_dir), "--prompt", "a circle", "--seeds", "0", "--sketch",
+                      str(layout_png(tmp_path / "s.png")), "--out", str(tmp_path / "b")])
+    assert rc == 1 and "trained without a sketch" in capsys.readouterr().err
+    rc = eval_cli.main(["--model", str(tiny_model_dir), "--data", "shapes", "--metrics", "palette", "--num", "2",
+                        "--device", "cpu", "--quiet"])
+    assert rc != 0 and "trained without a palette" in capsys.readouterr().err
+
+
+def test_adherence_measures_on_known_images():
+    img = torch.zeros(1, 3, 10, 10, dtype=torch.uint8)
+    img[0, 0, :, :5] = 255  # left half red, right half black
+    palette = torch.tensor([[[1.0, 0, 0], [0, 0, 1.0], [0, 0, 0]]])
+    coverage, outside = palette_adherence(img, palette, torch.tensor([[1.0, 1.0, 0.0]]))
+    assert coverage.tolist() == [0.5] and outside.tolist() == [0.5]  # blue missing; black is no palette colour
+    coverage, outside = palette_adherence(img, palette, torch.ones(1, 3))
+    assert coverage.tolist() == [pytest.approx(2 / 3)] and outside.tolist() == [0.0]
+    a = torch.zeros(1, 4, 4, dtype=torch.bool)
+    b = a.clone()
+    a[0, :2] = True
+    b[0, 1:3] = True
+    assert mask_iou(a, b).tolist() == [pytest.approx(1 / 3)]
