@@ -111,7 +111,7 @@ def score_parser() -> argparse.ArgumentParser:
                    help="open_clip checkpoint for clip_score (needs the extra open_clip_torch)")
     p.add_argument("--clip-arch", default="ViT-B-32", help="open_clip architecture of --clip-weights")
     p.add_argument("--palette-tolerance", type=float, default=15.0,
-                   help="palette: CIE76 delta E within which a pixel shows a palette colour (default 15)")
+                   help="palette, palette_conflict: CIE76 delta E within which a pixel shows a colour (default 15)")
     p.add_argument("--palette-shift", type=int, default=0,
                    help="palette: image i gets the palette of reference item i + this; 0 = its own, another "
                         "value a palette that mostly disagrees with the caption")

@@ -22,6 +22,12 @@ Metrics:
 - emphasis, order, energy: what the spikes carry and cost (`eval.emphasis`, `eval.order`, `eval.energy`).
 - palette, sketch: adherence to the guides of a model trained with them (`eval.guides`); image i gets
   the palette of reference item i + palette_shift (0: its own) or the sketch of item i, not both.
+- palette_conflict: the palette against the caption (shapes): image i gets the palette of its scene
+  with every colour swapped for one the scene does not use (`eval.guides.conflicting_scene`). On
+  the scene's object pixels (its ground-truth masks), each pixel shows the nearest of the swapped
+  and the caption's object colours when within ΔE palette_tolerance. palette_wins / palette_caption_wins:
+  share of images with more object pixels showing the palette's / the caption's colours (ties count
+  for neither); palette_conflict_images: images scored.
 
 The scorer and the probe are fitted on demand and cached by `eval.fitted`.
 """
@@ -169,13 +175,14 @@ class Context:
         literally, as training reads them."""
         return self.opts.prompts is not None
 
-    def prompt_attributes(self) -> list[dict]:
+    def prompt_attributes(self, metric: str = "attributes") -> list[dict]:
+        """The scene of each prompt (shapes), or a MetricError naming `metric`."""
         if self.opts.prompts is not None:
-            raise MetricError("attributes: prompts from --prompts have no known scenes; use --data shapes "
+            raise MetricError(f"{metric}: prompts from --prompts have no known scenes; use --data shapes "
                               "without --prompts")
         items = self.reference_items(self.opts.num)
         if any("attributes" not in it for it in items):
-            raise MetricError("attributes: the reference set has no ground-truth attributes; use --data shapes")
+            raise MetricError(f"{metric}: the reference set has no ground-truth attributes; use --data shapes")
         return [it["attributes"] for it in items]
 
     # -- frozen networks -----------------------------------------------------------------------
@@ -444,18 +451,31 @@ def clip_score(ctx: Context) -> dict:
     return {"clip_score": float(ctx.generated["clip"].double().mean())}
 
 
+def require_guides(ctx: Context, metric: str, *, palette: bool, sketch: bool) -> None:
+    """A MetricError naming `metric` when the model was trained without the guides it needs."""
+    cfg = ctx.model.cfg.encoder
+    if palette and not cfg.palette:
+        raise MetricError(f"{metric}: this model was trained without a palette input (train one with --palette on)")
+    if sketch and not cfg.sketch_grid:
+        raise MetricError(f"{metric}: this model was trained without a sketch input (train one with --sketch-grid 8)")
+
+
+def palette_tolerance(ctx: Context) -> float:
+    """--palette-tolerance, checked."""
+    if not ctx.opts.palette_tolerance > 0:
+        raise MetricError(f"--palette-tolerance must be > 0, got {ctx.opts.palette_tolerance}")
+    return ctx.opts.palette_tolerance
+
+
 def guided_reference(ctx: Context, *, palette: bool, sketch: bool):
     """The reference items with the guides the model takes (data.guides.GuidedDataset), or a
     MetricError naming the metric when the model was trained without them."""
     from data.guides import GuidedDataset
     from encoders.config import MAX_COLOURS
 
-    cfg = ctx.model.cfg.encoder
-    if palette and not cfg.palette:
-        raise MetricError("palette: this model was trained without a palette input (train one with --palette on)")
-    if sketch and not cfg.sketch_grid:
-        raise MetricError("sketch: this model was trained without a sketch input (train one with --sketch-grid 8)")
-    return GuidedDataset(ctx.dataset, colours=MAX_COLOURS if palette else 0, grid=cfg.sketch_grid if sketch else 0)
+    require_guides(ctx, "palette" if palette else "sketch", palette=palette, sketch=sketch)
+    grid = ctx.model.cfg.encoder.sketch_grid if sketch else 0
+    return GuidedDataset(ctx.dataset, colours=MAX_COLOURS if palette else 0, grid=grid)
 
 
 def generate_guided(ctx: Context, guides) -> torch.Tensor:
@@ -470,15 +490,38 @@ def palette(ctx: Context) -> dict:
     from encoders.guides import Guides
     from eval.guides import palette_adherence
 
-    if not ctx.opts.palette_tolerance > 0:
-        raise MetricError(f"--palette-tolerance must be > 0, got {ctx.opts.palette_tolerance}")
+    tolerance = palette_tolerance(ctx)
     ref, n = guided_reference(ctx, palette=True, sketch=False), ctx.opts.num
     items = [ref[(i + ctx.opts.palette_shift) % len(ref)] for i in range(n)]
     colours = torch.stack([it["palette"] for it in items])
     weights = torch.stack([it["palette_weights"] for it in items])
     images = generate_guided(ctx, Guides(colours, weights))
-    coverage, outside = palette_adherence(images, colours, weights, tolerance=ctx.opts.palette_tolerance)
+    coverage, outside = palette_adherence(images, colours, weights, tolerance=tolerance)
     return {"palette_coverage": float(coverage.mean()), "palette_outside": float(outside.mean())}
+
+
+@register("palette_conflict", images=False)
+def palette_conflict(ctx: Context) -> dict:
+    """Palette against caption (shapes): share of images whose objects show the palette's colours, not the caption's."""
+    from data.guides import palette_slots, scene_mask, scene_palette
+    from data.shapes import Scene
+    from encoders.config import MAX_COLOURS
+    from encoders.guides import Guides
+    from eval.guides import conflict_shares, conflicting_scene, object_colours
+
+    require_guides(ctx, "palette_conflict", palette=True, sketch=False)
+    tolerance = palette_tolerance(ctx)
+    scenes = [Scene.from_dict(a) for a in ctx.prompt_attributes("palette_conflict")]
+    swapped = [conflicting_scene(s, i) for i, s in enumerate(scenes)]
+    slots = [palette_slots(scene_palette(s, ctx.resolution), MAX_COLOURS) for s in swapped]
+    images = generate_guided(ctx, Guides(torch.stack([c for c, _ in slots]), torch.stack([w for _, w in slots])))
+    masks = torch.stack([scene_mask(s, ctx.resolution) > 0.5 for s in scenes])  # [N, R, R] the caption's layout
+    palette_colours = torch.stack([object_colours(s) for s in swapped])  # [N, 2, 3]
+    caption_colours = torch.stack([object_colours(s) for s in scenes])  # [N, 2, 3]
+    palette_share, caption_share = conflict_shares(images, masks, palette_colours, caption_colours, tolerance=tolerance)
+    return {"palette_wins": float((palette_share > caption_share).float().mean()),
+            "palette_caption_wins": float((caption_share > palette_share).float().mean()),
+            "palette_conflict_images": len(scenes)}
 
 
 @register("sketch", images=False)

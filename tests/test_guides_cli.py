@@ -1,6 +1,6 @@
 """Guides end to end on the tiny preset: train with a palette and a sketch (exact resume, seeded
-dropout), sample them from the pipeline and the CLI, score them with the eval CLI, and the refusals
-of a model trained without them."""
+dropout), sample them from the pipeline and the CLI, score them with the eval CLI (palette against
+caption judged on painted images), and the refusals of a model trained without them."""
 from __future__ import annotations
 
 import json
@@ -10,9 +10,12 @@ import PIL.Image
 import pytest
 import torch
 
+from data.guides import scene_palette
+from data.shapes import COLOURS, Scene, ShapesDataset, render_scene_chw
 from encoders.guides import GuideEncoder
 from eval import cli as eval_cli
-from eval.guides import mask_iou, palette_adherence
+from eval import metrics
+from eval.guides import conflict_shares, conflicting_scene, mask_iou, palette_adherence
 from gan.pipeline import Pipeline
 from gan.stream import batch_guides
 from gan.train_config import resolve_config
@@ -97,12 +100,16 @@ def test_pipeline_and_sample_cli_take_the_guides(guided_run, tmp_path, capsys):
 
 def test_eval_cli_scores_the_guides(guided_run, tmp_path, capsys):
     out = tmp_path / "scores.json"
-    rc = eval_cli.main(["--model", str(guided_run.out / "model"), "--data", "shapes", "--metrics", "palette,sketch",
-                        "--num", "4", "--batch", "2", "--json", str(out), "--device", "cpu", "--quiet"])
+    rc = eval_cli.main(["--model", str(guided_run.out / "model"), "--data", "shapes", "--metrics",
+                        "palette,sketch,palette_conflict", "--num", "4", "--batch", "2", "--json", str(out),
+                        "--device", "cpu", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     values = json.loads(out.read_text())["rows"][0]["values"]
-    assert set(values) == {"palette_coverage", "palette_outside", "sketch_cell_error", "sketch_iou"}
+    assert values.pop("palette_conflict_images") == 4
+    assert set(values) == {"palette_coverage", "palette_outside", "sketch_cell_error", "sketch_iou", "palette_wins",
+                           "palette_caption_wins"}
     assert all(0 <= v <= 1 for v in values.values())
+    assert values["palette_wins"] + values["palette_caption_wins"] <= 1
 
 
 def test_a_model_without_guides_refuses_them(tiny_model_dir, tmp_path, capsys):
@@ -112,9 +119,10 @@ def test_a_model_without_guides_refuses_them(tiny_model_dir, tmp_path, capsys):
     rc = sample.main(["--model", str(tiny_model_dir), "--prompt", "a circle", "--seeds", "0", "--sketch",
                       str(layout_png(tmp_path / "s.png")), "--out", str(tmp_path / "b")])
     assert rc == 1 and "trained without a sketch" in capsys.readouterr().err
-    rc = eval_cli.main(["--model", str(tiny_model_dir), "--data", "shapes", "--metrics", "palette", "--num", "2",
-                        "--device", "cpu", "--quiet"])
-    assert rc != 0 and "trained without a palette" in capsys.readouterr().err
+    for metric in ("palette", "palette_conflict"):
+        rc = eval_cli.main(["--model", str(tiny_model_dir), "--data", "shapes", "--metrics", metric, "--num", "2",
+                            "--device", "cpu", "--quiet"])
+        assert rc != 0 and f"{metric}: this model was trained without a palette" in capsys.readouterr().err
 
 
 def test_adherence_measures_on_known_images():
@@ -130,3 +138,77 @@ def test_adherence_measures_on_known_images():
     a[0, :2] = True
     b[0, 1:3] = True
     assert mask_iou(a, b).tolist() == [pytest.approx(1 / 3)]
+
+
+# --- palette against caption ----------------------------------------------------------------
+
+def test_the_conflicting_palette_has_none_of_the_scenes_colours():
+    shapes = ShapesDataset(16, size=300)
+    swaps = set()
+    for i in range(len(shapes)):
+        scene = shapes.example(i).scene
+        swapped = conflicting_scene(scene, i)
+        assert swapped == conflicting_scene(scene, i)  # deterministic
+        assert swapped.background != scene.background
+        assert [(o.shape, o.size, o.position) for o in swapped.objects] == [
+            (o.shape, o.size, o.position) for o in scene.objects]
+        named = {o.colour for o in scene.objects}
+        assert not named & {o.colour for o in swapped.objects}
+        palette = scene_palette(swapped, 16)
+        own = scene_palette(scene, 16)
+        assert len(palette) == len(own) and not (palette[:, None] == own[None]).all(-1).any()
+        swaps.update((a.colour, b.colour) for a, b in zip(scene.objects, swapped.objects))
+    assert all(len({b for a, b in swaps if a == c}) >= 3 for c in COLOURS)  # the swap turns with the index
+
+
+def painted(kind: str):
+    """A generate_guided stand-in that checks the palettes it is given: image i is its scene drawn in
+    the palette's colours ("palette"), in the caption's ("caption"), or the palette's background alone
+    ("empty")."""
+    def generate(ctx, guides):
+        R, out = ctx.resolution, []
+        for i, attributes in enumerate(ctx.prompt_attributes()):
+            scene = Scene.from_dict(attributes)
+            swapped = conflicting_scene(scene, i)
+            palette = guides.palette[i][guides.palette_weights[i] > 0]
+            assert torch.equal(palette, scene_palette(swapped, R))
+            image = torch.from_numpy(render_scene_chw(scene if kind == "caption" else swapped, R))
+            out.append(image[:, :1, :1].expand(-1, R, R) if kind == "empty" else image)  # a corner: the background
+        return torch.stack(out)
+    return generate
+
+
+@pytest.mark.parametrize("kind, wins, caption_wins",
+                         [("palette", 1.0, 0.0), ("caption", 0.0, 1.0), ("empty", 0.0, 0.0)])
+def test_palette_conflict_on_painted_images(guided_run, monkeypatch, kind, wins, caption_wins):
+    model = guided_run.ema.eval()
+    ctx = metrics.Context(model, guided_run.tokenizer, ShapesDataset(model.cfg.resolution, size=6),
+                          metrics.MetricOptions(num=8))
+    monkeypatch.setattr(metrics, "generate_guided", painted(kind))
+    assert metrics.palette_conflict(ctx) == {"palette_wins": wins, "palette_caption_wins": caption_wins,
+                                             "palette_conflict_images": 8}
+
+
+def test_conflict_shares_take_the_nearest_colour():
+    img = torch.zeros(1, 3, 2, 2, dtype=torch.uint8)
+    img[0, :, 0, 0] = torch.tensor(COLOURS["blue"])
+    img[0, :, 0, 1] = torch.tensor(COLOURS["purple"])
+    img[0, :, 1, 0] = torch.tensor([90, 45, 185])  # ΔE 14.2 from blue, 15.8 from purple: within 16 of both
+    img[0, :, 1, 1] = torch.tensor(COLOURS["purple"])  # not an object pixel
+    mask = torch.tensor([[[True, True], [True, False]]])
+    rgb = {k: torch.tensor([[COLOURS[k]] * 2], dtype=torch.float32) / 255 for k in ("blue", "purple")}
+    palette, caption = conflict_shares(img, mask, rgb["purple"], rgb["blue"], tolerance=16.0)
+    assert palette.tolist() == [pytest.approx(1 / 3)] and caption.tolist() == [pytest.approx(2 / 3)]
+    palette, caption = conflict_shares(img, mask, rgb["purple"], rgb["blue"], tolerance=10.0)
+    assert palette.tolist() == [pytest.approx(1 / 3)] and caption.tolist() == [pytest.approx(1 / 3)]
+
+
+def test_palette_conflict_needs_the_scenes(guided_run):
+    model = guided_run.ema.eval()
+    R = model.cfg.resolution
+    photos = [{"image": torch.zeros(3, R, R, dtype=torch.uint8), "text": "a photo", "index": i} for i in range(4)]
+    with pytest.raises(metrics.MetricError, match="palette_conflict: the reference set has no ground-truth"):
+        metrics.palette_conflict(metrics.Context(model, guided_run.tokenizer, photos, metrics.MetricOptions(num=4)))
+    opts = metrics.MetricOptions(num=4, prompts=["a red circle"])
+    with pytest.raises(metrics.MetricError, match="palette_conflict: prompts from --prompts have no known scenes"):
+        metrics.palette_conflict(metrics.Context(model, guided_run.tokenizer, ShapesDataset(R, size=4), opts))
