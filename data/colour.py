@@ -35,7 +35,8 @@ def dominant_colours(image: torch.Tensor, k: int, *, iterations: int = 10, side:
     """The image's dominant colours by k-means in Lab; deterministic (no random initialisation).
 
     image: uint8 [3, H, W]. It is area-resized to at most side x side; the k centres start at the
-    pixels of rank (i + 1/2) n / k in lightness and move `iterations` Lloyd steps. Clusters holding
+    pixels of rank (i + 1/2) n / k in lightness (equal ones counted once) and move `iterations` Lloyd
+    steps, with exact distances so that ties break alike on every CPU. Clusters holding
     less than `min_share` of the pixels are dropped. Returns (colours float RGB [K, 3] in [0, 1],
     the mean RGB of each cluster's pixels; shares [K] summing to about 1), K <= k, largest first.
     """
@@ -47,18 +48,25 @@ def dominant_colours(image: torch.Tensor, k: int, *, iterations: int = 10, side:
     lab = srgb_to_lab(rgb)
     n = lab.shape[0]
     order = lab[:, 0].argsort(stable=True)
-    centres = lab[order[((torch.arange(k) + 0.5) * n / k).long().clamp(max=n - 1)]].clone()  # [k, 3]
+    seeds = lab[order[((torch.arange(k) + 0.5) * n / k).long().clamp(max=n - 1)]]
+    centres = seeds.unique(dim=0)  # equal seeds would split one colour by rounding noise alone
+    k = len(centres)
     for _ in range(iterations):
-        assign = torch.cdist(lab, centres).argmin(dim=1)  # [n]
+        assign = _nearest(lab, centres)  # [n]
         for j in range(k):
             members = lab[assign == j]
             if len(members):
                 centres[j] = members.mean(dim=0)
-    assign = torch.cdist(lab, centres).argmin(dim=1)
+    assign = _nearest(lab, centres)
     counts = torch.bincount(assign, minlength=k).float()
     keep = [j for j in counts.argsort(descending=True, stable=True).tolist() if counts[j] >= min_share * n]
     colours = torch.stack([rgb[assign == j].mean(dim=0) for j in keep])
     return colours, counts[keep] / n
+
+
+def _nearest(points: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
+    # Exact distances (no matrix-product shortcut), so ties break the same way on every CPU.
+    return torch.cdist(points, centres, compute_mode="donot_use_mm_for_euclid_dist").argmin(dim=1)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
