@@ -41,7 +41,8 @@ class TrainConfig:
     batch_gpu: int | None = None  # Images per process per micro-batch; None = batch / processes.
     g_lr: float = 0.0025  # Adam learning rate of G (generator + text encoder).
     d_lr: float = 0.0025  # Adam learning rate of D.
-    encoder_lr_mult: float = 0.01  # Text encoder's learning rate relative to g_lr (0 = frozen).
+    encoder_lr_mult: float = 0.01  # Text encoder's learning rate relative to g_lr (0 = frozen after the warm-up).
+    guide_lr_mult: float = 0.01  # Learning rate of the encoder's palette and sketch paths relative to g_lr.
     layout_lr: float = 1e-3  # Adam learning rate of G's layout map, with momentum (gan/layout.py).
     loss: LossConfig = field(default_factory=LossConfig)  # Loss term weights, R1 gamma and interval.
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # Differentiable augmentation + ADA.
@@ -137,6 +138,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.batch_gpu is None or cfg.batch_gpu >= 1, f"--batch-gpu must be >= 1, got {cfg.batch_gpu}")
     need(cfg.g_lr > 0 and cfg.d_lr > 0, f"--lr must be > 0, got G {cfg.g_lr}, D {cfg.d_lr}")
     need(cfg.encoder_lr_mult >= 0, f"--encoder-lr-mult must be >= 0, got {cfg.encoder_lr_mult}")
+    need(cfg.guide_lr_mult >= 0, f"guide_lr_mult must be >= 0, got {cfg.guide_lr_mult}")
     need(cfg.layout_lr > 0, f"--layout-lr must be > 0, got {cfg.layout_lr}")
     need(cfg.mixed_precision in MIXED_PRECISION,
          f"--mixed-precision must be one of {MIXED_PRECISION}, got {cfg.mixed_precision!r}")

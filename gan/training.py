@@ -164,20 +164,29 @@ def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess)
     return dataset, captions, model, build_discriminator(model_cfg), tokenizer, model_cfg
 
 
+def encoder_parameters(encoder: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The encoder's parameters: (its text path, its palette and sketch paths)."""
+    text, guides = [], []
+    for name, p in encoder.named_parameters():
+        (guides if name.startswith("guides.") else text).append(p)
+    return text, guides
+
+
 def make_optimizers(cfg: TrainConfig, model: nn.Module, D: nn.Module) -> tuple[torch.optim.Adam, torch.optim.Adam]:
     """StyleGAN2's Adam pair (betas 0, 0.99). G's covers the generator and, at encoder_lr_mult, the
     text encoder (at G's full rate its spiking layers saturate and the codes of different prompts
-    collapse). G's layout map, if any, has a group of its own at layout_lr with momentum (betas 0.9,
+    collapse; at 0 it is frozen), and at guide_lr_mult the encoder's palette and sketch paths. G's layout map, if any, has a group of its own at layout_lr with momentum (betas 0.9,
     0.999): without momentum its attention does not learn. Lazy R1 steps D's Adam
     r1_interval / (r1_interval + 1) times as often, so its rate and beta2 are scaled to match
     (StyleGAN2's mb_ratio)."""
     mb = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1) if cfg.loss.r1_gamma > 0 else 1.0
     layout = model.generator.synthesis.layout
     in_layout = {id(p) for p in layout.parameters()} if layout is not None else set()
+    text, guides = encoder_parameters(model.encoder)
     g_groups = [{"params": [p for p in model.generator.parameters() if p.requires_grad and id(p) not in in_layout],
                  "lr": cfg.g_lr},
-                {"params": [p for p in model.encoder.parameters() if p.requires_grad],
-                 "lr": cfg.g_lr * cfg.encoder_lr_mult},
+                {"params": [p for p in text if p.requires_grad], "lr": cfg.g_lr * cfg.encoder_lr_mult},
+                {"params": [p for p in guides if p.requires_grad], "lr": cfg.g_lr * cfg.guide_lr_mult},
                 {"params": [p for p in (layout.parameters() if layout is not None else ()) if p.requires_grad],
                  "lr": cfg.layout_lr, "betas": (0.9, 0.999)}]
     g_opt = torch.optim.Adam([g for g in g_groups if g["params"]], betas=(0.0, 0.99), eps=1e-8)
@@ -248,6 +257,10 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         teacher = teacher.to(device)
     if cfg.loss.sketch_weight == 0:
         teacher = None
+    if cfg.encoder_lr_mult == 0:  # the text path stays as the warm-up left it, and costs no backward pass
+        for p in encoder_parameters(model.encoder)[0]:
+            p.requires_grad_(False)
+            p.grad = None  # the warm-up's last gradient
     model.train()
     D.train()
     ema = EMA(source=model, ema_kimg=cfg.ema_kimg, ema_rampup=cfg.ema_rampup)

@@ -1,6 +1,6 @@
 """The main job: train shapes32 on the built-in shapes domain, then sample a grid and score it.
 
-    python scripts/main_job.py [--out runs/shapes32] [--kimg K] [--num N]
+    python scripts/main_job.py [--out runs/shapes32] [--kimg K] [--seed S] [--num N]
 
 Run twice, it resumes from the last checkpoint instead of starting over.
 """
@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="main_job", description=__doc__.split("\n")[0])
     p.add_argument("--out", default="runs/shapes32", help="run directory")
     p.add_argument("--kimg", type=float, default=None, help="training length (default: the preset's)")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's, 0)")
     p.add_argument("--num", type=int, default=500, help="images generated for the scores")
     p.add_argument("--metrics", default="attributes,fid,fd_domain,kid", help="eval metrics (lpips_diversity is added "
                    "when an AlexNet backbone is found: $SPIKEGAN_LPIPS_BACKBONE or ../shared/weights)")
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     train_args = ["--data", "shapes", "--preset", "shapes32", "--out", str(out)]
     if args.kimg is not None:
         train_args += ["--kimg", str(args.kimg)]
+    if args.seed is not None:
+        train_args += ["--seed", str(args.seed)]
     if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         train_args += ["--resume", "latest"]
     if (rc := train.main(train_args)) != 0:

@@ -241,3 +241,20 @@ def test_sketch_error_equals_a_naive_loop():
     torch.testing.assert_close(sketch_error(drawn, images, object_weight=3.0), torch.as_tensor(want))
     plain = (drawn - torch.nn.functional.adaptive_avg_pool2d(images, 4)) ** 2
     torch.testing.assert_close(sketch_error(drawn, images, object_weight=0.0), plain.mean())
+
+
+def test_the_encoder_text_path_and_guides_have_their_own_rates():
+    """encoder_lr_mult scales the text path, guide_lr_mult the palette and sketch paths."""
+    import dataclasses
+
+    from gan.discriminator import Discriminator
+
+    cfg = preset("tiny")
+    cfg = cfg.replace(vocab_size=20, encoder=dataclasses.replace(cfg.encoder, palette=True, sketch_grid=2))
+    torch.manual_seed(0)
+    model, D = TextToImage(cfg), Discriminator(cfg.discriminator)
+    g_opt, _ = make_optimizers(TrainConfig(preset="tiny", g_lr=0.1, encoder_lr_mult=0.5, guide_lr_mult=0.25), model, D)
+    guides = {id(p) for p in model.encoder.guides.parameters()}
+    text = {id(p) for p in model.encoder.parameters()} - guides
+    by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in g_opt.param_groups}
+    assert guides and by_lr[0.1 * 0.25] == guides and by_lr[0.1 * 0.5] == text

@@ -423,3 +423,16 @@ def test_projected_discriminator_trains_and_resumes_exactly(tmp_path):
     assert not any(k.startswith("backbone.") for k in saved)
     with pytest.raises(ValueError, match="--word-weight"):
         train(tiny(tmp_path / "words", **{**projected, "loss": {"word_weight": 1.0}}))
+
+
+def test_encoder_lr_mult_zero_freezes_the_text_path_after_the_warmup(tmp_path):
+    """With encoder_lr_mult 0 the GAN leaves the warmed text encoder as it was (no gradient
+    reaches it) while G trains: runs of 1 and 2 snapshots end with the same encoder weights (its
+    code norm's running statistics, buffers, keep tracking the batches)."""
+    short = train(tiny(tmp_path / "short", kimg=0.032, encoder_lr_mult=0.0))
+    long = train(tiny(tmp_path / "long", kimg=0.064, encoder_lr_mult=0.0))
+    params = [dict(r.model.encoder.named_parameters()) for r in (short, long)]
+    assert params[0] and all(torch.equal(params[0][k], params[1][k]) for k in params[0])
+    assert all(p.grad is None and not p.requires_grad for p in long.model.encoder.parameters())
+    g_short, g_long = weights(short.model.generator), weights(long.model.generator)
+    assert any(not torch.equal(g_short[k], g_long[k]) for k in g_short)
