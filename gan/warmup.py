@@ -11,7 +11,8 @@ of the code. So the warm-up trains the encoder CLIP-style on the dataset's own p
 
 Each image must pick its caption from the batch, and each caption its image (captions that code
 identically are no negatives). The loss reads the pooled code itself, with no text head between,
-so the code becomes the joint space. The GAN then trains the encoder further at `encoder_lr_mult` (0 freezes it, as shapes32 does).
+so the code becomes the joint space. The GAN then trains the encoder further at `encoder_lr_mult`
+(0 freezes it, as shapes32 does).
 
 With G's layout map (gan/layout.py) the warm-up also teaches the map to sketch the real image
 from the caption's tokens (`warm_up_encoder`), then trains it alone on the warmed encoder's frozen
