@@ -175,8 +175,9 @@ def encoder_parameters(encoder: nn.Module) -> tuple[list[nn.Parameter], list[nn.
 def make_optimizers(cfg: TrainConfig, model: nn.Module, D: nn.Module) -> tuple[torch.optim.Adam, torch.optim.Adam]:
     """StyleGAN2's Adam pair (betas 0, 0.99). G's covers the generator and, at encoder_lr_mult, the
     text encoder (at G's full rate its spiking layers saturate and the codes of different prompts
-    collapse; at 0 it is frozen), and at guide_lr_mult the encoder's palette and sketch paths. G's layout map, if any, has a group of its own at layout_lr with momentum (betas 0.9,
-    0.999): without momentum its attention does not learn. Lazy R1 steps D's Adam
+    collapse; at 0 it is frozen), and at guide_lr_mult the encoder's palette and sketch paths. G's
+    layout map, if any, has a group of its own at layout_lr with momentum (betas 0.9, 0.999):
+    without momentum its attention does not learn. Lazy R1 steps D's Adam
     r1_interval / (r1_interval + 1) times as often, so its rate and beta2 are scaled to match
     (StyleGAN2's mb_ratio)."""
     mb = cfg.loss.r1_interval / (cfg.loss.r1_interval + 1) if cfg.loss.r1_gamma > 0 else 1.0
