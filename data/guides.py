@@ -14,12 +14,31 @@ GuidedDataset adds them to a dataset's items:
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from .colour import dominant_colours, sketch_grid
 from .shapes import BACKGROUNDS, COLOURS, Scene, object_mask
+
+
+# Colour words a caption may name, by family: a palette override swaps each for another of its family.
+COLOUR_FAMILIES = (tuple(COLOURS), tuple(BACKGROUNDS))
+_COLOUR_WORD = re.compile(r"\b(" + "|".join(w for family in COLOUR_FAMILIES for w in family) + r")\b")
+
+
+def override_colour_words(text: str, generator: torch.Generator) -> str:
+    """The caption with each colour word swapped for another of its family (COLOUR_FAMILIES), drawn
+    from `generator`: the wrong caption a palette overrides in training (TrainConfig.palette_override).
+    A caption that names no colour comes back as it is."""
+    def swap(match: re.Match) -> str:
+        family = next(f for f in COLOUR_FAMILIES if match.group(1) in f)
+        others = [w for w in family if w != match.group(1)]
+        return others[int(torch.randint(len(others), (), generator=generator))]
+
+    return _COLOUR_WORD.sub(swap, text)
 
 
 def scene_palette(scene: Scene, resolution: int) -> torch.Tensor:

@@ -33,6 +33,10 @@ usual logit). Pairs whose captions code identically are neither mismatches nor n
 - Sketch term (needs G's layout map, gan/layout.py): G's image average-pooled to the map's size
   is pulled by L1 toward a frozen copy of the warmed map's sketch of its caption, on the cells
   where the sketch draws an object.
+- Palette override (TrainConfig.palette_override): where a training caption's colour words were
+  swapped while the image keeps its palette, G and D are conditioned on the swapped caption, but
+  the word and sketch terms take their targets from the caption the image shows (`content`), so
+  the palette, not the words, decides the colour.
 
 What each term measured is in docs/experiments.md.
 
@@ -91,8 +95,8 @@ def mode_seeking_loss(img: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def take_rows(batch: Any, rows: list[int]) -> Any:
-    """Rows of a TokenBatch (or of any tensor batch)."""
-    return batch.index(rows) if isinstance(batch, TokenBatch) else batch[torch.tensor(rows)]
+    """Rows of a TokenBatch or SpikeCode (or of any tensor batch)."""
+    return batch.index(rows) if isinstance(batch, (TokenBatch, SpikeCode)) else batch[torch.tensor(rows)]
 
 
 def sketch_loss(img: torch.Tensor, sketch: torch.Tensor, *, threshold: float = 0.5) -> torch.Tensor:
@@ -157,12 +161,18 @@ class GANLoss:
             return self.d_reg(**inputs)
         raise ValueError(f"unknown loss phase {phase!r}; expected one of {PHASES}")
 
-    def g_main(self, *, G: Callable, D: Callable, z: torch.Tensor, batch: Any):
+    def g_main(self, *, G: Callable, D: Callable, z: torch.Tensor, batch: Any, content: Any = None,
+               content_code: SpikeCode | None = None):
+        """content / content_code: the tokens and code of the captions the images should show where
+        a palette overrides the caption's colour words (word and sketch targets); None = batch's."""
         diversity = self.cfg.diversity_weight > 0 and z.shape[0] >= 2
         if diversity:
-            batch = take_rows(batch, paired_rows(z.shape[0]))
+            rows = paired_rows(z.shape[0])
+            batch, content, content_code = (None if x is None else take_rows(x, rows) for x in (batch, content, content_code))
         img, code = G(z, batch)
         cond = code.detach()  # D's view of the prompts
+        content = batch if content is None else content
+        shown = cond if content_code is None else content_code
         contrastive, words = self.cfg.contrastive_weight > 0, self.cfg.word_weight > 0
         scores = self.run_D(D, img, cond, pairs=contrastive, words=words)
         if words:
@@ -179,18 +189,19 @@ class GANLoss:
             loss = loss + self.cfg.diversity_weight * loss_div
             stats["loss/G_mode_seeking"] = loss_div.detach()
         if words:
-            loss_word = word_loss(word_logits, word_targets(batch, word_logits.shape[1]), negatives=False)
+            loss_word = word_loss(word_logits, word_targets(content, word_logits.shape[1]), negatives=False)
             loss = loss + self.cfg.word_weight * loss_word
             stats["loss/G_word"] = loss_word.detach()
         if self.teacher is not None:
-            loss_sketch = sketch_loss(img, self.teacher(cond.tokens, cond.mask))
+            loss_sketch = sketch_loss(img, self.teacher(shown.tokens, shown.mask))
             loss = loss + self.cfg.sketch_weight * loss_sketch
             stats["loss/G_sketch"] = loss_sketch.detach()
         # The encoder's spike statistics (firing rate, spikes and synaptic operations per prompt).
         stats.update({f"spikes/{k}": v.detach().float().mean() for k, v in code.stats.items()})
         return loss, stats
 
-    def d_main(self, *, G: Callable, D: Callable, z: torch.Tensor, batch: Any, real: torch.Tensor):
+    def d_main(self, *, G: Callable, D: Callable, z: torch.Tensor, batch: Any, real: torch.Tensor, content: Any = None):
+        """content: the tokens of the captions the real images show (word targets); None = batch."""
         with torch.no_grad():
             fake, code = G(z, batch)
         cond = code.detach()
@@ -226,7 +237,7 @@ class GANLoss:
             loss = loss + self.cfg.contrastive_weight * loss_con
             stats["loss/D_contrastive"] = loss_con.detach()
         if words:
-            loss_word = word_loss(word_logits, word_targets(batch, word_logits.shape[1]))
+            loss_word = word_loss(word_logits, word_targets(batch if content is None else content, word_logits.shape[1]))
             loss = loss + self.cfg.word_weight * loss_word
             stats["loss/D_word"] = loss_word.detach()
         stats["loss/D"] = loss.detach()

@@ -40,6 +40,7 @@ class MicroBatch:
     real: torch.Tensor  # [b, 3, R, R] float in [-1, 1]
     tokens: Any  # encoders.TokenBatch with b rows
     index: torch.Tensor  # [b] dataset indices
+    content: Any = None  # TokenBatch of the captions the real images show, where a palette overrides; None = tokens
 
 
 def make_loader(dataset, *, batch_gpu: int, rank: int, world: int, seed: int, start: int, workers: int):
@@ -66,3 +67,19 @@ def batch_guides(batch: dict, *, drop: float, key: Sequence[int]):
                     None if sketch is None else torch.ones(sketch.shape[0], dtype=torch.bool))
     seed = int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
     return guides.dropped(drop, torch.Generator().manual_seed(seed))
+
+
+def override_captions(texts: Sequence[str], guides, *, p: float, key: Sequence[int]) -> list[str]:
+    """The captions that condition a batch when palettes override colour words: each image that
+    keeps its palette has, with probability `p`, every colour word of its caption swapped for
+    another (data.guides.override_colour_words), so the palette, not the caption, says what colour
+    the real image shows. Seeded with `key` like batch_guides (a resumed run swaps the same words)."""
+    from data.guides import override_colour_words
+
+    texts = list(texts)
+    if p == 0 or guides is None or guides.palette is None:
+        return texts
+    seed = int(np.random.SeedSequence([*(int(k) for k in key), 1]).generate_state(1)[0])
+    generator = torch.Generator().manual_seed(seed)
+    swap = (torch.rand(len(texts), generator=generator) < p) & (guides.palette_weights.sum(dim=1).cpu() > 0)
+    return [override_colour_words(t, generator) if s else t for t, s in zip(texts, swap.tolist())]

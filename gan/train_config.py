@@ -64,6 +64,8 @@ class TrainConfig:
     threads: int | None = None  # torch.set_num_threads per process; None = leave torch's default.
     model: dict = field(default_factory=dict)  # Overrides merged into the preset's ModelConfig dict (a fresh run).
     input_drop: float = 0.5  # Probability that a training image loses its palette (and, apart, its sketch).
+    # Probability that an image keeping its palette gets its caption's colour words swapped (the palette wins).
+    palette_override: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -147,6 +149,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
     need(cfg.keep >= 1, f"keep must be >= 1, got {cfg.keep}")
     need(0 <= cfg.input_drop <= 1, f"--input-drop must lie in [0, 1], got {cfg.input_drop}")
+    need(0 <= cfg.palette_override <= 1, f"--palette-override must lie in [0, 1], got {cfg.palette_override}")
     need(cfg.ema_kimg >= 0, f"ema_kimg must be >= 0, got {cfg.ema_kimg}")
     need(cfg.max_nonfinite >= 1, f"max_nonfinite must be >= 1, got {cfg.max_nonfinite}")
     need(not (cfg.resume and cfg.init_from), "--resume and --init-from exclude each other")

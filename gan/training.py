@@ -36,7 +36,7 @@ from gan.layout import LayoutTeacher
 from gan.loss import GANLoss
 from gan.reporting import MainProcess, TickStats, flat_hparams, peak_rss_mb
 from gan.signals import catch_stop_signals
-from gan.stream import MicroBatch, batch_guides, make_loader
+from gan.stream import MicroBatch, batch_guides, make_loader, override_captions
 from gan.train_config import TrainConfig, check_config, model_config, split_batch
 from gan.warmup import run_warmup
 
@@ -225,6 +225,9 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     if cfg.loss.sketch_weight > 0 and model.generator.synthesis.layout is None:
         raise ValueError(f"--sketch-weight {cfg.loss.sketch_weight} needs G's layout map (--layout-resolution "
                          f"in a fresh run): the sketch is the warmed map's")
+    if cfg.palette_override > 0 and not model_cfg.encoder.palette:
+        raise ValueError(f"--palette-override {cfg.palette_override} needs a model that takes a palette (--palette on "
+                         f"in a fresh run)")
     device = accelerator.device
     model.to(device)
     D.to(device)
@@ -298,10 +301,14 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         from data import to_float
 
         b = next(batches)
+        key = (cfg.seed, rank, state.step, k)
+        guides = batch_guides(b, drop=cfg.input_drop, key=key)
+        texts = override_captions(b["text"], guides, p=cfg.palette_override, key=key)
         with cuts_reported():
-            tokens = tokenizer(b["text"], emphasis=False)
-        tokens = tokens.with_guides(batch_guides(b, drop=cfg.input_drop, key=(cfg.seed, rank, state.step, k)))
-        return MicroBatch(real=to_float(b["image"]).to(device), tokens=tokens.to(device), index=b["index"])
+            tokens = tokenizer(texts, emphasis=False).with_guides(guides).to(device)
+            content = None if texts == list(b["text"]) else \
+                tokenizer(b["text"], emphasis=False).with_guides(guides).to(device)
+        return MicroBatch(real=to_float(b["image"]).to(device), tokens=tokens, index=b["index"], content=content)
 
     exits = ExitStack()
     stop = exits.enter_context(catch_stop_signals())
@@ -335,12 +342,24 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         opt.zero_grad(set_to_none=True)
         return ok
 
+    @torch.no_grad()
+    def encode_content(tokens):
+        """The code of the captions the real images show, for the sketch term's teacher (eval mode:
+        the code's running statistics stay as the conditioning pass left them)."""
+        was_training = model.encoder.training
+        model.encoder.eval()
+        try:
+            return model.encoder(tokens)
+        finally:
+            model.encoder.train(was_training)
+
     def call_inputs(phase: str, m: MicroBatch) -> dict:
         z = torch.randn(m.real.shape[0], model.generator.z_dim, device=device)
         if phase == "Gmain":
-            return dict(G=G_step, D=D_raw, z=z, batch=m.tokens)
+            return dict(G=G_step, D=D_raw, z=z, batch=m.tokens, content=m.content,
+                        content_code=None if m.content is None or teacher is None else encode_content(m.content))
         if phase == "Dmain":
-            return dict(G=G_raw, D=D_ddp, z=z, batch=m.tokens, real=m.real)
+            return dict(G=G_raw, D=D_ddp, z=z, batch=m.tokens, real=m.real, content=m.content)
         with torch.no_grad():
             code = model.encoder(m.tokens)
         return dict(D=D_ddp, real=m.real, code=code)

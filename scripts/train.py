@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                       help="the model also takes a sketch cut to this grid, e.g. 8 (a fresh run; 0 = none)")
     text.add_argument("--input-drop", type=float, default=None,
                       help="probability that a training image loses its palette, and apart its sketch (default 0.5)")
+    text.add_argument("--palette-override", type=float, default=None,
+                      help="probability that an image keeping its palette has its caption's colour words swapped, "
+                           "so the palette wins where the two disagree (default 0)")
     text.add_argument("--steps-per-token", type=int, default=None, help="time steps K per token window (a fresh run)")
     text.add_argument("--match-weight", type=float, default=None,
                       help="weight of the matching-aware term (real image, other caption = fake)")
@@ -102,7 +105,8 @@ def build_config(args: argparse.Namespace):
         batch=args.batch, batch_gpu=args.batch_gpu, g_lr=args.lr, d_lr=args.lr,
         encoder_lr_mult=args.encoder_lr_mult, layout_lr=args.layout_lr,
         mixed_precision=args.mixed_precision, seed=args.seed, snap=args.snap, resume=args.resume,
-        init_from=args.init_from, workers=args.workers, threads=args.threads, input_drop=args.input_drop)
+        init_from=args.init_from, workers=args.workers, threads=args.threads, input_drop=args.input_drop,
+        palette_override=args.palette_override)
     sections = {
         "loss": {"r1_gamma": args.gamma, "match_weight": args.match_weight,
                  "contrastive_weight": args.contrastive_weight, "diversity_weight": args.diversity_weight,

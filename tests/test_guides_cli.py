@@ -10,20 +10,21 @@ import PIL.Image
 import pytest
 import torch
 
-from data.guides import scene_palette
+from data.guides import BACKGROUNDS, override_colour_words, scene_palette
 from data.shapes import COLOURS, Scene, ShapesDataset, render_scene_chw
 from encoders.guides import GuideEncoder
 from eval import cli as eval_cli
 from eval import metrics
 from eval.guides import conflict_shares, conflicting_scene, mask_iou, palette_adherence
 from gan.pipeline import Pipeline
-from gan.stream import batch_guides
+from gan import loss as gan_loss
+from gan.stream import batch_guides, override_captions
 from gan.train_config import resolve_config
 from gan.training import train
 from scripts import sample
 from tests.test_training import assert_same, weights
 
-GUIDED = dict(threads=1, model={"encoder": {"palette": True, "sketch_grid": 4}})
+GUIDED = dict(threads=1, palette_override=0.5, model={"encoder": {"palette": True, "sketch_grid": 4}})
 
 
 def guided(out, **kw):
@@ -46,7 +47,7 @@ def layout_png(path):
 def test_guided_training_resumes_exactly(guided_run, tmp_path, monkeypatch):
     cfg = json.loads((guided_run.out / "config.json").read_text())
     assert cfg["model"]["encoder"]["palette"] is True and cfg["model"]["encoder"]["sketch_grid"] == 4
-    assert cfg["train"]["input_drop"] == 0.5
+    assert cfg["train"]["input_drop"] == 0.5 and cfg["train"]["palette_override"] == 0.5
     seen = []
     forward = GuideEncoder.forward
 
@@ -212,3 +213,64 @@ def test_palette_conflict_needs_the_scenes(guided_run):
     opts = metrics.MetricOptions(num=4, prompts=["a red circle"])
     with pytest.raises(metrics.MetricError, match="palette_conflict: prompts from --prompts have no known scenes"):
         metrics.palette_conflict(metrics.Context(model, guided_run.tokenizer, ShapesDataset(R, size=4), opts))
+
+
+def test_override_colour_words_swaps_each_within_its_family():
+    text = "a red circle left of a blue square on a white background"
+    swapped = [override_colour_words(text, torch.Generator().manual_seed(s)).split() for s in range(20)]
+    for words in swapped:
+        assert words[1] in COLOURS and words[1] != "red" and words[6] in COLOURS and words[6] != "blue"
+        assert words[10] in BACKGROUNDS and words[10] != "white"
+        assert [w for i, w in enumerate(words) if i not in (1, 6, 10)] == \
+            [w for i, w in enumerate(text.split()) if i not in (1, 6, 10)]
+    assert len({" ".join(w) for w in swapped}) > 5
+    assert swapped[3] == override_colour_words(text, torch.Generator().manual_seed(3)).split()
+    assert override_colour_words("a reddish star", torch.Generator()) == "a reddish star"
+
+
+def test_override_captions_swaps_only_where_the_palette_stays():
+    texts = [f"a red circle number {i}" for i in range(64)]
+    batch = {"palette": torch.rand(64, 5, 3), "palette_weights": torch.ones(64, 5)}
+    guides = batch_guides(batch, drop=0.5, key=(0, 0, 3, 0))
+    kept = (guides.palette_weights.sum(1) > 0).tolist()
+    out = override_captions(texts, guides, p=1.0, key=(0, 0, 3, 0))
+    assert [o != t for o, t in zip(out, texts)] == kept and 10 < sum(kept) < 54
+    half = override_captions(texts, guides, p=0.5, key=(0, 0, 3, 0))
+    assert 0 < sum(o != t for o, t in zip(half, texts)) < sum(kept)
+    assert half == override_captions(texts, guides, p=0.5, key=(0, 0, 3, 0))
+    assert override_captions(texts, guides, p=0.0, key=(0,)) == texts
+    assert override_captions(texts, None, p=1.0, key=(0,)) == texts
+
+
+def test_palette_override_conditions_on_the_swapped_caption_and_targets_the_shown_one(tmp_path, monkeypatch):
+    seen, targets = [], []
+    g_main, d_main, word_targets = gan_loss.GANLoss.g_main, gan_loss.GANLoss.d_main, gan_loss.word_targets
+
+    def spy_g(self, **kw):
+        seen.append(("G", kw["batch"], kw["content"], kw["content_code"]))
+        return g_main(self, **kw)
+
+    def spy_d(self, **kw):
+        seen.append(("D", kw["batch"], kw["content"], None))
+        return d_main(self, **kw)
+
+    monkeypatch.setattr(gan_loss.GANLoss, "g_main", spy_g)
+    monkeypatch.setattr(gan_loss.GANLoss, "d_main", spy_d)
+    monkeypatch.setattr(gan_loss, "word_targets", lambda tokens, n: targets.append(tokens) or word_targets(tokens, n))
+    train(guided(tmp_path, kimg=0.032, snap=0.032, input_drop=0.0, palette_override=1.0))
+    assert {phase for phase, *_ in seen} == {"G", "D"}
+    for phase, batch, content, code in seen:
+        assert content is not None and len(content) == len(batch)
+        for said, shown in zip(batch.words, content.words):
+            differ = [(a, b) for a, b in zip(said, shown) if a != b]
+            assert len(said) == len(shown) and differ and all(a in COLOURS or a in BACKGROUNDS for a, _ in differ)
+        if phase == "G":
+            assert code is not None and code.batch_size == len(content)
+    shown = {tuple(w) for _, _, content, _ in seen for w in content.words}
+    said = {tuple(w) for _, batch, _, _ in seen for w in batch.words}
+    assert targets and all({tuple(w) for w in t.words} <= shown - said for t in targets)  # targets: the shown captions
+
+
+def test_palette_override_needs_a_palette(tmp_path):
+    with pytest.raises(ValueError, match="--palette-override 0.5 needs a model that takes a palette"):
+        train(resolve_config("tiny", out=str(tmp_path), threads=1, palette_override=0.5))
