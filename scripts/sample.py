@@ -7,10 +7,15 @@
     spikegan-sample --model M --prompt "a red circle" --seeds 0-3 --raster --attention --out out/
     spikegan-sample --model M --prompt "a red circle" --seeds 0-3 --refine 100 --alignment-scorer S --out out/
     spikegan-sample --model M --prompt "a circle" --palette "#ff0000,#0000ff:1.5" --sketch layout.png --out out/
+    spikegan-sample --model M --prompt "a circle" --palette none --palette "#ff0000" --palette "#0000ff" --grid --out p.png
 
 --out is a folder, or a file name for the one-file modes (--grid: .png, --interpolate: .gif,
 --style-mix: .png); given a folder there, they write grid.png / interpolation.gif /
 style-mix.png inside it. Per-image files are named p<prompt index>-seed<seed>.png.
+
+--palette and --sketch may be given several times with --grid (`none` = no guide): each prompt
+then takes a row per palette and sketch (prompt-major, palettes before sketches vary), to compare
+guides on the same seeds.
 """
 from __future__ import annotations
 
@@ -38,11 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, metavar="PATH", help="output folder (or file for --grid/--interpolate/--style-mix)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     p.add_argument("--batch", type=int, default=16, help="images per generator call")
-    p.add_argument("--palette", default=None, metavar="COLOURS",
+    p.add_argument("--palette", action="append", default=None, metavar="COLOURS",
                    help="guide every image by 1-5 colours #rrggbb, optionally weighted: '#ff0000,#0000ff:1.5' "
-                        "(a model trained with --palette on)")
-    p.add_argument("--sketch", default=None, metavar="IMAGE",
-                   help="guide every image by a rough layout image of any size (a model trained with --sketch-grid)")
+                        "(a model trained with --palette on); repeatable with --grid, 'none' = no palette")
+    p.add_argument("--sketch", action="append", default=None, metavar="IMAGE",
+                   help="guide every image by a rough layout image of any size (a model trained with --sketch-grid); "
+                        "repeatable with --grid, 'none' = no sketch")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--grid", action="store_true", help="one grid PNG: rows are prompts, columns are seeds")
     mode.add_argument("--interpolate", action="store_true", help="a GIF walking through every prompt x seed keyframe")
@@ -98,13 +104,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--refine: steps must be >= 0, got {args.refine}")
     if args.refine and (args.grid or args.interpolate or args.style_mix):
         parser.error("--refine writes before/after images per prompt and seed; drop --grid/--interpolate/--style-mix")
-    if (args.palette is not None or args.sketch is not None) and (args.refine or args.interpolate or args.style_mix):
+    if (args.palette or args.sketch) and (args.refine or args.interpolate or args.style_mix):
         parser.error("--palette and --sketch guide plain images and --grid; drop --refine/--interpolate/--style-mix")
-    if args.palette is not None:
+    for flag, values in (("--palette", args.palette), ("--sketch", args.sketch)):
+        if values is not None and len(values) > 1 and not args.grid:
+            parser.error(f"{flag} given {len(values)} times: several guides make rows of a --grid; add --grid")
+    args.palettes = [none_or(v) for v in args.palette or [None]]
+    args.sketches = [none_or(v) for v in args.sketch or [None]]
+    if any(v is not None for v in args.palettes):
         from encoders.guides import GuideError, parse_palette
 
         try:
-            args.palette = parse_palette(args.palette)
+            args.palettes = [None if v is None else parse_palette(v) for v in args.palettes]
         except GuideError as e:
             parser.error(f"--palette: {e}")
     if args.refine and not args.alignment_scorer:
@@ -116,6 +127,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--out: {args.out} names a file, but one PNG per image goes into a folder; "
                      "add --grid for one grid PNG, or give a folder")
     return args
+
+
+def none_or(value: str | None) -> str | None:
+    """A --palette / --sketch value; 'none' means no guide."""
+    return None if value is None or value.strip().lower() == "none" else value
 
 
 def output_file(out: str, default_name: str, suffix: str) -> Path:
@@ -134,16 +150,17 @@ def run(args: argparse.Namespace) -> list[Path]:
 
     pipe = Pipeline.from_pretrained(args.model, device=args.device)
     gen = dict(psi=args.truncation, truncation=args.truncation_mode, noise_mode=args.noise_mode, batch=args.batch)
-    guides = dict(palette=args.palette, sketch=args.sketch)
     prompts, seeds = args.prompt_list, args.seed_list
+    guides = dict(palette=args.palettes[0], sketch=args.sketches[0])
     written: list[Path] = []
     out = Path(args.out)
 
     if args.mode == "grid":
-        images = pipe(prompts, seeds, **gen, **guides)
+        rows = [(p, palette, sketch) for p in prompts for palette in args.palettes for sketch in args.sketches]
+        images = [im for p, palette, sketch in rows for im in pipe([p], seeds, **gen, palette=palette, sketch=sketch)]
         path = output_file(args.out, "grid.png", ".png")
         path.parent.mkdir(parents=True, exist_ok=True)
-        image_grid(images, rows=len(prompts), cols=len(seeds)).save(path)
+        image_grid(images, rows=len(rows), cols=len(seeds)).save(path)
         written.append(path)
         folder = path.parent
     elif args.mode == "interpolate":

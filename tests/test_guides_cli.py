@@ -274,3 +274,22 @@ def test_palette_override_conditions_on_the_swapped_caption_and_targets_the_show
 def test_palette_override_needs_a_palette(tmp_path):
     with pytest.raises(ValueError, match="--palette-override 0.5 needs a model that takes a palette"):
         train(resolve_config("tiny", out=str(tmp_path), threads=1, palette_override=0.5))
+
+
+def test_sample_grid_takes_a_row_per_guide(guided_run, tmp_path, capsys):
+    model, grid = guided_run.out / "model", tmp_path / "guides.png"
+    rc = sample.main(["--model", str(model), "--prompt", "a red circle", "--prompt", "a blue square", "--seeds", "0-2",
+                      "--palette", "none", "--palette", "#00ff00", "--palette", "#0000ff:1.5", "--grid", "--out", str(grid)])
+    assert rc == 0
+    tiles = torch.from_numpy(np.array(PIL.Image.open(grid))).permute(2, 0, 1)
+    R = guided_run.ema.cfg.resolution
+    assert tiles.shape == (3, 6 * R, 3 * R)  # 2 prompts x 3 palettes rows, 3 seeds columns
+    pipe = Pipeline.from_pretrained(model)
+    for row, (prompt, palette) in enumerate([(p, c) for p in ("a red circle", "a blue square")
+                                             for c in (None, "#00ff00", "#0000ff:1.5")]):
+        want = torch.from_numpy(np.array(pipe([prompt], [1], palette=palette)[0])).permute(2, 0, 1)
+        assert torch.equal(tiles[:, row * R:(row + 1) * R, R:2 * R], want)
+    with pytest.raises(SystemExit):
+        sample.main(["--model", str(model), "--prompt", "a circle", "--palette", "#ff0000", "--palette", "#00ff00",
+                     "--out", str(tmp_path / "imgs")])
+    assert "--palette given 2 times" in capsys.readouterr().err
