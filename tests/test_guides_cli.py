@@ -293,3 +293,12 @@ def test_sample_grid_takes_a_row_per_guide(guided_run, tmp_path, capsys):
         sample.main(["--model", str(model), "--prompt", "a circle", "--palette", "#ff0000", "--palette", "#00ff00",
                      "--out", str(tmp_path / "imgs")])
     assert "--palette given 2 times" in capsys.readouterr().err
+
+
+def test_the_warmup_draws_its_pairs_without_guides(tmp_path, monkeypatch):
+    from data.guides import GuidedDataset
+
+    calls, getitem = [], GuidedDataset.__getitem__
+    monkeypatch.setattr(GuidedDataset, "__getitem__", lambda self, i: calls.append(i) or getitem(self, i))
+    train(guided(tmp_path, kimg=0.032, snap=0.032))  # warm-up 0.032 + 0.016 kimg of pairs, then 0.032 kimg of GAN
+    assert len(calls) == 32
