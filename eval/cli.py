@@ -88,6 +88,9 @@ def score_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", metavar="FILE", default=None,
                    help="one prompt per line, cycled to --num (default: the reference captions in order)")
     p.add_argument("--seed", type=int, default=0, help="image i uses seed SEED + i (default 0)")
+    p.add_argument("--data-seed", type=int, default=0,
+                   help="seed of the reference set (shapes: which scenes; a run trained with --seed S drew "
+                        "seed S's, so another seed holds its scenes out; default 0)")
     p.add_argument("--batch", type=_positive("--batch"), default=32, help="images per network call (default 32)")
     p.add_argument("--psi", type=float, default=1.0, help="truncation psi (default 1 = none)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, or auto (default: cuda if available)")
@@ -130,13 +133,13 @@ def read_prompts(path: str) -> list[str]:
     return prompts
 
 
-def open_reference(path: str, resolution: int):
+def open_reference(path: str, resolution: int, seed: int = 0):
     import data
 
     if path != "shapes" and not Path(path).exists():
         raise CliError(f"--data {path}: no such file or directory (or use 'shapes')")
     try:
-        return data.open_dataset(path, resolution=resolution)
+        return data.open_dataset(path, resolution=resolution, seed=seed)
     except (OSError, ValueError) as e:
         raise CliError(f"--data {path}: {e}") from e
 
@@ -227,7 +230,7 @@ def run_score(args: argparse.Namespace, argv: Sequence[str], *, extractor: Any =
 
     def reference(res: int):
         if res not in datasets:
-            datasets[res] = open_reference(args.data, res)
+            datasets[res] = open_reference(args.data, res, args.data_seed)
         return datasets[res]
 
     rows = []
@@ -262,8 +265,8 @@ def run_score(args: argparse.Namespace, argv: Sequence[str], *, extractor: Any =
         "command": ["python", "-m", "eval", *argv],
         "data": {"path": args.data, "num_ref": args.num_ref or args.num},
         "metrics": metric_names,
-        "settings": {"num": args.num, "seed": args.seed, "batch": args.batch, "psi": args.psi, "device": device,
-                     "noise_mode": "const", "prompts": args.prompts or "reference captions",
+        "settings": {"num": args.num, "seed": args.seed, "data_seed": args.data_seed, "batch": args.batch,
+                     "psi": args.psi, "device": device, "noise_mode": "const", "prompts": args.prompts or "reference captions",
                      "seed_rule": "image i uses seed + i"},
         "rows": [{k: r[k] for k in ROW_KEYS} for r in rows],
         "seconds": time.perf_counter() - t0,

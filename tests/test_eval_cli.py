@@ -371,3 +371,18 @@ def test_images_folder_errors_name_the_file_or_option(scorer_and_probe, tmp_path
     for argv, needle in cases:
         rc, out, err = _run(argv, capsys)
         assert rc == 2 and err.startswith("error: ") and needle in err, (argv, err)
+
+
+def test_data_seed_picks_the_reference_scenes(tiny_model, scorer_and_probe, tmp_path, capsys, monkeypatch):
+    import data
+
+    first = [cli.open_reference("shapes", 16, seed)[0]["attributes"] for seed in (0, 0, 3)]
+    assert first[0] == first[1] != first[2]
+    seeds, open_dataset = [], data.open_dataset
+    monkeypatch.setattr(data, "open_dataset", lambda *a, **kw: seeds.append(kw["seed"]) or open_dataset(*a, **kw))
+    out = tmp_path / "scores.json"
+    rc, _, stderr = _run(["--model", str(tiny_model[0]), "--data", "shapes", "--metrics", "attributes", "--num", "4",
+                          "--data-seed", "3", "--probe", str(scorer_and_probe[1]), "--json", str(out), "--device", "cpu",
+                          "--quiet"], capsys)
+    assert rc == 0, stderr
+    assert seeds == [3] and json.loads(out.read_text())["settings"]["data_seed"] == 3
