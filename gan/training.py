@@ -244,7 +244,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         with cuts_reported():
             from data.guides import GuidedDataset
 
-            # The warm-up reads images and captions only: its pairs skip the guides (8x the cost of an item).
+            # The warm-up reads images and captions only: its pairs skip the guides (4-8x the cost of an item).
             text_pairs = dataset.dataset if isinstance(dataset, GuidedDataset) else dataset
             warm, teacher, stopped = run_warmup(cfg.warmup, model.encoder, text_pairs, tokenizer, seed=cfg.seed,
                                                 workers=cfg.workers, resolution=model_cfg.resolution, device=device,
