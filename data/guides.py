@@ -43,7 +43,7 @@ def override_colour_words(text: str, generator: torch.Generator) -> str:
 
 def scene_palette(scene: Scene, resolution: int) -> torch.Tensor:
     """The scene's colours, RGB float [K, 3] in [0, 1], largest area first (K = objects + 1)."""
-    areas = [(float(object_mask(resolution, o.shape, o.size, o.position).alpha.sum()), COLOURS[o.colour])
+    areas = [(float(object_mask(resolution, o.shape, o.size, o.position, o.size_weight).alpha.sum()), COLOURS[o.colour])
              for o in scene.objects]
     areas.append((resolution**2 - sum(a for a, _ in areas), BACKGROUNDS[scene.background]))
     ranked = sorted(areas, key=lambda pair: -pair[0])  # stable: ties keep the scene's order
@@ -54,7 +54,7 @@ def scene_mask(scene: Scene, resolution: int) -> torch.Tensor:
     """Coverage of all the scene's objects, float [R, R] in [0, 1] (objects never overlap)."""
     mask = torch.zeros(resolution, resolution)
     for o in scene.objects:
-        m = object_mask(resolution, o.shape, o.size, o.position)
+        m = object_mask(resolution, o.shape, o.size, o.position, o.size_weight)
         h, w = m.alpha.shape
         mask[m.y0 : m.y0 + h, m.x0 : m.x0 + w] += torch.from_numpy(np.array(m.alpha))
     return mask.clamp(0, 1)

@@ -17,6 +17,7 @@ The vocabulary is small and fixed so that a small GAN learns it at 32 px: 5 shap
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from dataclasses import dataclass, field
@@ -48,6 +49,12 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 }
 # Object radius as a fraction of the image side (half the extent of its bounding box).
 SIZES: dict[str, float] = {"small": 0.14, "large": 0.22}
+# An emphasised size word raises its size's distance from the medium radius (their geometric
+# mean) to the power of its weight: "(large:2)" is larger than "large", "(small:2)" smaller,
+# "(large:0.5)" nearer medium. MAX_RADIUS keeps every object inside the image (centres at 0.25).
+MEDIUM_RADIUS, MAX_RADIUS = math.sqrt(SIZES["small"] * SIZES["large"]), 0.25
+# Weights an emphasised training caption gives its size word: 2^(k/4), k = -4..4 but 0.
+EMPHASIS_WEIGHTS = tuple(round(2 ** (k / 4), 2) for k in range(-4, 5) if k != 0)
 # Object centre as (x, y) fractions of the image side; y grows downwards.
 POSITIONS: dict[str, tuple[float, float]] = {
     "left": (0.25, 0.5),
@@ -75,12 +82,15 @@ class ShapeObject:
     colour: str  # One of COLOURS.
     size: str  # One of SIZES.
     position: str  # One of POSITIONS.
+    size_weight: float = 1.0  # Emphasis of the size word, in (0, 10]; the radius follows object_radius.
 
     def __post_init__(self) -> None:
         for name, value, allowed in (("shape", self.shape, SHAPES), ("colour", self.colour, COLOURS),
                                      ("size", self.size, SIZES), ("position", self.position, POSITIONS)):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(allowed)}")
+        if not 0 < self.size_weight <= 10:
+            raise ValueError(f"size_weight must lie in (0, 10], got {self.size_weight!r}")
 
 
 @dataclass(frozen=True)
@@ -111,13 +121,13 @@ class Scene:
 
     def to_dict(self) -> dict:
         return {"background": self.background, "relation": self.relation,
-                "objects": [{"shape": o.shape, "colour": o.colour, "size": o.size, "position": o.position}
-                            for o in self.objects]}
+                "objects": [{"shape": o.shape, "colour": o.colour, "size": o.size, "position": o.position,
+                             "size_weight": o.size_weight} for o in self.objects]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Scene":
-        objects = tuple(ShapeObject(**{k: o[k] for k in ("shape", "colour", "size", "position")})
-                        for o in d["objects"])
+        objects = tuple(ShapeObject(**{k: o[k] for k in ("shape", "colour", "size", "position")},
+                                    size_weight=o.get("size_weight", 1.0)) for o in d["objects"])
         return cls(background=d["background"], objects=objects, relation=d.get("relation"))
 
 
@@ -187,12 +197,19 @@ def _pixel_centre(fraction: float, resolution: int) -> float:
     return resolution - math.floor((1.0 - fraction) * resolution) - 0.5
 
 
+def object_radius(size: str, weight: float = 1.0) -> float:
+    """Radius (fraction of the side) of a `size` object whose size word has emphasis `weight`."""
+    if weight == 1.0:
+        return SIZES[size]
+    return min(MEDIUM_RADIUS * (SIZES[size] / MEDIUM_RADIUS) ** weight, MAX_RADIUS)
+
+
 @functools.lru_cache(maxsize=None)
-def object_mask(resolution: int, shape: str, size: str, position: str) -> Mask:
+def object_mask(resolution: int, shape: str, size: str, position: str, size_weight: float = 1.0) -> Mask:
     """Anti-aliased coverage of one object (cached per resolution; computed once)."""
     _check_resolution(resolution)
     ss = 8 if resolution <= 64 else 4  # supersampling factor per axis
-    radius = SIZES[size] * resolution  # pixels
+    radius = object_radius(size, size_weight) * resolution  # pixels
     cx, cy = (_pixel_centre(f, resolution) for f in POSITIONS[position])
     x0, y0 = max(0, math.floor(cx - radius)), max(0, math.floor(cy - radius))
     x1, y1 = min(resolution, math.ceil(cx + radius)), min(resolution, math.ceil(cy + radius))
@@ -220,7 +237,7 @@ def render_scene_chw(scene: Scene, resolution: int) -> np.ndarray:
     img = np.empty((3, resolution, resolution), dtype=np.float32)
     img[:] = _BACKGROUND_RGB[scene.background]
     for obj in scene.objects:
-        m = object_mask(resolution, obj.shape, obj.size, obj.position)
+        m = object_mask(resolution, obj.shape, obj.size, obj.position, obj.size_weight)
         h, w = m.alpha.shape
         win = img[:, m.y0 : m.y0 + h, m.x0 : m.x0 + w]  # [3, h, w] view
         win += (_COLOUR_RGB[obj.colour] - win) * m.alpha  # alpha 1 gives the colour exactly
@@ -264,10 +281,14 @@ class Example:
     scene: Scene
     caption: str
     mentioned: dict = field(default_factory=dict)  # {"background": bool, "relation": bool, "objects": [{attr: bool}]}
+    template: int = 0  # Index into ONE_/TWO_OBJECT_TEMPLATES.
 
 
 def _object_phrase(obj: ShapeObject, with_size: bool) -> str:
-    return f"{obj.size} {obj.colour} {obj.shape}" if with_size else f"{obj.colour} {obj.shape}"
+    if not with_size:
+        return f"{obj.colour} {obj.shape}"
+    size = obj.size if obj.size_weight == 1.0 else f"({obj.size}:{obj.size_weight:g})"  # prompt syntax
+    return f"{size} {obj.colour} {obj.shape}"
 
 
 def caption_scene(
@@ -306,7 +327,7 @@ def caption_scene(
         "objects": [{"shape": True, "colour": True, "size": s, "position": p}
                     for s, p in zip(with_size, positions)],
     }
-    return Example(scene=scene, caption=text, mentioned=mentioned)
+    return Example(scene=scene, caption=text, mentioned=mentioned, template=template)
 
 
 _COLOUR_NAMES, _BACKGROUND_NAMES = tuple(COLOURS), tuple(BACKGROUNDS)
@@ -336,9 +357,22 @@ def sample_scene(rng: np.random.Generator, *, two_objects_p: float = 0.5) -> Sce
     return Scene(background, (obj,))
 
 
-def sample_example(rng: np.random.Generator, *, two_objects_p: float = 0.5, size_p: float = 0.75) -> Example:
-    """A random scene and a caption for it, drawn from `rng`."""
-    return caption_scene(sample_scene(rng, two_objects_p=two_objects_p), rng, size_p=size_p)
+def sample_example(rng: np.random.Generator, *, two_objects_p: float = 0.5, size_p: float = 0.75,
+                   emphasis_p: float = 0.0) -> Example:
+    """A random scene and a caption for it, drawn from `rng`. With emphasis_p > 0, each named size
+    word is emphasised with that probability, its weight uniform over EMPHASIS_WEIGHTS, and the
+    object drawn at the emphasised size (object_radius)."""
+    example = caption_scene(sample_scene(rng, two_objects_p=two_objects_p), rng, size_p=size_p)
+    if emphasis_p <= 0:
+        return example
+    scene, named = example.scene, [o["size"] for o in example.mentioned["objects"]]
+    u = rng.random((len(scene.objects), 2))
+    objects = tuple(dataclasses.replace(o, size_weight=_pick(EMPHASIS_WEIGHTS, b)) if n and a < emphasis_p else o
+                    for o, n, (a, b) in zip(scene.objects, named, u))
+    if objects == scene.objects:
+        return example
+    emphasised = dataclasses.replace(scene, objects=objects)
+    return caption_scene(emphasised, rng, template=example.template, with_size=tuple(named))
 
 
 def scene_attributes(scene: Scene, resolution: int, mentioned: dict | None = None) -> dict:
@@ -346,9 +380,9 @@ def scene_attributes(scene: Scene, resolution: int, mentioned: dict | None = Non
     box [x0, y0, x1, y1) in pixels (pixels with any coverage) at `resolution`."""
     objects = []
     for obj in scene.objects:
-        m = object_mask(resolution, obj.shape, obj.size, obj.position)
+        m = object_mask(resolution, obj.shape, obj.size, obj.position, obj.size_weight)
         objects.append({"shape": obj.shape, "colour": obj.colour, "size": obj.size, "position": obj.position,
-                        "centre": [m.centre[0], m.centre[1]], "bbox": list(m.bbox)})
+                        "size_weight": obj.size_weight, "centre": [m.centre[0], m.centre[1]], "bbox": list(m.bbox)})
     out = {"background": scene.background, "objects": objects, "relation": scene.relation,
            "resolution": resolution}
     if mentioned is not None:
@@ -388,8 +422,11 @@ class ShapesDataset(torch.utils.data.Dataset):
         image_dtype: ImageDtype = "uint8",  # "uint8" or "float32" ([-1, 1]).
         two_objects_p: float = 0.5,  # Probability that a scene has two objects.
         size_p: float = 0.75,  # Probability that a caption names an object's size.
+        emphasis_p: float = 0.0,  # Probability that a named size word is emphasised (sample_example).
     ) -> None:
         _check_resolution(resolution)
+        if not 0 <= emphasis_p <= 1:
+            raise ValueError(f"emphasis_p must lie in [0, 1], got {emphasis_p!r}")
         if size is not None and (not isinstance(size, int) or size < 1):
             raise ValueError(f"size must be a positive int or None, got {size!r}")
         if image_dtype not in ("uint8", "float32"):
@@ -400,7 +437,12 @@ class ShapesDataset(torch.utils.data.Dataset):
         self.image_dtype = image_dtype
         self.two_objects_p = two_objects_p
         self.size_p = size_p
+        self.emphasis_p = emphasis_p
         self.report = ScanReport(kept=len(self))
+
+    # Captions are written in prompt syntax ("a (large:1.41) red circle"): training reads them with
+    # emphasis; a caption without brackets reads the same either way.
+    emphasis_syntax = True
 
     def __len__(self) -> int:
         return INFINITE_LENGTH if self.size is None else self.size
@@ -410,7 +452,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)}")
         rng = np.random.default_rng([self.seed, int(index)])
-        return sample_example(rng, two_objects_p=self.two_objects_p, size_p=self.size_p)
+        return sample_example(rng, two_objects_p=self.two_objects_p, size_p=self.size_p, emphasis_p=self.emphasis_p)
 
     def __getitem__(self, index: int) -> dict:
         ex = self.example(int(index))
@@ -424,5 +466,9 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     def captions(self, limit: int = 4096) -> list[str]:
         """Captions of the first min(len, limit) items: with the default limit every word of
-        vocabulary() occurs (enough to build a tokenizer)."""
-        return [self.example(i).caption for i in range(min(len(self), limit))]
+        vocabulary() occurs (enough to build a tokenizer). Emphasis syntax is left out (a tokenizer reads
+        captions literally)."""
+        from encoders.prompt import parse_prompt
+
+        captions = (self.example(i).caption for i in range(min(len(self), limit)))
+        return [" ".join(w for w, _ in parse_prompt(c)) if "(" in c else c for c in captions]

@@ -66,6 +66,8 @@ class TrainConfig:
     input_drop: float = 0.5  # Probability that a training image loses its palette (and, apart, its sketch).
     # Probability that an image keeping its palette gets its caption's colour words swapped (the palette wins).
     palette_override: float = 0.0
+    # Shapes only: probability that a caption's size word is emphasised, "(large:1.41)", and drawn so.
+    shapes_emphasis: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -150,6 +152,9 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.keep >= 1, f"keep must be >= 1, got {cfg.keep}")
     need(0 <= cfg.input_drop <= 1, f"--input-drop must lie in [0, 1], got {cfg.input_drop}")
     need(0 <= cfg.palette_override <= 1, f"--palette-override must lie in [0, 1], got {cfg.palette_override}")
+    need(0 <= cfg.shapes_emphasis <= 1, f"--shapes-emphasis must lie in [0, 1], got {cfg.shapes_emphasis}")
+    need(cfg.shapes_emphasis == 0 or cfg.data == "shapes",
+         f"--shapes-emphasis {cfg.shapes_emphasis} applies to --data shapes only (got --data {cfg.data})")
     need(cfg.ema_kimg >= 0, f"ema_kimg must be >= 0, got {cfg.ema_kimg}")
     need(cfg.max_nonfinite >= 1, f"max_nonfinite must be >= 1, got {cfg.max_nonfinite}")
     need(not (cfg.resume and cfg.init_from), "--resume and --init-from exclude each other")

@@ -111,6 +111,11 @@ class NonFiniteLossError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------
 
+def data_options(cfg: TrainConfig) -> dict:
+    """Keyword options of open_dataset that the run's config sets (the shapes domain's emphasis)."""
+    return {"emphasis_p": cfg.shapes_emphasis} if cfg.shapes_emphasis > 0 else {}
+
+
 def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess):
     """(dataset, its captions, model TextToImage, D, tokenizer, model_cfg) for a fresh, resumed or
     fine-tuned run."""
@@ -122,13 +127,13 @@ def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess)
 
     if resume_dir is not None:
         model_cfg = ModelConfig.from_dict(read_trainer(resume_dir)["model_config"])
-        dataset = open_dataset(cfg.data, resolution=model_cfg.resolution, seed=cfg.seed)
+        dataset = open_dataset(cfg.data, resolution=model_cfg.resolution, seed=cfg.seed, **data_options(cfg))
         captions = dataset.captions()
         tokenizer = load_tokenizer(resume_dir / TOKENIZER_FILE)
         model = TextToImage(model_cfg)
     elif cfg.init_from is not None:
         model, tokenizer = load_model(cfg.init_from, device="cpu")
-        dataset = open_dataset(cfg.data, resolution=model.cfg.resolution, seed=cfg.seed)
+        dataset = open_dataset(cfg.data, resolution=model.cfg.resolution, seed=cfg.seed, **data_options(cfg))
         old_size = len(tokenizer)
         captions = dataset.captions()
         added = tokenizer.extend(captions)
@@ -139,7 +144,7 @@ def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess)
                    f"(new: {' '.join(added[:20])}{' ...' if len(added) > 20 else ''})")
     else:
         model_cfg = model_config(cfg)
-        dataset = open_dataset(cfg.data, resolution=model_cfg.resolution, seed=cfg.seed)
+        dataset = open_dataset(cfg.data, resolution=model_cfg.resolution, seed=cfg.seed, **data_options(cfg))
         captions = dataset.captions()
         tokenizer = make_tokenizer(model_cfg.encoder, captions)
         model_cfg = model_cfg.replace(vocab_size=len(tokenizer))
@@ -154,6 +159,11 @@ def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess)
         raise ValueError(f"--word-weight {cfg.loss.word_weight}: the run in {resume_dir} was trained "
                          f"{'with' if model_cfg.discriminator.word_classes else 'without'} D's word classifier; "
                          f"resume it with the word weight it started with")
+    if resume_dir is not None:
+        drawn = TrainConfig.from_dict(read_trainer(resume_dir)["train_config"]).shapes_emphasis
+        if drawn != cfg.shapes_emphasis:
+            raise ValueError(f"--shapes-emphasis {cfg.shapes_emphasis}: the run in {resume_dir} drew its captions with "
+                             f"{drawn}; resume it with --shapes-emphasis {drawn}")
     if cfg.loss.word_weight > 0 and model_cfg.projected is not None:
         raise ValueError(f"--word-weight {cfg.loss.word_weight}: the projected discriminator has no word classifier; "
                          f"use --word-weight 0 with it")
@@ -228,6 +238,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     if cfg.palette_override > 0 and not model_cfg.encoder.palette:
         raise ValueError(f"--palette-override {cfg.palette_override} needs a model that takes a palette (--palette on "
                          f"in a fresh run)")
+    emphasis = getattr(dataset, "emphasis_syntax", False)  # captions written in prompt syntax (shapes)
     device = accelerator.device
     model.to(device)
     D.to(device)
@@ -249,7 +260,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
             warm, teacher, stopped = run_warmup(cfg.warmup, model.encoder, text_pairs, tokenizer, seed=cfg.seed,
                                                 workers=cfg.workers, resolution=model_cfg.resolution, device=device,
                                                 any_process_stopped=any_process_stopped,
-                                                layout=model.generator.synthesis.layout)
+                                                layout=model.generator.synthesis.layout, emphasis=emphasis)
         if stopped:
             main.print(f"{stopped} received in the encoder warm-up, after {warm['warmup/steps']} of its steps: no "
                        f"training state exists yet; run the same command again to start over")
@@ -309,9 +320,9 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         guides = batch_guides(b, drop=cfg.input_drop, key=key)
         texts = override_captions(b["text"], guides, p=cfg.palette_override, key=key)
         with cuts_reported():
-            tokens = tokenizer(texts, emphasis=False).with_guides(guides).to(device)
+            tokens = tokenizer(texts, emphasis=emphasis).with_guides(guides).to(device)
             content = None if texts == list(b["text"]) else \
-                tokenizer(b["text"], emphasis=False).with_guides(guides).to(device)
+                tokenizer(b["text"], emphasis=emphasis).with_guides(guides).to(device)
         return MicroBatch(real=to_float(b["image"]).to(device), tokens=tokens, index=b["index"], content=content)
 
     exits = ExitStack()

@@ -99,7 +99,7 @@ def new_sketch(layout: PromptLayout, device: torch.device | str = "cpu") -> Layo
 def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg: WarmupConfig, *,
                     resolution: int, device: torch.device | str = "cpu",
                     should_stop: Callable[[], bool] | None = None, layout: PromptLayout | None = None,
-                    sketch: LayoutSketch | None = None) -> dict[str, float]:
+                    sketch: LayoutSketch | None = None, emphasis: bool = False) -> dict[str, float]:
     """Train `encoder` in place for cfg.kimg thousand pairs drawn from `batches` (collated batches
     of cfg.batch pairs, e.g. the training loop's `make_loader` stream). Returns the last step's
     loss and in-batch retrieval accuracy (image -> caption), the steps and the seconds.
@@ -107,7 +107,8 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
     ("warmup/steps" counts the steps taken). With `layout` (G's PromptLayout) and its `sketch`
     head (a fresh one when None), both train in place too: the map of each caption's tokens (detached: this loss leaves
     the encoder alone) must give the real image average-pooled to the map's size
-    (gan.layout.sketch_error, "warmup/layout_error")."""
+    (gan.layout.sketch_error, "warmup/layout_error"). emphasis: read the captions' emphasis syntax
+    (a dataset whose captions are written in it, as shapes with emphasised sizes)."""
     scorer = ImageTextScorer(resolution=resolution, code_dim=encoder.code_dim).to(device)
     params = [*[p for p in encoder.parameters() if p.requires_grad], *scorer.parameters()]
     if layout is not None:
@@ -124,7 +125,7 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
         if should_stop is not None and should_stop():
             break
         batch = next(batches)
-        code = encoder(tokenizer(batch["text"], emphasis=False).to(device))
+        code = encoder(tokenizer(batch["text"], emphasis=emphasis).to(device))
         images = to_float(batch["image"]).to(device)
         loss, logits = scorer(images, code.pooled, distinct_pairs(code.pooled.detach()))
         total = loss
@@ -148,7 +149,7 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
 
 def warm_up_layout(encoder: nn.Module, layout: PromptLayout, sketch: LayoutSketch, batches: Iterator[dict],
                    tokenizer, cfg: WarmupConfig, *, device: torch.device | str = "cpu",
-                   should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
+                   should_stop: Callable[[], bool] | None = None, emphasis: bool = False) -> dict[str, float]:
     """Train `layout` and its `sketch` head alone, in place, for cfg.layout_kimg thousand pairs on
     the frozen encoder's tokens (the encoder in eval mode: its running statistics stay). Returns
     the steps taken and the last step's sketch error."""
@@ -161,7 +162,7 @@ def warm_up_layout(encoder: nn.Module, layout: PromptLayout, sketch: LayoutSketc
             break
         batch = next(batches)
         with torch.no_grad():
-            code = encoder(tokenizer(batch["text"], emphasis=False).to(device))
+            code = encoder(tokenizer(batch["text"], emphasis=emphasis).to(device))
         layout_error = sketch_error(sketch(layout(code.tokens, code.mask)), to_float(batch["image"]).to(device))
         opt.zero_grad(set_to_none=True)
         layout_error.backward()
@@ -176,7 +177,8 @@ def warm_up_layout(encoder: nn.Module, layout: PromptLayout, sketch: LayoutSketc
 
 def run_warmup(cfg: WarmupConfig, encoder: nn.Module, dataset, tokenizer, *, seed: int, workers: int,
                resolution: int, device, any_process_stopped: Callable[[dict], bool],
-               layout: PromptLayout | None = None) -> tuple[dict, LayoutTeacher | None, str | None]:
+               layout: PromptLayout | None = None,
+               emphasis: bool = False) -> tuple[dict, LayoutTeacher | None, str | None]:
     """Both warm-up phases under the stop signals: (their log record, the warmed layout's frozen
     sketch (None without a layout), the signal's name if a process was stopped, else None). Every
     process draws the same pairs (rank 0 of 1), so all warm up alike."""
@@ -188,10 +190,10 @@ def run_warmup(cfg: WarmupConfig, encoder: nn.Module, dataset, tokenizer, *, see
             return any_process_stopped(stop)
 
         warm = warm_up_encoder(encoder, pairs, tokenizer, cfg, resolution=resolution, device=device,
-                               should_stop=should_stop, layout=layout, sketch=sketch)
+                               should_stop=should_stop, layout=layout, sketch=sketch, emphasis=emphasis)
         if layout is not None and cfg.layout_kimg > 0 and not should_stop():
             warm.update(warm_up_layout(encoder, layout, sketch, pairs, tokenizer, cfg, device=device,
-                                       should_stop=should_stop))
+                                       should_stop=should_stop, emphasis=emphasis))
     warm["warmup/seconds"] = round(time.time() - start, 1)
     del pairs
     stopped = any_process_stopped(stop)
