@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .colour import dominant_colours, sketch_grid
-from .shapes import BACKGROUNDS, COLOURS, Scene, object_mask
+from .shapes import BACKGROUNDS, COLOURS, PLACE_PHRASES, Scene, object_mask
 
 
 # Colour words a caption may name, by family: a palette override swaps each for another of its family.
@@ -39,6 +39,21 @@ def override_colour_words(text: str, generator: torch.Generator) -> str:
         return others[int(torch.randint(len(others), (), generator=generator))]
 
     return _COLOUR_WORD.sub(swap, text)
+
+
+_PLACE = re.compile(r"\b(" + "|".join(PLACE_PHRASES.values()) + r")\b")
+
+
+def override_place(text: str, generator: torch.Generator) -> str:
+    """The caption with its lone object's place ("on the left") swapped for another, drawn from
+    `generator`: the wrong caption a sketch overrides in training (TrainConfig.sketch_override).
+    Two-object captions name a relation, which a sketch of grey blobs cannot settle, and come back
+    as they are, as does a caption that names no place."""
+    def swap(match: re.Match) -> str:
+        others = [p for p in PLACE_PHRASES.values() if p != match.group(1)]
+        return others[int(torch.randint(len(others), (), generator=generator))]
+
+    return _PLACE.sub(swap, text)
 
 
 def scene_palette(scene: Scene, resolution: int) -> torch.Tensor:

@@ -252,8 +252,9 @@ def render_scene(scene: Scene, resolution: int) -> np.ndarray:
 
 # --- captions ------------------------------------------------------------------------
 
-_WHERE = {"left": "on the left", "right": "on the right", "top": "at the top",
-          "bottom": "at the bottom", "centre": "in the centre"}
+# How a one-object caption says where its object is.
+PLACE_PHRASES = {"left": "on the left", "right": "on the right", "top": "at the top",
+                 "bottom": "at the bottom", "centre": "in the centre"}
 _REL_SHORT = {"left of": "left of", "right of": "right of", "above": "above", "below": "below"}
 _REL_LONG = {"left of": "to the left of", "right of": "to the right of", "above": "above",
              "below": "below"}
@@ -311,7 +312,7 @@ def caption_scene(
     fmt = templates[template]
     if len(scene.objects) == 1:
         obj = scene.objects[0]
-        text = fmt.format(obj=_object_phrase(obj, with_size[0]), where=_WHERE[obj.position],
+        text = fmt.format(obj=_object_phrase(obj, with_size[0]), where=PLACE_PHRASES[obj.position],
                           bg=scene.background)
         positions = [True]
     else:
@@ -393,7 +394,7 @@ def scene_attributes(scene: Scene, resolution: int, mentioned: dict | None = Non
 def vocabulary() -> list[str]:
     """Every word any caption can contain (sorted)."""
     words: set[str] = set()
-    fills = [*SHAPES, *COLOURS, *BACKGROUNDS, *SIZES, *_WHERE.values(), *_REL_SHORT.values(),
+    fills = [*SHAPES, *COLOURS, *BACKGROUNDS, *SIZES, *PLACE_PHRASES.values(), *_REL_SHORT.values(),
              *_REL_LONG.values(), *_REL_ITS.values()]
     for template in ONE_OBJECT_TEMPLATES + TWO_OBJECT_TEMPLATES:
         for part in template.replace(",", " ").split():

@@ -33,10 +33,11 @@ usual logit). Pairs whose captions code identically are neither mismatches nor n
 - Sketch term (needs G's layout map, gan/layout.py): G's image average-pooled to the map's size
   is pulled by L1 toward a frozen copy of the warmed map's sketch of its caption, on the cells
   where the sketch draws an object.
-- Palette override (TrainConfig.palette_override): where a training caption's colour words were
-  swapped while the image keeps its palette, G and D are conditioned on the swapped caption, but
-  the word and sketch terms take their targets from the caption the image shows (`content`), so
-  the palette, not the words, decides the colour.
+- Palette and sketch overrides (TrainConfig.palette_override, sketch_override): where a training
+  caption's colour words (or its lone object's place) were swapped while the image keeps its
+  palette (or sketch), G and D are conditioned on the swapped caption, but the word and sketch
+  terms take their targets from the caption the image shows (`content`), so the guide, not the
+  words, decides.
 
 What each term measured is in docs/experiments.md.
 

@@ -69,17 +69,29 @@ def batch_guides(batch: dict, *, drop: float, key: Sequence[int]):
     return guides.dropped(drop, torch.Generator().manual_seed(seed))
 
 
-def override_captions(texts: Sequence[str], guides, *, p: float, key: Sequence[int]) -> list[str]:
-    """The captions that condition a batch when palettes override colour words: each image that
-    keeps its palette has, with probability `p`, every colour word of its caption swapped for
-    another (data.guides.override_colour_words), so the palette, not the caption, says what colour
-    the real image shows. Seeded with `key` like batch_guides (a resumed run swaps the same words)."""
-    from data.guides import override_colour_words
+def override_captions(texts: Sequence[str], guides, *, p: float, key: Sequence[int], sketch_p: float = 0.0) -> list[str]:
+    """The captions that condition a batch where guides override words: each image that keeps its
+    palette has, with probability `p`, every colour word of its caption swapped for another
+    (data.guides.override_colour_words), so the palette, not the caption, says what colour the real
+    image shows; each image that keeps its sketch has, with probability `sketch_p`, its lone
+    object's place swapped (data.guides.override_place). Seeded with `key` like batch_guides (a
+    resumed run swaps the same words); the two draws have generators of their own."""
+    from data.guides import override_colour_words, override_place
 
     texts = list(texts)
-    if p == 0 or guides is None or guides.palette is None:
+    if guides is None:
         return texts
-    seed = int(np.random.SeedSequence([*(int(k) for k in key), 1]).generate_state(1)[0])
-    generator = torch.Generator().manual_seed(seed)
-    swap = (torch.rand(len(texts), generator=generator) < p) & (guides.palette_weights.sum(dim=1).cpu() > 0)
-    return [override_colour_words(t, generator) if s else t for t, s in zip(texts, swap.tolist())]
+    if p > 0 and guides.palette is not None:
+        generator = _generator(key, 1)
+        swap = (torch.rand(len(texts), generator=generator) < p) & (guides.palette_weights.sum(dim=1).cpu() > 0)
+        texts = [override_colour_words(t, generator) if s else t for t, s in zip(texts, swap.tolist())]
+    if sketch_p > 0 and guides.sketch is not None:
+        generator = _generator(key, 2)
+        swap = (torch.rand(len(texts), generator=generator) < sketch_p) & guides.sketch_mask.cpu()
+        texts = [override_place(t, generator) if s else t for t, s in zip(texts, swap.tolist())]
+    return texts
+
+
+def _generator(key: Sequence[int], stream: int) -> torch.Generator:
+    seed = int(np.random.SeedSequence([*(int(k) for k in key), stream]).generate_state(1)[0])
+    return torch.Generator().manual_seed(seed)

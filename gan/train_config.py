@@ -66,6 +66,8 @@ class TrainConfig:
     input_drop: float = 0.5  # Probability that a training image loses its palette (and, apart, its sketch).
     # Probability that an image keeping its palette gets its caption's colour words swapped (the palette wins).
     palette_override: float = 0.0
+    # Probability that a one-object image keeping its sketch gets its caption's place swapped (the sketch wins).
+    sketch_override: float = 0.0
     # Shapes only: probability that a caption's size word is emphasised, "(large:1.41)", and drawn so.
     shapes_emphasis: float = 0.0
 
@@ -152,6 +154,7 @@ def check_config(cfg: TrainConfig) -> None:
     need(cfg.keep >= 1, f"keep must be >= 1, got {cfg.keep}")
     need(0 <= cfg.input_drop <= 1, f"--input-drop must lie in [0, 1], got {cfg.input_drop}")
     need(0 <= cfg.palette_override <= 1, f"--palette-override must lie in [0, 1], got {cfg.palette_override}")
+    need(0 <= cfg.sketch_override <= 1, f"--sketch-override must lie in [0, 1], got {cfg.sketch_override}")
     need(0 <= cfg.shapes_emphasis <= 1, f"--shapes-emphasis must lie in [0, 1], got {cfg.shapes_emphasis}")
     need(cfg.shapes_emphasis == 0 or cfg.data == "shapes",
          f"--shapes-emphasis {cfg.shapes_emphasis} applies to --data shapes only (got --data {cfg.data})")

@@ -238,6 +238,9 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     if cfg.palette_override > 0 and not model_cfg.encoder.palette:
         raise ValueError(f"--palette-override {cfg.palette_override} needs a model that takes a palette (--palette on "
                          f"in a fresh run)")
+    if cfg.sketch_override > 0 and not model_cfg.encoder.sketch_grid:
+        raise ValueError(f"--sketch-override {cfg.sketch_override} needs a model that takes a sketch (--sketch-grid G "
+                         f"in a fresh run)")
     emphasis = getattr(dataset, "emphasis_syntax", False)  # captions written in prompt syntax (shapes)
     device = accelerator.device
     model.to(device)
@@ -318,7 +321,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         b = next(batches)
         key = (cfg.seed, rank, state.step, k)
         guides = batch_guides(b, drop=cfg.input_drop, key=key)
-        texts = override_captions(b["text"], guides, p=cfg.palette_override, key=key)
+        texts = override_captions(b["text"], guides, p=cfg.palette_override, key=key, sketch_p=cfg.sketch_override)
         with cuts_reported():
             tokens = tokenizer(texts, emphasis=emphasis).with_guides(guides).to(device)
             content = None if texts == list(b["text"]) else \

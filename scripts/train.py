@@ -72,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     text.add_argument("--palette-override", type=float, default=None,
                       help="probability that an image keeping its palette has its caption's colour words swapped, "
                            "so the palette wins where the two disagree (default 0)")
+    text.add_argument("--sketch-override", type=float, default=None,
+                      help="probability that a one-object image keeping its sketch has its caption's place swapped "
+                           "('on the left' -> 'at the top'), so the sketch wins where the two disagree (default 0)")
     text.add_argument("--shapes-emphasis", type=float, default=None,
                       help="shapes only: probability that a caption's size word is emphasised, e.g. '(large:1.41)', "
                            "and the object drawn that much larger or smaller (default 0)")
@@ -109,7 +112,8 @@ def build_config(args: argparse.Namespace):
         encoder_lr_mult=args.encoder_lr_mult, layout_lr=args.layout_lr,
         mixed_precision=args.mixed_precision, seed=args.seed, snap=args.snap, resume=args.resume,
         init_from=args.init_from, workers=args.workers, threads=args.threads, input_drop=args.input_drop,
-        palette_override=args.palette_override, shapes_emphasis=args.shapes_emphasis)
+        palette_override=args.palette_override, sketch_override=args.sketch_override,
+        shapes_emphasis=args.shapes_emphasis)
     sections = {
         "loss": {"r1_gamma": args.gamma, "match_weight": args.match_weight,
                  "contrastive_weight": args.contrastive_weight, "diversity_weight": args.diversity_weight,

@@ -10,8 +10,8 @@ import PIL.Image
 import pytest
 import torch
 
-from data.guides import BACKGROUNDS, override_colour_words, scene_palette
-from data.shapes import COLOURS, Scene, ShapesDataset, render_scene_chw
+from data.guides import BACKGROUNDS, override_colour_words, override_place, scene_palette
+from data.shapes import COLOURS, PLACE_PHRASES, Scene, ShapesDataset, render_scene_chw
 from encoders.guides import GuideEncoder
 from eval import cli as eval_cli
 from eval import metrics
@@ -240,6 +240,58 @@ def test_override_captions_swaps_only_where_the_palette_stays():
     assert half == override_captions(texts, guides, p=0.5, key=(0, 0, 3, 0))
     assert override_captions(texts, guides, p=0.0, key=(0,)) == texts
     assert override_captions(texts, None, p=1.0, key=(0,)) == texts
+
+
+def test_override_place_swaps_a_lone_objects_place_and_leaves_relations_alone():
+    ds = ShapesDataset(32, seed=0)
+    for i in range(400):
+        ex = ds.example(i)
+        out = override_place(ex.caption, torch.Generator().manual_seed(i))
+        if len(ex.scene.objects) == 2:
+            assert out == ex.caption
+            continue
+        said = PLACE_PHRASES[ex.scene.objects[0].position]
+        others = [p for p in PLACE_PHRASES.values() if p != said and p in out]
+        assert said not in out and len(others) == 1 and out == ex.caption.replace(said, others[0])
+    text = "a red circle on the left"
+    assert len({override_place(text, torch.Generator().manual_seed(s)) for s in range(40)}) == 4
+    assert override_place(text, torch.Generator().manual_seed(7)) == override_place(text, torch.Generator().manual_seed(7))
+
+
+def test_override_captions_swaps_places_only_where_the_sketch_stays_and_leaves_the_palette_draw_alone():
+    texts = [f"a red circle on the left number {i}" for i in range(64)]
+    batch = {"palette": torch.rand(64, 5, 3), "palette_weights": torch.ones(64, 5), "sketch": torch.rand(64, 3, 4, 4)}
+    guides = batch_guides(batch, drop=0.5, key=(0, 0, 3, 0))
+    kept = guides.sketch_mask.tolist()
+    out = override_captions(texts, guides, p=0.0, sketch_p=1.0, key=(0, 0, 3, 0))
+    assert [o != t for o, t in zip(out, texts)] == kept and 10 < sum(kept) < 54
+    assert all("red" in o for o in out) and all(("on the left" in o) != k for o, k in zip(out, kept))
+    colours_only = override_captions(texts, guides, p=1.0, key=(0, 0, 3, 0))
+    both = override_captions(texts, guides, p=1.0, sketch_p=1.0, key=(0, 0, 3, 0))
+    assert [b.split()[1] for b in both] == [c.split()[1] for c in colours_only]  # the palette draw is unchanged
+    assert both == override_captions(texts, guides, p=1.0, sketch_p=1.0, key=(0, 0, 3, 0))
+
+
+def test_sketch_override_conditions_on_the_swapped_place_and_targets_the_shown_one(tmp_path, monkeypatch):
+    seen = []
+    g_main = gan_loss.GANLoss.g_main
+    monkeypatch.setattr(gan_loss.GANLoss, "g_main",
+                        lambda self, **kw: seen.append((kw["batch"], kw["content"])) or g_main(self, **kw))
+    train(guided(tmp_path, kimg=0.032, snap=0.032, input_drop=0.0, palette_override=0.0, sketch_override=1.0))
+    places = {w for p in PLACE_PHRASES.values() for w in p.split()}
+    swapped = 0
+    for batch, content in seen:
+        assert content is not None
+        for said, shown in zip(batch.words, content.words):
+            differ = [(a, b) for a, b in zip(said, shown) if a != b]
+            assert len(said) == len(shown) and all(a in places and b in places for a, b in differ)
+            swapped += bool(differ)
+    assert swapped > 0
+
+
+def test_sketch_override_needs_a_sketch(tmp_path):
+    with pytest.raises(ValueError, match="--sketch-override 0.5 needs a model that takes a sketch"):
+        train(resolve_config("tiny", out=str(tmp_path), threads=1, sketch_override=0.5))
 
 
 def test_palette_override_conditions_on_the_swapped_caption_and_targets_the_shown_one(tmp_path, monkeypatch):
