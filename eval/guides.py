@@ -17,7 +17,7 @@ import dataclasses
 import torch
 
 from data.colour import delta_e, sketch_grid, srgb_to_lab
-from data.shapes import BACKGROUNDS, COLOURS, Scene
+from data.shapes import BACKGROUNDS, COLOURS, POSITIONS, RELATIONS, Scene
 
 OBJECT_THRESHOLD = 0.25  # an object pixel differs from the border colour by this much, summed over RGB in [0, 1]
 
@@ -48,6 +48,20 @@ def conflicting_scene(scene: Scene, index: int) -> Scene:
     others = [b for b in BACKGROUNDS if b != scene.background]
     objects = tuple(dataclasses.replace(o, colour=free[(index + k) % len(free)]) for k, o in enumerate(scene.objects))
     return Scene(others[index % len(others)], objects, scene.relation)
+
+
+def conflicting_place(scene: Scene, index: int) -> Scene:
+    """The scene moved where its caption does not put it: a lone object to the index-th of the other
+    places; a pair's relation turned a quarter (left of / right of against above / below, the
+    index-th of the two), which a sketch of grey blobs shows. Everything else stays."""
+    if len(scene.objects) == 1:
+        others = [p for p in POSITIONS if p != scene.objects[0].position]
+        return dataclasses.replace(scene, objects=(dataclasses.replace(scene.objects[0], position=others[index % 4]),))
+    horizontal = scene.relation in ("left of", "right of")
+    turned = ("above", "below") if horizontal else ("left of", "right of")
+    relation = turned[index % 2]
+    objects = tuple(dataclasses.replace(o, position=p) for o, p in zip(scene.objects, RELATIONS[relation]))
+    return Scene(scene.background, objects, relation)
 
 
 def object_colours(scene: Scene) -> torch.Tensor:

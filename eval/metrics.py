@@ -28,6 +28,11 @@ Metrics:
   and the caption's object colours when within ΔE palette_tolerance. palette_wins / palette_caption_wins:
   share of images with more object pixels showing the palette's / the caption's colours (ties count
   for neither); palette_conflict_images: images scored.
+- sketch_conflict: the sketch against the caption (shapes): image i gets the sketch of its scene
+  moved where the caption does not put it (`eval.guides.conflicting_place`: a lone object to
+  another place, a pair's relation turned a quarter). sketch_wins / sketch_caption_wins: share of
+  images whose object mask (`eval.guides.object_masks`) has a higher IoU with the sketch's layout
+  / the caption's (ties count for neither); sketch_conflict_iou: mean IoU with the sketch's layout.
 
 The scorer and the probe are fitted on demand and cached by `eval.fitted`.
 """
@@ -522,6 +527,28 @@ def palette_conflict(ctx: Context) -> dict:
     return {"palette_wins": float((palette_share > caption_share).float().mean()),
             "palette_caption_wins": float((caption_share > palette_share).float().mean()),
             "palette_conflict_images": len(scenes)}
+
+
+@register("sketch_conflict", images=False)
+def sketch_conflict(ctx: Context) -> dict:
+    """Sketch against caption (shapes): share of images laid out as the sketch says, not the caption."""
+    from data.guides import scene_mask, scene_sketch
+    from data.shapes import Scene
+    from encoders.guides import Guides
+    from eval.guides import conflicting_place, mask_iou, object_masks
+
+    require_guides(ctx, "sketch_conflict", palette=False, sketch=True)
+    R, grid = ctx.resolution, ctx.model.cfg.encoder.sketch_grid
+    scenes = [Scene.from_dict(a) for a in ctx.prompt_attributes("sketch_conflict")]
+    moved = [conflicting_place(s, i) for i, s in enumerate(scenes)]
+    sketches = torch.stack([scene_sketch(m, R, grid) for m in moved])
+    images = generate_guided(ctx, Guides(sketch=sketches, sketch_mask=torch.ones(len(scenes), dtype=torch.bool)))
+    drawn = object_masks(images)
+    to_sketch = mask_iou(drawn, torch.stack([scene_mask(m, R) > 0.5 for m in moved]))
+    to_caption = mask_iou(drawn, torch.stack([scene_mask(s, R) > 0.5 for s in scenes]))
+    return {"sketch_wins": float((to_sketch > to_caption).float().mean()),
+            "sketch_caption_wins": float((to_caption > to_sketch).float().mean()),
+            "sketch_conflict_iou": float(to_sketch.mean()), "sketch_conflict_images": len(scenes)}
 
 
 @register("sketch", images=False)

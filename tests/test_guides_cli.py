@@ -15,7 +15,7 @@ from data.shapes import COLOURS, PLACE_PHRASES, Scene, ShapesDataset, render_sce
 from encoders.guides import GuideEncoder
 from eval import cli as eval_cli
 from eval import metrics
-from eval.guides import conflict_shares, conflicting_scene, mask_iou, palette_adherence
+from eval.guides import conflict_shares, conflicting_place, conflicting_scene, mask_iou, palette_adherence
 from gan.pipeline import Pipeline
 from gan import loss as gan_loss
 from gan.stream import batch_guides, override_captions
@@ -102,13 +102,13 @@ def test_pipeline_and_sample_cli_take_the_guides(guided_run, tmp_path, capsys):
 def test_eval_cli_scores_the_guides(guided_run, tmp_path, capsys):
     out = tmp_path / "scores.json"
     rc = eval_cli.main(["--model", str(guided_run.out / "model"), "--data", "shapes", "--metrics",
-                        "palette,sketch,palette_conflict", "--num", "4", "--batch", "2", "--json", str(out),
+                        "palette,sketch,palette_conflict,sketch_conflict", "--num", "4", "--batch", "2", "--json", str(out),
                         "--device", "cpu", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     values = json.loads(out.read_text())["rows"][0]["values"]
-    assert values.pop("palette_conflict_images") == 4
+    assert values.pop("palette_conflict_images") == 4 and values.pop("sketch_conflict_images") == 4
     assert set(values) == {"palette_coverage", "palette_outside", "sketch_cell_error", "sketch_iou", "palette_wins",
-                           "palette_caption_wins"}
+                           "palette_caption_wins", "sketch_wins", "sketch_caption_wins", "sketch_conflict_iou"}
     assert all(0 <= v <= 1 for v in values.values())
     assert values["palette_wins"] + values["palette_caption_wins"] <= 1
 
@@ -160,6 +160,49 @@ def test_the_conflicting_palette_has_none_of_the_scenes_colours():
         assert len(palette) == len(own) and not (palette[:, None] == own[None]).all(-1).any()
         swaps.update((a.colour, b.colour) for a, b in zip(scene.objects, swapped.objects))
     assert all(len({b for a, b in swaps if a == c}) >= 3 for c in COLOURS)  # the swap turns with the index
+
+
+def test_the_conflicting_place_is_another_layout_of_the_same_objects():
+    shapes = ShapesDataset(16, size=200)
+    for i in range(len(shapes)):
+        scene = shapes.example(i).scene
+        moved = conflicting_place(scene, i)
+        assert moved == conflicting_place(scene, i) and moved.background == scene.background
+        assert [(o.shape, o.colour, o.size) for o in moved.objects] == [(o.shape, o.colour, o.size) for o in scene.objects]
+        assert all(a.position != b.position for a, b in zip(moved.objects, scene.objects))
+        if scene.relation is not None:
+            axis = {"left of": "x", "right of": "x", "above": "y", "below": "y"}
+            assert axis[moved.relation] != axis[scene.relation]
+    lone = {conflicting_place(Scene.from_dict({"background": "white", "objects": [
+        {"shape": "star", "colour": "red", "size": "large", "position": "left"}]}), i).objects[0].position for i in range(8)}
+    assert lone == {"right", "top", "bottom", "centre"}
+
+
+def test_sketch_conflict_on_painted_images(guided_run, monkeypatch):
+    from data.guides import scene_sketch
+
+    model = guided_run.ema.eval()
+    R = model.cfg.resolution
+
+    def painting(kind):
+        def generate(ctx, guides):
+            out = []
+            for i, attributes in enumerate(ctx.prompt_attributes()):
+                scene = Scene.from_dict(attributes)
+                moved = conflicting_place(scene, i)
+                assert torch.equal(guides.sketch[i], scene_sketch(moved, R, model.cfg.encoder.sketch_grid))
+                out.append(torch.from_numpy(render_scene_chw(moved if kind == "sketch" else scene, R)))
+            return torch.stack(out)
+        return generate
+
+    ctx = metrics.Context(model, guided_run.tokenizer, ShapesDataset(R, size=8), metrics.MetricOptions(num=8))
+    got = {}
+    for kind in ("sketch", "caption"):
+        monkeypatch.setattr(metrics, "generate_guided", painting(kind))
+        got[kind] = metrics.sketch_conflict(ctx)
+    assert [got[k]["sketch_wins"] for k in got] == [1.0, 0.0] and [got[k]["sketch_caption_wins"] for k in got] == [0.0, 1.0]
+    assert got["sketch"]["sketch_conflict_iou"] > got["caption"]["sketch_conflict_iou"]
+    assert got["sketch"]["sketch_conflict_images"] == 8
 
 
 def painted(kind: str):
