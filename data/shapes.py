@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -285,6 +286,9 @@ class Example:
     template: int = 0  # Index into ONE_/TWO_OBJECT_TEMPLATES.
 
 
+_EMPHASISED_SIZE = re.compile(r"\((\w+):[0-9.]+\)")  # "(large:1.41)", as _object_phrase writes it
+
+
 def _object_phrase(obj: ShapeObject, with_size: bool) -> str:
     if not with_size:
         return f"{obj.colour} {obj.shape}"
@@ -469,7 +473,4 @@ class ShapesDataset(torch.utils.data.Dataset):
         """Captions of the first min(len, limit) items: with the default limit every word of
         vocabulary() occurs (enough to build a tokenizer). Emphasis syntax is left out (a tokenizer reads
         captions literally)."""
-        from encoders.prompt import parse_prompt
-
-        captions = (self.example(i).caption for i in range(min(len(self), limit)))
-        return [" ".join(w for w, _ in parse_prompt(c)) if "(" in c else c for c in captions]
+        return [_EMPHASISED_SIZE.sub(r"\1", self.example(i).caption) for i in range(min(len(self), limit))]

@@ -56,7 +56,7 @@ def conflicting_place(scene: Scene, index: int) -> Scene:
     index-th of the two), which a sketch of grey blobs shows. Everything else stays."""
     if len(scene.objects) == 1:
         others = [p for p in POSITIONS if p != scene.objects[0].position]
-        return dataclasses.replace(scene, objects=(dataclasses.replace(scene.objects[0], position=others[index % 4]),))
+        return dataclasses.replace(scene, objects=(dataclasses.replace(scene.objects[0], position=others[index % len(others)]),))
     horizontal = scene.relation in ("left of", "right of")
     turned = ("above", "below") if horizontal else ("left of", "right of")
     relation = turned[index % 2]

@@ -160,7 +160,7 @@ def build_networks(cfg: TrainConfig, resume_dir: Path | None, main: MainProcess)
                          f"{'with' if model_cfg.discriminator.word_classes else 'without'} D's word classifier; "
                          f"resume it with the word weight it started with")
     if resume_dir is not None:
-        drawn = TrainConfig.from_dict(read_trainer(resume_dir)["train_config"]).shapes_emphasis
+        drawn = read_trainer(resume_dir)["train_config"].get("shapes_emphasis", 0.0)
         if drawn != cfg.shapes_emphasis:
             raise ValueError(f"--shapes-emphasis {cfg.shapes_emphasis}: the run in {resume_dir} drew its captions with "
                              f"{drawn}; resume it with --shapes-emphasis {drawn}")
