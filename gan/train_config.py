@@ -157,7 +157,8 @@ def check_config(cfg: TrainConfig) -> None:
     need(0 <= cfg.sketch_override <= 1, f"--sketch-override must lie in [0, 1], got {cfg.sketch_override}")
     need(0 <= cfg.shapes_emphasis <= 1, f"--shapes-emphasis must lie in [0, 1], got {cfg.shapes_emphasis}")
     need(cfg.shapes_emphasis == 0 or cfg.data == "shapes",
-         f"--shapes-emphasis {cfg.shapes_emphasis} applies to --data shapes only (got --data {cfg.data})")
+         f"--shapes-emphasis {cfg.shapes_emphasis} (yours or the preset's) applies to --data shapes only; "
+         f"give --shapes-emphasis 0 for --data {cfg.data}")
     need(cfg.ema_kimg >= 0, f"ema_kimg must be >= 0, got {cfg.ema_kimg}")
     need(cfg.max_nonfinite >= 1, f"max_nonfinite must be >= 1, got {cfg.max_nonfinite}")
     need(not (cfg.resume and cfg.init_from), "--resume and --init-from exclude each other")

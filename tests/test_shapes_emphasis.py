@@ -105,7 +105,12 @@ def test_training_reads_the_weights_in_the_warmup_and_the_gan_phase(tmp_path, mo
 
 
 def test_shapes_emphasis_is_for_shapes_only(tmp_path):
-    with pytest.raises(ValueError, match="--shapes-emphasis 0.3 applies to --data shapes only"):
+    with pytest.raises(ValueError, match=r"--shapes-emphasis 0.3 \(yours or the preset's\) applies to --data shapes only"):
         check_config(resolve_config("tiny", out=str(tmp_path), data=str(tmp_path), shapes_emphasis=0.3))
+    # shapes32 emphasises size words; on a folder the preset's value is refused unless zeroed.
+    assert resolve_config("shapes32", out=str(tmp_path)).shapes_emphasis == 0.3
+    with pytest.raises(ValueError, match="give --shapes-emphasis 0 for --data"):
+        check_config(resolve_config("shapes32", out=str(tmp_path), data=str(tmp_path)))
+    check_config(resolve_config("shapes32", out=str(tmp_path), data=str(tmp_path), shapes_emphasis=0.0))
     with pytest.raises(ValueError, match=r"--shapes-emphasis must lie in \[0, 1\]"):
         check_config(resolve_config("tiny", out=str(tmp_path), shapes_emphasis=1.5))
