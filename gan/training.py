@@ -22,7 +22,7 @@ import time
 from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -241,6 +241,9 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     if cfg.sketch_override > 0 and not model_cfg.encoder.sketch_grid:
         raise ValueError(f"--sketch-override {cfg.sketch_override} needs a model that takes a sketch (--sketch-grid G "
                          f"in a fresh run)")
+    if cfg.warmup.guides and not (model_cfg.encoder.guide_tokens and model.generator.synthesis.layout is not None):
+        raise ValueError("--warmup-guides on needs a model that takes a palette or a sketch (--palette on, --sketch-grid G) "
+                         "and G's layout map (--layout-resolution), in a fresh run")
     emphasis = getattr(dataset, "emphasis_syntax", False)  # captions written in prompt syntax (shapes)
     device = accelerator.device
     model.to(device)
@@ -253,6 +256,12 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     # Captions longer than max_length are reported once here, not warned about one by one below.
     if report := cut_report(tokenizer, captions):
         main.print(f"{report} (--max-length sets the limit of a fresh run)")
+    def conditioning(b: dict, key: Sequence[int]):
+        """A batch's guides (each dropped at cfg.input_drop) and the captions that condition it (words
+        overridden by the guides at cfg.palette_override / sketch_override), both drawn from `key`."""
+        guides = batch_guides(b, drop=cfg.input_drop, key=key)
+        return override_captions(b["text"], guides, p=cfg.palette_override, key=key, sketch_p=cfg.sketch_override), guides
+
     warm, teacher = {}, None
     if resume_dir is None and cfg.warmup.kimg > 0:
         with cuts_reported():
@@ -260,10 +269,16 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
 
             # The warm-up reads images and captions only: its pairs skip the guides (4-8x the cost of an item).
             text_pairs = dataset.dataset if isinstance(dataset, GuidedDataset) else dataset
+
+            def guided_tokens(b: dict, step: int):
+                texts, guides = conditioning(b, (cfg.seed, step))  # keys of two numbers: none of the GAN's four
+                return tokenizer(texts, emphasis=emphasis).with_guides(guides)
+
             warm, teacher, stopped = run_warmup(cfg.warmup, model.encoder, text_pairs, tokenizer, seed=cfg.seed,
                                                 workers=cfg.workers, resolution=model_cfg.resolution, device=device,
                                                 any_process_stopped=any_process_stopped,
-                                                layout=model.generator.synthesis.layout, emphasis=emphasis)
+                                                layout=model.generator.synthesis.layout, emphasis=emphasis,
+                                                guided=(dataset, guided_tokens) if cfg.warmup.guides else None)
         if stopped:
             main.print(f"{stopped} received in the encoder warm-up, after {warm['warmup/steps']} of its steps: no "
                        f"training state exists yet; run the same command again to start over")
@@ -319,9 +334,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         from data import to_float
 
         b = next(batches)
-        key = (cfg.seed, rank, state.step, k)
-        guides = batch_guides(b, drop=cfg.input_drop, key=key)
-        texts = override_captions(b["text"], guides, p=cfg.palette_override, key=key, sketch_p=cfg.sketch_override)
+        texts, guides = conditioning(b, (cfg.seed, rank, state.step, k))
         with cuts_reported():
             tokens = tokenizer(texts, emphasis=emphasis).with_guides(guides).to(device)
             content = None if texts == list(b["text"]) else \

@@ -29,7 +29,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -48,6 +48,9 @@ class WarmupConfig:
     lr: float = 1e-3  # Adam learning rate of the encoder, the image tower, the temperature and the layout.
     # Pairs (thousands) on which G's layout map, if any, then trains alone on the warmed encoder's frozen tokens.
     layout_kimg: float = 0.0
+    # A guided model's layout map reads each pair's palette and sketch too (dropped and overriding the
+    # caption as in training), so it learns to place what the sketch shows before the GAN starts.
+    guides: bool = False
 
 
 class ImageTower(nn.Module):
@@ -148,21 +151,22 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
 
 
 def warm_up_layout(encoder: nn.Module, layout: PromptLayout, sketch: LayoutSketch, batches: Iterator[dict],
-                   tokenizer, cfg: WarmupConfig, *, device: torch.device | str = "cpu",
-                   should_stop: Callable[[], bool] | None = None, emphasis: bool = False) -> dict[str, float]:
+                   tokens_of: Callable[[dict, int], Any], cfg: WarmupConfig, *, device: torch.device | str = "cpu",
+                   should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
     """Train `layout` and its `sketch` head alone, in place, for cfg.layout_kimg thousand pairs on
-    the frozen encoder's tokens (the encoder in eval mode: its running statistics stay). Returns
-    the steps taken and the last step's sketch error."""
+    the frozen encoder's tokens (the encoder in eval mode: its running statistics stay);
+    tokens_of(batch, step) gives a batch's TokenBatch. Returns the steps taken and the last step's
+    sketch error."""
     opt = torch.optim.Adam([*layout.parameters(), *sketch.parameters()], lr=cfg.lr)
     was_training = encoder.training
     encoder.eval()
     done, layout_error = 0, None
-    for _ in range(max(1, round(cfg.layout_kimg * 1000 / cfg.batch))):
+    for step in range(max(1, round(cfg.layout_kimg * 1000 / cfg.batch))):
         if should_stop is not None and should_stop():
             break
         batch = next(batches)
         with torch.no_grad():
-            code = encoder(tokenizer(batch["text"], emphasis=emphasis).to(device))
+            code = encoder(tokens_of(batch, step).to(device))
         layout_error = sketch_error(sketch(layout(code.tokens, code.mask)), to_float(batch["image"]).to(device))
         opt.zero_grad(set_to_none=True)
         layout_error.backward()
@@ -177,11 +181,14 @@ def warm_up_layout(encoder: nn.Module, layout: PromptLayout, sketch: LayoutSketc
 
 def run_warmup(cfg: WarmupConfig, encoder: nn.Module, dataset, tokenizer, *, seed: int, workers: int,
                resolution: int, device, any_process_stopped: Callable[[dict], bool],
-               layout: PromptLayout | None = None,
-               emphasis: bool = False) -> tuple[dict, LayoutTeacher | None, str | None]:
+               layout: PromptLayout | None = None, emphasis: bool = False,
+               guided: tuple[Any, Callable[[dict, int], Any]] | None = None,
+               ) -> tuple[dict, LayoutTeacher | None, str | None]:
     """Both warm-up phases under the stop signals: (their log record, the warmed layout's frozen
     sketch (None without a layout), the signal's name if a process was stopped, else None). Every
-    process draws the same pairs (rank 0 of 1), so all warm up alike."""
+    process draws the same pairs (rank 0 of 1), so all warm up alike. guided = (the dataset with
+    guides, tokens_of(batch, step)): the layout phase goes on with the same pairs carrying their
+    palette and sketch, coded by tokens_of (cfg.guides)."""
     pairs = iter(make_loader(dataset, batch_gpu=cfg.batch, rank=0, world=1, seed=seed, start=0, workers=workers))
     sketch = new_sketch(layout, device) if layout is not None else None
     start = time.time()
@@ -192,8 +199,16 @@ def run_warmup(cfg: WarmupConfig, encoder: nn.Module, dataset, tokenizer, *, see
         warm = warm_up_encoder(encoder, pairs, tokenizer, cfg, resolution=resolution, device=device,
                                should_stop=should_stop, layout=layout, sketch=sketch, emphasis=emphasis)
         if layout is not None and cfg.layout_kimg > 0 and not should_stop():
-            warm.update(warm_up_layout(encoder, layout, sketch, pairs, tokenizer, cfg, device=device,
-                                       should_stop=should_stop, emphasis=emphasis))
+            def tokens_of(batch: dict, step: int):
+                return tokenizer(batch["text"], emphasis=emphasis)
+
+            if guided is not None:  # the same stream of pairs from where the encoder's phase left it
+                del pairs
+                pairs = iter(make_loader(guided[0], batch_gpu=cfg.batch, rank=0, world=1, seed=seed,
+                                         start=warm["warmup/steps"] * cfg.batch, workers=workers))
+                tokens_of = guided[1]
+            warm.update(warm_up_layout(encoder, layout, sketch, pairs, tokens_of, cfg, device=device,
+                                       should_stop=should_stop))
     warm["warmup/seconds"] = round(time.time() - start, 1)
     del pairs
     stopped = any_process_stopped(stop)

@@ -97,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     research.add_argument("--layout-lr", type=float, default=None, help="Adam learning rate of that map")
     research.add_argument("--warmup-layout-kimg", type=float, default=None,
                           help="after the warm-up, the map trains alone for this many kimg on the warmed tokens")
+    research.add_argument("--warmup-guides", choices=("on", "off"), default=None,
+                          help="on: a guided model's layout map warms up reading the palette and sketch too")
     research.add_argument("--sketch-weight", type=float, default=None,
                           help="weight of the sketch term (G's image against the warmed map's frozen sketch)")
     return p.parse_args(argv)
@@ -119,7 +121,8 @@ def build_config(args: argparse.Namespace):
                  "contrastive_weight": args.contrastive_weight, "diversity_weight": args.diversity_weight,
                  "word_weight": args.word_weight, "sketch_weight": args.sketch_weight},
         "augment": {"mode": args.augment},
-        "warmup": {"kimg": args.warmup_kimg, "layout_kimg": args.warmup_layout_kimg},
+        "warmup": {"kimg": args.warmup_kimg, "layout_kimg": args.warmup_layout_kimg,
+                   "guides": None if args.warmup_guides is None else args.warmup_guides == "on"},
         "model": {"encoder": {"max_length": args.max_length, "steps_per_token": args.steps_per_token,
                               "spikes": None if args.encoder_spikes is None else args.encoder_spikes == "on",
                               "palette": None if args.palette is None else args.palette == "on",

@@ -397,3 +397,36 @@ def test_the_warmup_draws_its_pairs_without_guides(tmp_path, monkeypatch):
     monkeypatch.setattr(GuidedDataset, "__getitem__", lambda self, i: calls.append(i) or getitem(self, i))
     train(guided(tmp_path, kimg=0.032, snap=0.032))  # warm-up 0.032 + 0.016 kimg of pairs, then 0.032 kimg of GAN
     assert len(calls) == 32
+
+
+def test_warmup_guides_warm_the_layout_on_the_same_pairs_with_their_guides(tmp_path, monkeypatch):
+    """--warmup-guides on: the layout phase takes the pairs the plain warm-up takes (the stream going
+    on where the encoder's phase left it), now carrying their guides, overridden as in training; so
+    the map's positions of the guide slots train. Off, they are never read."""
+    from gan import warmup
+
+    seen, layout_alone = {}, warmup.warm_up_layout
+    for guides in (False, True):
+        def spy(encoder, layout, sketch, batches, tokens_of, cfg, **kw):
+            def recorded(batch, step):
+                seen[guides] = (batch["index"].tolist(), batch["text"], tokens_of(batch, step))
+                return seen[guides][2]
+
+            text_rows, before = encoder.cfg.max_length, layout.pos.detach().clone()
+            stats = layout_alone(encoder, layout, sketch, batches, recorded, cfg, **kw)
+            seen[guides] += (not torch.equal(before[text_rows:], layout.pos.detach()[text_rows:]),)
+            return stats
+
+        monkeypatch.setattr(warmup, "warm_up_layout", spy)
+        train(guided(tmp_path / str(guides), kimg=0.032, snap=0.032, input_drop=0.0, palette_override=1.0,
+                     warmup={"guides": guides}))
+    (plain_index, _, plain_tokens, plain_trained), (index, texts, tokens, trained) = seen[False], seen[True]
+    assert index == plain_index and len(index) == 16
+    assert plain_tokens.guides is None and not plain_trained
+    assert tokens.guides is not None and tokens.guides.sketch is not None and trained
+    assert all(any(w not in t.split() for w in words) for words, t in zip(tokens.words, texts))  # colours swapped
+
+
+def test_warmup_guides_need_guides_and_a_layout(tmp_path):
+    with pytest.raises(ValueError, match="--warmup-guides on needs a model that takes a palette or a sketch"):
+        train(resolve_config("tiny", out=str(tmp_path), threads=1, warmup={"guides": True}))
