@@ -365,7 +365,7 @@ def test_dry_run_prints_resolved_config(capsys):
     assert cfg["model"]["resolution"] == 16
     assert train_main(["--preset", "tiny", "--warmup-kimg", "1", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["train"]["warmup"] == {"kimg": 1.0, "batch": 16, "lr": 1e-3,
-                                                                      "layout_kimg": 0.016}
+                                                                      "layout_kimg": 0.016, "guides": False}
     assert train_main(["--preset", "tiny", "--max-length", "9", "--dry-run"]) == 0
     resolved = json.loads(capsys.readouterr().out)["model"]
     assert resolved["encoder"]["max_length"] == 9
@@ -385,7 +385,7 @@ def test_help_groups_core_options_first_and_lists_no_removed_option(capsys):
     assert groups == sorted(groups)
     first = {flag: text.index(flag, groups[0]) for flag in ("--data", "--contrastive-weight", "--sketch-weight")}
     assert first["--data"] < groups[1] < first["--contrastive-weight"] < groups[2] < first["--sketch-weight"]
-    for removed in ("guide", "hard-negatives", "word-region"):
+    for removed in ("--guide-weight", "hard-negatives", "word-region"):
         assert removed not in text
 
 
