@@ -63,7 +63,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
                    # would blur the colours and places the prompts ask for.
                    augment=dict(mode="off"), workers=1,
                    warmup=dict(kimg=51.2, layout_kimg=128.0),
-                   # Size words emphasised in 3 of 10 captions: binding, shape and FID better over 3 seeds.
+                   # 3 in 10 named size words emphasised, '(large:1.41)': binding, shape, FID better over 3 seeds.
                    shapes_emphasis=0.3,
                    grid_prompts=SHAPES_GRID_PROMPTS),
     ),

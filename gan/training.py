@@ -256,6 +256,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     # Captions longer than max_length are reported once here, not warned about one by one below.
     if report := cut_report(tokenizer, captions):
         main.print(f"{report} (--max-length sets the limit of a fresh run)")
+
     def conditioning(b: dict, key: Sequence[int]):
         """A batch's guides (each dropped at cfg.input_drop) and the captions that condition it (words
         overridden by the guides at cfg.palette_override / sketch_override), both drawn from `key`."""
@@ -267,7 +268,8 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         with cuts_reported():
             from data.guides import GuidedDataset
 
-            # The warm-up reads images and captions only: its pairs skip the guides (4-8x the cost of an item).
+            # The encoder's warm-up reads images and captions only: its pairs skip the guides (4-8x the cost of
+            # an item); the layout's reads them with --warmup-guides on.
             text_pairs = dataset.dataset if isinstance(dataset, GuidedDataset) else dataset
 
             def guided_tokens(b: dict, step: int):
