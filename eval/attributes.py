@@ -47,8 +47,10 @@ REPORTED = ("count", "background", "shape", "colour", "size", "position", "relat
 # "binding", a two-object scene with each colour on its own object's side. "relation" counts one
 # colour in place as enough, so a generator that places the colours by a fixed rule of its own,
 # whatever the caption's order, passes it half the time; binding shows that (right as often as
-# swapped, about 0.34 each, on shapes32 after 50 kimg).
-EXTRA = ("binding",)
+# swapped, about 0.34 each, on shapes32 after 50 kimg). "shape_one" and "shape_two" split shape by
+# the scene's object count: shapes32 drew a lone object's shape far more often right (.88 against
+# .62 of 400, 2026-12-07), so the count is where shape goes wrong.
+EXTRA = ("binding", "shape_one", "shape_two")
 IGNORE = -100  # F.cross_entropy's ignore_index: a head with no truth for this image.
 
 
@@ -101,6 +103,7 @@ def attribute_hits(pred: dict[str, int], attributes: dict) -> dict[str, list[boo
         for attr in OBJECT_ATTRIBUTES:
             if flag.get(attr, True):
                 hits[attr].append(pred[f"{slot}_{attr}"] == t[f"{slot}_{attr}"])
+    hits["shape_one" if len(objects) == 1 else "shape_two"] = list(hits["shape"])
     if len(objects) == 2 and mentioned.get("relation", True):
         layout = pred["a_position"] == t["a_position"] and pred["b_position"] == t["b_position"]
         placed = pred["a_colour"] == t["a_colour"] or pred["b_colour"] == t["b_colour"]

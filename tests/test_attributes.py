@@ -39,7 +39,8 @@ def test_hits_count_only_what_the_caption_mentions():
     attrs = _attrs(TWO, mentioned)
     hits = at.attribute_hits(_perfect(attrs), attrs)
     assert hits == {"count": [True], "background": [], "shape": [True, True], "colour": [True, True],
-                    "size": [True], "position": [], "relation": [True], "binding": [True]}
+                    "size": [True], "position": [], "relation": [True], "binding": [True],
+                    "shape_one": [], "shape_two": [True, True]}
 
 
 def test_swapped_objects_break_the_relation_but_not_the_shapes_count():
@@ -73,7 +74,12 @@ def test_accuracy_matches_naive_count():
     acc = at.accuracy(wrong, attrs)
     naive = [ok for i, a in enumerate(attrs) for ok in at.attribute_hits(dict(zip(at.HEADS, wrong[i].tolist())), a)["colour"]]
     assert acc["colour"] == sum(naive) / len(naive) < 1.0
-    assert acc["shape"] == 1.0
+    assert acc["shape"] == acc["shape_one"] == acc["shape_two"] == 1.0
+    # Shape split by the scene's object count: slot B's shape wrong hurts only two-object scenes.
+    col = list(at.HEADS).index("b_shape")
+    wrong[:, col] = (wrong[:, col] + 1) % len(at.HEADS["b_shape"])
+    acc = at.accuracy(wrong, attrs)
+    assert acc["shape_one"] == 1.0 and acc["shape_two"] == 0.5
     two = [i for i, a in enumerate(attrs) if len(a["objects"]) == 2]  # binding: every odd one, untouched
     assert acc["binding"] == sum(i % 2 for i in two) / len(two) and 0 < acc["binding"] < 1
 

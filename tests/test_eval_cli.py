@@ -68,7 +68,8 @@ def _run(argv, capsys):
 VALUE_KEYS = {
     "fid", "fd_domain", "kid", "kid_std", "r_precision", "cosine", "r_precision_real", "cosine_real", "candidates",
     *(f"{p}_{k}" for p in ("attr", "probe") for k in ("count", "background", "shape", "colour", "size",
-                                                     "position", "relation", "mean", "binding")),
+                                                     "position", "relation", "mean", "binding",
+                                                     "shape_one", "shape_two")),
 }
 
 
