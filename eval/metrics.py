@@ -20,6 +20,8 @@ Metrics:
 - attributes: probe accuracy per attribute on the shapes domain (`eval.attributes`).
 - clip_score: CLIPScore (100 * max(cos, 0)) with user-supplied open_clip weights (`eval.clip`).
 - emphasis, order, energy: what the spikes carry and cost (`eval.emphasis`, `eval.order`, `eval.energy`).
+- variety: how much the seeds of one prompt vary the background and sizes it leaves free, against
+  real scenes of the same prompts (`eval.variety`, shapes).
 - palette, sketch: adherence to the guides of a model trained with them (`eval.guides`); image i gets
   the palette of reference item i + palette_shift (0: its own) or the sketch of item i, not both.
 - palette_conflict: the palette against the caption (shapes): image i gets the palette of its scene
@@ -742,3 +744,4 @@ def snapshot_callback(metric_names: Sequence[str], dataset, **compute_kwargs) ->
 import eval.emphasis  # noqa: E402,F401  (at the end: the spike metrics register on import)
 import eval.energy  # noqa: E402,F401
 import eval.order  # noqa: E402,F401
+import eval.variety  # noqa: E402,F401

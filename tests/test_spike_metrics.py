@@ -252,7 +252,7 @@ def tiny_setup(tmp_path_factory):
 def test_cli_writes_finite_emphasis_order_and_energy(tiny_setup, tmp_path, capsys):
     out = tmp_path / "s.json"
     rc = cli.main(["--model", str(tiny_setup / "spiking"), "--model", str(tiny_setup / "dense"), "--data", "shapes",
-                   "--metrics", "emphasis,order,energy", "--num", "6", "--batch", "16", "--probe",
+                   "--metrics", "emphasis,order,energy,variety", "--num", "6", "--batch", "16", "--probe",
                    str(tiny_setup / "probe"), "--device", "cpu", "--json", str(out), "--quiet"])
     assert rc == 0, capsys.readouterr().err
     spiking, dense = (row["values"] for row in json.loads(out.read_text())["rows"])
@@ -261,6 +261,7 @@ def test_cli_writes_finite_emphasis_order_and_energy(tiny_setup, tmp_path, capsy
         assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers.values()), numbers
         assert -1 <= values["emphasis_spearman"] <= 1 and 0 <= values["order_mean"] <= 1
         assert values["emphasis_series"] == 16 * 2 * 4 and values["order_images"] == 64 * 4
+        assert values["variety_images"] == 32 * 8 and 0 <= values["variety_size_real"] <= 1
         assert "Horowitz" in values["energy_source"] and "ISSCC 2014" in values["energy_source"]
         assert values["energy_g_flops"] > values["energy_encoder_flops"] > 0 and values["energy_d_flops"] > 0
         assert 0 < values["energy_encoder_share"] < 1
