@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kimg", type=float, default=None, help="training length (default: the preset's)")
     p.add_argument("--seed", type=int, default=None, help="training seed (default: the preset's, 0)")
     p.add_argument("--num", type=int, default=500, help="images generated for the scores")
-    p.add_argument("--metrics", default="attributes,fid,fd_domain,kid", help="eval metrics (lpips_diversity is added "
+    p.add_argument("--metrics", default="attributes,fid,fd_domain,kid,variety", help="eval metrics (lpips_diversity is added "
                    "when an AlexNet backbone is found: $SPIKEGAN_LPIPS_BACKBONE or ../shared/weights)")
     args = p.parse_args(argv)
     out = Path(args.out)
