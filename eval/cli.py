@@ -3,6 +3,7 @@
     python -m eval --model runs/a/model --model runs/b/model --data shapes \\
         --metrics fid,kid,lpips_diversity,alignment,attributes --num 1000 --json scores.json
     python -m eval --images other_system/ --data data/my64 # images + metadata.jsonl of captions
+    python -m eval --model runs/a/model --data data/my64 --save-images gen/  # keep the scored images
     python -m eval lpips a.png b.png                 # LPIPS between two image files
     python -m eval train-scorer --data DIR --out DIR # the alignment scorer of a reference set
 
@@ -118,6 +119,9 @@ def score_parser() -> argparse.ArgumentParser:
     p.add_argument("--palette-shift", type=int, default=0,
                    help="palette: image i gets the palette of reference item i + this; 0 = its own, another "
                         "value a palette that mostly disagrees with the caption")
+    p.add_argument("--save-images", metavar="DIR", default=None,
+                   help="keep the images the --model was scored on: DIR/<i>.png and a metadata.jsonl of their prompts "
+                        "and seeds, which --images (or another scorer) reads back bit for bit; one --model")
     p.add_argument("--quiet", action="store_true", help="no progress messages")
     return p
 
@@ -209,6 +213,13 @@ def run_score(args: argparse.Namespace, argv: Sequence[str], *, extractor: Any =
     for d in args.images:
         if not Path(d).exists():
             raise CliError(f"--images {d}: no such directory or .zip")
+    if args.save_images is not None:
+        if len(args.model) != 1:
+            raise CliError(f"--save-images {args.save_images}: keeps the images of one --model, got {len(args.model)}")
+        keep = Path(args.save_images)
+        if keep.exists() and (not keep.is_dir() or any(keep.iterdir())):
+            raise CliError(f"--save-images {args.save_images}: exists and is not an empty folder (two runs' images "
+                           "would mix)")
     device = _device(args.device)
     log = None if args.quiet else (lambda msg: print(f"[eval] {msg}", file=sys.stderr, flush=True))
     if extractor is None and metrics.needs_features(metric_names):
@@ -226,7 +237,7 @@ def run_score(args: argparse.Namespace, argv: Sequence[str], *, extractor: Any =
         scorer_num=args.scorer_num, scorer_text=args.scorer_text, probe=args.probe,
         clip_weights=args.clip_weights, clip_arch=args.clip_arch, extractor=extractor,
         text_embedder=text_embedder, log=log, palette_tolerance=args.palette_tolerance,
-        palette_shift=args.palette_shift)
+        palette_shift=args.palette_shift, save_images=args.save_images)
 
     def reference(res: int):
         if res not in datasets:

@@ -41,6 +41,7 @@ The scorer and the probe are fitted on demand and cached by `eval.fitted`.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -50,8 +51,9 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from data.files import sha256_file
+from data.files import atomic_write_text, sha256_file
 from encoders.tokenizer import cut_report, cuts_reported
 
 
@@ -121,6 +123,7 @@ class MetricOptions:
     clip_arch: str = "ViT-B-32"  # open_clip architecture of those weights.
     palette_tolerance: float = 15.0  # palette: CIE76 ΔE within which a pixel shows a palette colour.
     palette_shift: int = 0  # palette: image i gets the palette of reference item i + this (0 = its own).
+    save_images: str | None = None  # Folder the generated images go to as PNGs + metadata.jsonl; None = not kept.
     extractor: Any = None  # Image features uint8 [B,3,H,W] -> [B,D]; None = InceptionFeatures (tests inject stand-ins).
     text_embedder: Any = None  # Frozen sentence embedder captions -> [N,384]; None = MiniLM when needed.
     log: Callable[[str], None] | None = None  # Progress messages.
@@ -303,8 +306,32 @@ def _clip_consumer() -> Consumer:
     return Consumer(start, update, lambda s: torch.cat(s["scores"]))
 
 
+def _save_consumer() -> Consumer:
+    """The generated images as <i>.png in opts.save_images, listed with their prompt and seed in a
+    metadata.jsonl that `--images` (or another system's scorer) reads back bit for bit."""
+    def start(ctx):
+        folder = Path(ctx.opts.save_images)
+        folder.mkdir(parents=True, exist_ok=True)
+        return {"ctx": ctx, "folder": folder, "rows": []}
+
+    def update(state, images):
+        ctx, rows = state["ctx"], state["rows"]
+        prompts, seeds = ctx.prompts(), ctx.seeds()
+        for img in images:
+            i = len(rows)
+            name = f"{i:05d}.png"
+            Image.fromarray(img.permute(1, 2, 0).numpy()).save(state["folder"] / name)
+            rows.append({"file_name": name, "text": prompts[i], "seed": seeds[i]})
+
+    def finish(state):
+        lines = "".join(json.dumps(r) + "\n" for r in state["rows"])
+        return atomic_write_text(state["folder"] / "metadata.jsonl", lines)
+
+    return Consumer(start, update, finish)
+
+
 CONSUMERS: dict[str, Callable[[], Consumer]] = {
-    "inception": _inception_consumer, "probe": _probe_consumer, "clip": _clip_consumer}
+    "inception": _inception_consumer, "probe": _probe_consumer, "clip": _clip_consumer, "save": _save_consumer}
 
 
 # ----------------------------------------------------------------------------------------
@@ -700,6 +727,8 @@ def _evaluate(metric_names: list[str], ctx: Context) -> EvalResult:
         ctx_probe(ctx)
     if any(_REGISTRY[m].scorer for m in metric_names):
         ctx_scorer(ctx)
+    if opts.save_images is not None and ctx.images is None:
+        needs.append("save")
     ctx.run_generation({n: CONSUMERS[n]() for n in needs})
     values: dict[str, Any] = {}
     for name in metric_names:

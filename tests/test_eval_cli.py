@@ -387,3 +387,38 @@ def test_data_seed_picks_the_reference_scenes(tiny_model, scorer_and_probe, tmp_
                           "--quiet"], capsys)
     assert rc == 0, stderr
     assert seeds == [3] and json.loads(out.read_text())["settings"]["data_seed"] == 3
+
+
+def test_saved_images_read_back_as_a_folder_give_the_models_scores(tiny_model, scorer_and_probe, tmp_path, capsys):
+    scorer_dir, _ = scorer_and_probe
+    saved = tmp_path / "gen"
+    base = ["--data", "shapes", "--metrics", "fid,fd_domain,kid,alignment", "--num", "9", "--batch", "4",
+            "--scorer", str(scorer_dir), "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--quiet"]
+    rc, _, err = _run(["--model", str(tiny_model[0]), "--seed", "5", "--save-images", str(saved), *base,
+                       "--json", str(tmp_path / "model.json")], capsys)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in (saved / "metadata.jsonl").read_text().splitlines()]
+    ref = ShapesDataset(16)
+    assert [r["file_name"] for r in rows] == [f"{i:05d}.png" for i in range(9)]
+    assert [r["text"] for r in rows] == [ref[i]["text"] for i in range(9)] and [r["seed"] for r in rows] == list(range(5, 14))
+    from gan.model import load_model
+
+    model, tok = load_model(tiny_model[0])
+    want = torch.cat(list(metrics.generate(model, tok, [r["text"] for r in rows], list(range(5, 14)), emphasis=False)))
+    got = torch.stack([torch.from_numpy(np.array(Image.open(saved / r["file_name"]))).permute(2, 0, 1) for r in rows])
+    assert torch.equal(got, want)
+    rc, _, err = _run(["--images", str(saved), *base, "--json", str(tmp_path / "folder.json")], capsys)
+    assert rc == 0, err
+    as_model = json.loads((tmp_path / "model.json").read_text())["rows"][0]["values"]
+    as_folder = json.loads((tmp_path / "folder.json").read_text())["rows"][0]["values"]
+    # The same images, captions and features: the same numbers (KID's float32 sums to rounding).
+    assert as_folder["kid"] == pytest.approx(as_model["kid"], rel=1e-6)
+    assert as_folder["kid_std"] == pytest.approx(as_model["kid_std"], abs=1e-6)
+    exact = lambda v: {k: x for k, x in v.items() if not k.startswith("kid")}  # noqa: E731
+    assert exact(as_folder) == exact(as_model)
+    # A folder already holding files, or two models, is refused before any work.
+    for argv, needle in [(["--model", str(tiny_model[0]), "--save-images", str(saved)], "not an empty folder"),
+                         (["--model", str(tiny_model[0]), "--model", str(tiny_model[1]), "--save-images",
+                           str(tmp_path / "new")], "one --model, got 2")]:
+        rc, _, err = _run([*argv, *base], capsys)
+        assert rc == 2 and err.startswith("error: --save-images") and needle in err, err
