@@ -144,10 +144,13 @@ def resize_like_pil(images: torch.Tensor, size: int, resample: int = PIL.Image.B
 
 
 def grid_prompts(prompts: Sequence[str], captions: list[str], rows: int) -> list[str]:
-    """The fixed prompts of a training run's sample grid: `prompts`, or the first `rows` distinct captions."""
+    """The fixed prompts of a training run's sample grid: `prompts`, or `rows` distinct captions spread
+    evenly over the dataset's order (its first ones are often alike: emoji's are ten keycaps)."""
     if prompts:
         return list(prompts)
-    return list(dict.fromkeys(captions))[:rows]
+    distinct = list(dict.fromkeys(captions))
+    n = min(rows, len(distinct))
+    return [distinct[i * len(distinct) // n] for i in range(n)]
 
 
 @torch.no_grad()

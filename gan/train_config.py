@@ -57,7 +57,7 @@ class TrainConfig:
     resume: str | None = None  # A state dir, a run dir, or "latest" (OUT/checkpoints); None = fresh.
     init_from: str | None = None  # A model dir to fine-tune from (vocabulary extended); None = fresh.
     workers: int = 1  # DataLoader worker processes per training process (0 = load in the loop).
-    grid_prompts: tuple[str, ...] = ()  # Rows of the sample grid; () = the dataset's first distinct captions.
+    grid_prompts: tuple[str, ...] = ()  # Rows of the sample grid; () = distinct captions spread over the dataset.
     grid_rows: int = 12  # Rows taken from the dataset when grid_prompts is empty.
     grid_seeds: int = 6  # Columns of the sample grid (latent seeds 0..grid_seeds-1).
     max_nonfinite: int = 20  # Stop after this many consecutive steps with a non-finite loss.

@@ -436,3 +436,14 @@ def test_encoder_lr_mult_zero_freezes_the_text_path_after_the_warmup(tmp_path):
     assert all(p.grad is None and not p.requires_grad for p in long.model.encoder.parameters())
     g_short, g_long = weights(short.model.generator), weights(long.model.generator)
     assert any(not torch.equal(g_short[k], g_long[k]) for k in g_short)
+
+
+def test_grid_prompts_spread_over_the_datasets_distinct_captions():
+    from gan.grid import grid_prompts
+
+    captions = [f"keycap {i // 2}" for i in range(20)] + ["a smiling face", "a red apple"]  # 12 distinct
+    assert grid_prompts(["a red circle"], captions, 4) == ["a red circle"]  # the preset's prompts win
+    assert grid_prompts((), captions, 4) == ["keycap 0", "keycap 3", "keycap 6", "keycap 9"]
+    assert grid_prompts((), captions, 12) == list(dict.fromkeys(captions))  # all of them, in order
+    assert grid_prompts((), captions[:3], 12) == ["keycap 0", "keycap 1"]  # fewer distinct than rows
+    assert grid_prompts((), [], 12) == []
