@@ -312,16 +312,15 @@ def _save_consumer() -> Consumer:
     def start(ctx):
         folder = Path(ctx.opts.save_images)
         folder.mkdir(parents=True, exist_ok=True)
-        return {"ctx": ctx, "folder": folder, "rows": []}
+        return {"folder": folder, "prompts": ctx.prompts(), "seeds": ctx.seeds(), "rows": []}
 
     def update(state, images):
-        ctx, rows = state["ctx"], state["rows"]
-        prompts, seeds = ctx.prompts(), ctx.seeds()
+        rows = state["rows"]
         for img in images:
             i = len(rows)
             name = f"{i:05d}.png"
             Image.fromarray(img.permute(1, 2, 0).numpy()).save(state["folder"] / name)
-            rows.append({"file_name": name, "text": prompts[i], "seed": seeds[i]})
+            rows.append({"file_name": name, "text": state["prompts"][i], "seed": state["seeds"][i]})
 
     def finish(state):
         lines = "".join(json.dumps(r) + "\n" for r in state["rows"])
