@@ -136,5 +136,21 @@ def build_discriminator(cfg: ModelConfig) -> nn.Module:
     if cfg.projected is not None:
         from .projected import ProjectedDiscriminator
 
-        return ProjectedDiscriminator(cfg.projected)
+        projected = ProjectedDiscriminator(cfg.projected)
+        return ProjectedAndPixel(projected, Discriminator(cfg.discriminator)) if cfg.projected.pixel else projected
     return Discriminator(cfg.discriminator)
+
+
+class ProjectedAndPixel(nn.Module):
+    """The projected D and the residual D on the pixels, one logit: the sum of theirs. The
+    projected D's features carry what an image shows, the pixel D its colours (docs/experiments.md)."""
+
+    def __init__(self, projected: nn.Module, pixel: Discriminator) -> None:
+        super().__init__()
+        self.projected, self.pixel = projected, pixel
+
+    def forward(self, img: torch.Tensor, pooled: torch.Tensor, *, pairs: bool = False, words: bool = False) -> torch.Tensor:
+        """The call of gan.discriminator.Discriminator: logits [B] ([B, N] with pairs); no word classifier."""
+        if words:
+            raise ValueError("the projected discriminator has no word classifier (loss.word_weight must be 0)")
+        return self.projected(img, pooled, pairs=pairs) + self.pixel(img, pooled, pairs=pairs)

@@ -56,6 +56,9 @@ class ProjectedDiscriminatorConfig:
     head_size: int = 8  # Heads halve their map while it is larger than this (Projected GAN's end_sz).
     # Heads' convs depthwise-separable 3x3, halving by 2x2 average pool (Projected GAN's with StyleGAN2's G).
     separable: bool = False
+    # Add the residual StyleGAN2 D's logit on the pixels (the model's DiscriminatorConfig): the frozen
+    # ImageNet features barely see colour (Kumari et al. 2022 keep a pixel D beside pretrained ones).
+    pixel: bool = False
     cmap_dim: int = 64  # Width of each head's projection on the code.
     mapping_layers: int = 2  # Layers of the code -> cmap mapping.
     mapping_lr_mult: float = 0.01  # Learning-rate multiplier of that mapping.

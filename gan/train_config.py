@@ -196,7 +196,8 @@ def model_flags(model: dict) -> str:
     flags = {("encoder", "max_length"): "--max-length", ("encoder", "steps_per_token"): "--steps-per-token",
              ("encoder", "spikes"): "--encoder-spikes", ("encoder", "palette"): "--palette",
              ("encoder", "sketch_grid"): "--sketch-grid", ("generator", "layout_resolution"): "--layout-resolution",
-             ("projected", "backbone_resolution"): "--discriminator projected / --backbone-resolution"}
+             ("projected", "backbone_resolution"): "--discriminator projected / --backbone-resolution",
+             ("projected", "pixel"): "--discriminator projected+pixel"}
     named = [flags.get((section, key), f"model.{section}.{key}") for section, sub in model.items()
              for key in (sub if isinstance(sub, dict) else {section: sub})]
     return ", ".join(named)

@@ -48,9 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     core.add_argument("--metrics-images", type=int, default=1000, help="generated images per metric evaluation")
     core.add_argument("--dry-run", action="store_true", help="print the resolved configuration and exit")
 
-    core.add_argument("--discriminator", choices=("residual", "projected"), default=None,
-                      help="D (a fresh run): the residual StyleGAN2 D, or the projected D on frozen pretrained "
-                           "EfficientNet-Lite0 features (default: the preset's)")
+    core.add_argument("--discriminator", choices=("residual", "projected", "projected+pixel"), default=None,
+                      help="D (a fresh run): the residual StyleGAN2 D, the projected D on frozen pretrained "
+                           "EfficientNet-Lite0 features, or both with their logits summed (default: the preset's)")
     core.add_argument("--backbone-resolution", type=int, default=None,
                       help="the projected D resizes images to this before its feature network (a fresh run)")
 
@@ -132,8 +132,10 @@ def build_config(args: argparse.Namespace):
     for name, section in sections.items():
         if given := drop_none(section):
             overrides[name] = given
-    if args.discriminator == "projected" or args.backbone_resolution is not None:
-        overrides.setdefault("model", {})["projected"] = drop_none({"backbone_resolution": args.backbone_resolution})
+    if args.discriminator in ("projected", "projected+pixel") or args.backbone_resolution is not None:
+        pixel = None if args.discriminator is None else args.discriminator == "projected+pixel"
+        overrides.setdefault("model", {})["projected"] = drop_none({"backbone_resolution": args.backbone_resolution,
+                                                                    "pixel": pixel})
     elif args.discriminator == "residual":
         overrides.setdefault("model", {})["projected"] = None
     cfg = resolve_config(args.preset, **overrides)

@@ -191,3 +191,24 @@ def test_separates_real_shapes_from_blurred_ones(backbone):
     assert ((real > 0).float().mean() + (fake < 0).float().mean()) / 2 >= 0.75
     real.sum().backward()
     assert torch.isfinite(held_out.grad).all() and held_out.grad.abs().mean() > 1e-3
+
+
+def test_projected_and_pixel_sums_both_logits_and_trains_both(backbone):
+    """ProjectedAndPixel's logit is the projected D's plus the residual D's, per image and per
+    (image, prompt) pair; gradients reach both; the word classifier is refused."""
+    from gan.config import DiscriminatorConfig
+    from gan.discriminator import Discriminator, ProjectedAndPixel
+
+    torch.manual_seed(0)
+    projected = ProjectedDiscriminator(_cfg(), backbone=backbone)
+    pixel = Discriminator(DiscriminatorConfig(resolution=16, c_dim=C_DIM, channel_base=128, channel_max=16))
+    D = ProjectedAndPixel(projected, pixel).eval()  # eval: spectral norm's power iteration stays put
+    img, pooled = _batch(4, N=3)
+    torch.testing.assert_close(D(img, pooled, pairs=True), projected(img, pooled, pairs=True) + pixel(img, pooled, pairs=True))
+    img, pooled = _batch(4, seed=1)
+    torch.testing.assert_close(D(img, pooled), projected(img, pooled) + pixel(img, pooled))
+    D.train()(img, pooled).sum().backward()
+    assert projected.heads[0].out.parametrizations.weight.original.grad.abs().sum() > 0
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in pixel.parameters() if p.requires_grad)
+    with pytest.raises(ValueError, match="no word classifier"):
+        D(img, pooled, words=True)

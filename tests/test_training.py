@@ -425,6 +425,26 @@ def test_projected_discriminator_trains_and_resumes_exactly(tmp_path):
         train(tiny(tmp_path / "words", **{**projected, "loss": {"word_weight": 1.0}}))
 
 
+def test_projected_and_pixel_discriminator_trains_and_resumes_exactly(tmp_path, capsys):
+    """--discriminator projected+pixel: both Ds in the loop, resumed exactly, both in the saved state."""
+    assert train_main(["--preset", "tiny", "--discriminator", "projected+pixel", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["projected"]["pixel"] is True
+    both = dict(kimg=0.064, snap=0.032, loss={"word_weight": 0.0},
+                model={"projected": {"backbone_resolution": 32, "pixel": True}})
+    one_go = train(tiny(tmp_path / "one", **both))
+    from gan.discriminator import ProjectedAndPixel
+
+    assert isinstance(one_go.discriminator, ProjectedAndPixel)
+    train(tiny(tmp_path / "two", **{**both, "kimg": 0.032}))
+    resumed = train(tiny(tmp_path / "two", kimg=0.064, snap=0.032, loss={"word_weight": 0.0}, resume="latest"))
+    assert_same(weights(resumed.model), weights(one_go.model))
+    assert_same(weights(resumed.discriminator), weights(one_go.discriminator))
+    from safetensors.torch import load_file
+
+    saved = load_file(str(list_states(tmp_path / "two" / "checkpoints")[-1] / "model_1.safetensors"))
+    assert any(k.startswith("projected.heads.") for k in saved) and any(k.startswith("pixel.") for k in saved)
+
+
 def test_encoder_lr_mult_zero_freezes_the_text_path_after_the_warmup(tmp_path):
     """With encoder_lr_mult 0 the GAN leaves the warmed text encoder as it was (no gradient
     reaches it) while G trains: runs of 1 and 2 snapshots end with the same encoder weights (its
