@@ -150,7 +150,6 @@ class ProjectedAndPixel(nn.Module):
         self.projected, self.pixel = projected, pixel
 
     def forward(self, img: torch.Tensor, pooled: torch.Tensor, *, pairs: bool = False, words: bool = False) -> torch.Tensor:
-        """The call of gan.discriminator.Discriminator: logits [B] ([B, N] with pairs); no word classifier."""
-        if words:
-            raise ValueError("the projected discriminator has no word classifier (loss.word_weight must be 0)")
-        return self.projected(img, pooled, pairs=pairs) + self.pixel(img, pooled, pairs=pairs)
+        """The call of gan.discriminator.Discriminator: logits [B] ([B, N] with pairs); words=True is
+        refused by the projected D (no word classifier)."""
+        return self.projected(img, pooled, pairs=pairs, words=words) + self.pixel(img, pooled, pairs=pairs)

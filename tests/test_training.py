@@ -375,6 +375,8 @@ def test_dry_run_prints_resolved_config(capsys):
     assert resolved["model"]["generator"]["layout_resolution"] == 0 and resolved["train"]["layout_lr"] == 0.002
     assert train_main(["--preset", "tiny", "--warmup-layout-kimg", "2.5", "--dry-run"]) == 0
     assert json.loads(capsys.readouterr().out)["train"]["warmup"]["layout_kimg"] == 2.5
+    assert train_main(["--preset", "tiny", "--discriminator", "projected+pixel", "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["model"]["projected"]["pixel"] is True
 
 
 def test_help_groups_core_options_first_and_lists_no_removed_option(capsys):
@@ -404,14 +406,18 @@ def test_minutes_budget_stops_with_model_and_state_then_resumes_exactly(full_run
     assert_same(weights(resumed.discriminator), weights(full_run.discriminator))
 
 
-def test_projected_discriminator_trains_and_resumes_exactly(tmp_path):
-    """The projected D in the loop (tiny preset, backbone at 32 px): a run stopped halfway and
-    resumed equals one go, and its saved state holds D's heads and mixing but no backbone tensor."""
-    projected = dict(kimg=0.064, snap=0.032, loss={"word_weight": 0.0}, model={"projected": {"backbone_resolution": 32}})
+@pytest.mark.parametrize("pixel", [False, True])
+def test_projected_discriminator_trains_and_resumes_exactly(tmp_path, pixel):
+    """The projected D in the loop (tiny preset, backbone at 32 px), alone or with the pixel D beside it
+    (--discriminator projected+pixel): a run stopped halfway and resumed equals one go, and its saved
+    state holds D's heads and mixing (and the pixel D) but no backbone tensor."""
+    projected = dict(kimg=0.064, snap=0.032, loss={"word_weight": 0.0},
+                     model={"projected": {"backbone_resolution": 32, "pixel": pixel}})
     one_go = train(tiny(tmp_path / "one", **projected))
+    from gan.discriminator import ProjectedAndPixel
     from gan.projected import ProjectedDiscriminator
 
-    assert isinstance(one_go.discriminator, ProjectedDiscriminator)
+    assert isinstance(one_go.discriminator, ProjectedAndPixel if pixel else ProjectedDiscriminator)
     train(tiny(tmp_path / "two", **{**projected, "kimg": 0.032}))
     resumed = train(tiny(tmp_path / "two", kimg=0.064, snap=0.032, loss={"word_weight": 0.0}, resume="latest"))
     assert_same(weights(resumed.model), weights(one_go.model))
@@ -419,30 +425,12 @@ def test_projected_discriminator_trains_and_resumes_exactly(tmp_path):
     from safetensors.torch import load_file
 
     saved = load_file(str(list_states(tmp_path / "two" / "checkpoints")[-1] / "model_1.safetensors"))
-    assert any(k.startswith("heads.") for k in saved) and any(k.startswith("mixing.") for k in saved)
-    assert not any(k.startswith("backbone.") for k in saved)
+    prefix = "projected." if pixel else ""
+    assert any(k.startswith(f"{prefix}heads.") for k in saved) and any(k.startswith(f"{prefix}mixing.") for k in saved)
+    assert not any(k.startswith(f"{prefix}backbone.") for k in saved)
+    assert any(k.startswith("pixel.") for k in saved) == pixel
     with pytest.raises(ValueError, match="--word-weight"):
         train(tiny(tmp_path / "words", **{**projected, "loss": {"word_weight": 1.0}}))
-
-
-def test_projected_and_pixel_discriminator_trains_and_resumes_exactly(tmp_path, capsys):
-    """--discriminator projected+pixel: both Ds in the loop, resumed exactly, both in the saved state."""
-    assert train_main(["--preset", "tiny", "--discriminator", "projected+pixel", "--dry-run"]) == 0
-    assert json.loads(capsys.readouterr().out)["model"]["projected"]["pixel"] is True
-    both = dict(kimg=0.064, snap=0.032, loss={"word_weight": 0.0},
-                model={"projected": {"backbone_resolution": 32, "pixel": True}})
-    one_go = train(tiny(tmp_path / "one", **both))
-    from gan.discriminator import ProjectedAndPixel
-
-    assert isinstance(one_go.discriminator, ProjectedAndPixel)
-    train(tiny(tmp_path / "two", **{**both, "kimg": 0.032}))
-    resumed = train(tiny(tmp_path / "two", kimg=0.064, snap=0.032, loss={"word_weight": 0.0}, resume="latest"))
-    assert_same(weights(resumed.model), weights(one_go.model))
-    assert_same(weights(resumed.discriminator), weights(one_go.discriminator))
-    from safetensors.torch import load_file
-
-    saved = load_file(str(list_states(tmp_path / "two" / "checkpoints")[-1] / "model_1.safetensors"))
-    assert any(k.startswith("projected.heads.") for k in saved) and any(k.startswith("pixel.") for k in saved)
 
 
 def test_encoder_lr_mult_zero_freezes_the_text_path_after_the_warmup(tmp_path):
