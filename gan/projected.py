@@ -9,7 +9,8 @@ D(img, pooled) -> one logit per image, the same call as gan.discriminator.Discri
      per scale) and cross-scale mixing (CSM, a top-down pyramid: each scale adds the upsampled
      mix of the coarser one, then a 1x1 conv);
   4. one small trainable head per scale (`ScaleHead`, Projected GAN's `SingleDisc`: spectral-norm
-     convs with batch norm and leaky ReLU, halving the map down to `head_size`) ends in a conv
+     convs and leaky ReLU, halving the map down to `head_size`; no batch norm unless
+     `batch_norm`, so an image's logit depends on that image alone) ends in a conv
      whose output channels are one unconditional logit and a `cmap_dim` feature per cell;
   5. each head's logit is its cells' mean of unconditional + <feature, cmap> / sqrt(cmap_dim),
      where cmap is the head's own map of the pooled code (gan.generator.MappingNetwork, as in
@@ -23,7 +24,8 @@ it from the installed weights package.
 
 Unlike Projected GAN, the CSM output of each scale stays at that scale (an FPN); Projected GAN's
 fusion blocks upsample every output 2x more, which quadruples the heads' work for no new
-information (bilinear upsampling and a 1x1 conv commute).
+information (bilinear upsampling and a 1x1 conv commute). And its heads' batch norm is off by
+default (measured on custom32, docs/experiments.md).
 """
 from __future__ import annotations
 
@@ -56,6 +58,9 @@ class ProjectedDiscriminatorConfig:
     head_size: int = 8  # Heads halve their map while it is larger than this (Projected GAN's end_sz).
     # Heads' convs depthwise-separable 3x3, halving by 2x2 average pool (Projected GAN's with StyleGAN2's G).
     separable: bool = False
+    # Batch norm in the heads, as Projected GAN has them. Off, a logit depends on its own image alone;
+    # on, custom32's D told fakes from reals by batch statistics and its seeds collapsed more (docs/experiments.md).
+    batch_norm: bool = False
     # Add the residual StyleGAN2 D's logit on the pixels (the model's DiscriminatorConfig): the frozen
     # ImageNet features barely see colour (Kumari et al. 2022 keep a pixel D beside pretrained ones).
     pixel: bool = False
@@ -139,17 +144,18 @@ def _sn_conv(cin: int, cout: int, kernel: int, *, stride: int = 1, padding: int 
 
 
 class HeadBlock(nn.Module):
-    """Spectral-norm conv, batch norm, leaky ReLU; halves the map when `down` (Projected GAN's
-    `DownBlock`: a 4x4 stride-2 conv, or depthwise-separable 3x3 then a 2x2 average pool)."""
+    """Spectral-norm conv, batch norm (when `batch_norm`), leaky ReLU; halves the map when `down`
+    (Projected GAN's `DownBlock`: a 4x4 stride-2 conv, or depthwise-separable 3x3 then a 2x2 average
+    pool)."""
 
-    def __init__(self, cin: int, cout: int, *, down: bool, separable: bool) -> None:
+    def __init__(self, cin: int, cout: int, *, down: bool, separable: bool, batch_norm: bool) -> None:
         super().__init__()
         if separable:
             depthwise = _sn_conv(cin, cin, 3, padding=1, groups=cin, bias=False)
             conv = nn.Sequential(depthwise, _sn_conv(cin, cout, 1, bias=False))
         else:
             conv = _sn_conv(cin, cout, 4, stride=2, padding=1) if down else _sn_conv(cin, cout, 3, padding=1)
-        self.conv, self.norm = conv, nn.BatchNorm2d(cout)
+        self.conv, self.norm = conv, nn.BatchNorm2d(cout) if batch_norm else nn.Identity()
         self.pool = down and separable
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -172,12 +178,13 @@ class ScaleHead(nn.Module):
         head_size: int,  # Halve while the map is larger than this.
         cmap_dim: int,  # Projection width.
         separable: bool,  # Depthwise-separable blocks?
+        batch_norm: bool,  # Batch norm in the blocks?
     ) -> None:
         super().__init__()
         blocks, cin = [], in_channels
         while size > head_size or not blocks:
             down = size > head_size
-            blocks.append(HeadBlock(cin, channels, down=down, separable=separable))
+            blocks.append(HeadBlock(cin, channels, down=down, separable=separable, batch_norm=batch_norm))
             cin, size = channels, size // 2 if down else size
         self.blocks = nn.Sequential(*blocks)
         self.out = _sn_conv(channels, 1 + cmap_dim, min(4, size), bias=False)
@@ -204,7 +211,7 @@ class ProjectedDiscriminator(nn.Module):
         self.mixing = RandomMixing(FEATURE_CHANNELS, cfg.ccm_channels(), cfg.csm_channels(), seed=cfg.mixing_seed)
         self.heads = nn.ModuleList([
             ScaleHead(cin, size, channels=cfg.head_channels, head_size=cfg.head_size, cmap_dim=cfg.cmap_dim,
-                      separable=cfg.separable)
+                      separable=cfg.separable, batch_norm=cfg.batch_norm)
             for cin, size in zip(cfg.csm_channels(), cfg.feature_sizes())
         ])
         self.cmap = MappingNetwork(
@@ -229,7 +236,7 @@ class ProjectedDiscriminator(nn.Module):
     ) -> torch.Tensor:
         """img [B, 3, R, R] in [-1, 1], pooled [B, c_dim] -> logits [B] (pairs=True: pooled may hold
         any N prompts, logits [B, N], entry [i, j] scores image i under prompt j); words=True is
-        refused (no word classifier). In training mode the heads' batch norm needs B >= 2."""
+        refused (no word classifier). In training mode the heads' batch norm, if any, needs B >= 2."""
         if words:
             raise ValueError("the projected discriminator has no word classifier (loss.word_weight must be 0)")
         B, N = img.shape[0], pooled.shape[0]

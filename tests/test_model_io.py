@@ -6,6 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import encoders
+from gan.config import ModelConfig
 from gan.presets import preset
 from gan.model import TextToImage, clean_state_dict, load_model, save_model
 
@@ -134,6 +135,15 @@ def test_config_json_roundtrip(name):
     again = type(cfg).from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
     assert isinstance(again.generator.attn_resolutions, tuple)
+
+
+def test_projected_config_saved_before_batch_norm_field_keeps_its_batch_norm():
+    cfg = preset("custom32").replace(vocab_size=123)
+    assert cfg.projected.batch_norm is False and cfg.projected.pixel is True
+    old = cfg.to_dict()
+    del old["projected"]["batch_norm"]  # a run saved before the field had batch norm in its heads
+    assert ModelConfig.from_dict(old).projected.batch_norm is True
+    assert ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
 
 
 def test_config_mismatch_errors_name_the_option():

@@ -1,4 +1,5 @@
 """The projected discriminator: shapes, projection, frozen parts, state, gradients, bad input."""
+import copy
 import math
 
 import pytest
@@ -39,6 +40,20 @@ def test_shapes_and_pairs_diagonal(backbone, backbone_resolution, blocks):
     D.eval()  # fixed spectral norms (training mode takes a power-iteration step per call)
     with torch.no_grad():
         torch.testing.assert_close(D(img, pooled[:3]), D(img, pooled, pairs=True)[:, :3].diagonal())
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_without_batch_norm_a_logit_depends_on_its_own_image_alone(backbone, batch_norm):
+    torch.manual_seed(0)
+    D = ProjectedDiscriminator(_cfg(batch_norm=batch_norm), backbone=backbone)  # training mode
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in D.modules()) == batch_norm
+    img, pooled = _batch(4)
+    state = copy.deepcopy(D.state_dict())  # spectral norm's power iteration moves on every call
+    with torch.no_grad():
+        whole = D(img, pooled)
+        D.load_state_dict(state)
+        pair = D(img[:2], pooled[:2])
+    assert torch.allclose(whole[:2], pair, atol=1e-6) != batch_norm
 
 
 def test_feature_sizes_round_up_like_the_backbone(backbone):
