@@ -168,8 +168,6 @@ class ModelConfig:
 
         d = dict(d)
         projected = d.get("projected")
-        if projected is not None and "batch_norm" not in projected:  # saved before the field: heads with batch norm
-            projected = {**projected, "batch_norm": True}
         _reject_unknown(d, {f.name for f in dataclasses.fields(cls)}, "model config")
         return cls(
             name=d["name"],

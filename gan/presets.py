@@ -69,14 +69,14 @@ _PRESETS: dict[str, dict[str, Any]] = {
                    grid_prompts=SHAPES_GRID_PROMPTS),
     ),
     # Your own images at 32 px on a CPU: the projected D on frozen EfficientNet-Lite0 features (images
-    # seen at 64 px) plus the residual D on the pixels (the ImageNet features barely see colour), R1 0.1,
-    # DiffAugment; the frozen MiniLM reads the captions.
+    # seen at 64 px; heads without batch norm) plus the residual D on the pixels (the ImageNet features
+    # barely see colour), R1 0.1, DiffAugment; the frozen MiniLM reads the captions.
     "custom32": dict(
         model=dict(resolution=32, encoder_kind="transformer", code_dim=256,
                    g=dict(z_dim=128, w_dim=256, channel_base=2048, channel_max=128, attn_resolutions=(8, 16),
                           attn_heads=4),
                    d=dict(channel_base=2048, channel_max=128),
-                   projected=dict(backbone_resolution=64, pixel=True)),
+                   projected=dict(backbone_resolution=64, batch_norm=False, pixel=True)),
         train=dict(kimg=1000.0, batch=32, snap=10.0, tick=1.0, g_lr=0.002, d_lr=0.002, ema_kimg=5.0,
                    loss=dict(r1_gamma=0.1, match_weight=1.0), augment=DIFFAUGMENT),
     ),

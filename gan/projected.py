@@ -9,8 +9,8 @@ D(img, pooled) -> one logit per image, the same call as gan.discriminator.Discri
      per scale) and cross-scale mixing (CSM, a top-down pyramid: each scale adds the upsampled
      mix of the coarser one, then a 1x1 conv);
   4. one small trainable head per scale (`ScaleHead`, Projected GAN's `SingleDisc`: spectral-norm
-     convs and leaky ReLU, halving the map down to `head_size`; no batch norm unless
-     `batch_norm`, so an image's logit depends on that image alone) ends in a conv
+     convs, batch norm unless `batch_norm` is off, and leaky ReLU, halving the map down to
+     `head_size`) ends in a conv
      whose output channels are one unconditional logit and a `cmap_dim` feature per cell;
   5. each head's logit is its cells' mean of unconditional + <feature, cmap> / sqrt(cmap_dim),
      where cmap is the head's own map of the pooled code (gan.generator.MappingNetwork, as in
@@ -24,8 +24,7 @@ it from the installed weights package.
 
 Unlike Projected GAN, the CSM output of each scale stays at that scale (an FPN); Projected GAN's
 fusion blocks upsample every output 2x more, which quadruples the heads' work for no new
-information (bilinear upsampling and a 1x1 conv commute). And its heads' batch norm is off by
-default (measured on custom32, docs/experiments.md).
+information (bilinear upsampling and a 1x1 conv commute).
 """
 from __future__ import annotations
 
@@ -58,9 +57,9 @@ class ProjectedDiscriminatorConfig:
     head_size: int = 8  # Heads halve their map while it is larger than this (Projected GAN's end_sz).
     # Heads' convs depthwise-separable 3x3, halving by 2x2 average pool (Projected GAN's with StyleGAN2's G).
     separable: bool = False
-    # Batch norm in the heads, as Projected GAN has them. Off, a logit depends on its own image alone;
-    # on, custom32's D told fakes from reals by batch statistics and its seeds collapsed more (docs/experiments.md).
-    batch_norm: bool = False
+    # Batch norm in the heads, as Projected GAN has them. Off (custom32), a logit depends on its own image
+    # alone: with it, custom32's D told fakes from reals by batch statistics and its seeds collapsed more.
+    batch_norm: bool = True
     # Add the residual StyleGAN2 D's logit on the pixels (the model's DiscriminatorConfig): the frozen
     # ImageNet features barely see colour (Kumari et al. 2022 keep a pixel D beside pretrained ones).
     pixel: bool = False
