@@ -17,6 +17,7 @@ and its ADA accumulators, every RNG, and the data order (gan/stream.py).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import time
 from contextlib import ExitStack, nullcontext
@@ -205,11 +206,39 @@ def make_optimizers(cfg: TrainConfig, model: nn.Module, D: nn.Module) -> tuple[t
     return g_opt, d_opt
 
 
+def warm_up_on_main(warm_up: Callable, model: nn.Module, *, rank: int, world: int, device: torch.device):
+    """The warm-up of a multi-process run: every process would draw the same pairs and train alike,
+    so the main process runs it alone, on a CPU with the threads the waiting processes leave idle,
+    and sends its encoder, layout map and teacher to the others. warm_up(should_stop) is run_warmup
+    bound to its arguments; returns what it returns, on every process."""
+    import torch.distributed as dist
+
+    layout = model.generator.synthesis.layout
+    result = None
+    if rank == 0:
+        threads = torch.get_num_threads()
+        if device.type == "cpu":
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            torch.set_num_threads(max(threads, min(threads * world, cores)))
+        try:  # a stop signal reaches every process; the main one ends the warm-up on its own
+            result = warm_up(lambda stop: stop["signal"] is not None)
+        finally:
+            torch.set_num_threads(threads)
+    shared = [None if result is None else (result[0], result[2], result[1] is not None)]
+    dist.broadcast_object_list(shared, src=0, device=device)
+    warm, stopped, has_teacher = shared[0]
+    teacher = result[1] if result is not None else LayoutTeacher.like(layout).to(device) if has_teacher else None
+    for module in (model.encoder, layout, teacher):
+        for tensor in (module.state_dict().values() if module is not None else ()):
+            dist.broadcast(tensor, src=0)
+    return warm, teacher, stopped
+
+
 def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] | None = None) -> TrainResult:
     """Run (or resume) training as `cfg` says; see the module docstring. metrics_callback(model_dir,
     kimg) -> dict of numbers runs on the main process after each exported snapshot model."""
     from accelerate import Accelerator
-    from accelerate.utils import GradientAccumulationPlugin, set_seed
+    from accelerate.utils import GradientAccumulationPlugin, InitProcessGroupKwargs, set_seed
 
     check_config(cfg)
     run_start = time.time()
@@ -223,7 +252,9 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     accelerator = Accelerator(
         cpu=not torch.cuda.is_available(),  # without it, torchrun on CPUs starts N single-process runs
         mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out),
-        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False))
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
+        # The other processes wait for the main one's warm-up (warm_up_on_main): tens of minutes on a slow CPU.
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(hours=4))])
     world, rank = accelerator.num_processes, accelerator.process_index
     batch_gpu, accum = split_batch(cfg.batch, cfg.batch_gpu, world)
     if accelerator.is_main_process:
@@ -276,11 +307,16 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
                 texts, guides = conditioning(b, (cfg.seed, step))  # keys of two numbers: none of the GAN's four
                 return tokenizer(texts, emphasis=emphasis).with_guides(guides)
 
-            warm, teacher, stopped = run_warmup(cfg.warmup, model.encoder, text_pairs, tokenizer, seed=cfg.seed,
-                                                workers=cfg.workers, resolution=model_cfg.resolution, device=device,
-                                                any_process_stopped=any_process_stopped,
-                                                layout=model.generator.synthesis.layout, emphasis=emphasis,
-                                                guided=(dataset, guided_tokens) if cfg.warmup.guides else None)
+            def warm_up(should_stop: Callable[[dict], bool]):
+                return run_warmup(cfg.warmup, model.encoder, text_pairs, tokenizer, seed=cfg.seed, workers=cfg.workers,
+                                  resolution=model_cfg.resolution, device=device, any_process_stopped=should_stop,
+                                  layout=model.generator.synthesis.layout, emphasis=emphasis,
+                                  guided=(dataset, guided_tokens) if cfg.warmup.guides else None)
+
+            if world == 1:
+                warm, teacher, stopped = warm_up(any_process_stopped)
+            else:
+                warm, teacher, stopped = warm_up_on_main(warm_up, model, rank=rank, world=world, device=device)
         if stopped:
             main.print(f"{stopped} received in the encoder warm-up, after {warm['warmup/steps']} of its steps: no "
                        f"training state exists yet; run the same command again to start over")
