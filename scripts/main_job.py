@@ -3,15 +3,13 @@
     python scripts/main_job.py [--out runs/shapes32] [--kimg K] [--seed S] [--num N] [--processes P]
 
 Run twice, it resumes from the last checkpoint instead of starting over. On a CPU it trains as two
-processes of half the cores each (torchrun, gloo): the networks are too narrow for one process's
-threads to keep the cores busy (docs/experiments.md measures it).
+processes of half the cores each (train.py --processes 2: torchrun, gloo), as the networks are too
+narrow for one process's threads to keep the cores busy (docs/experiments.md measures it).
 """
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -49,41 +47,10 @@ def training_finished(out: Path) -> bool:
     return trainer["loop"]["nimg"] >= round(trainer["train_config"]["kimg"] * 1000)
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def default_processes() -> int:
     import torch
 
-    return 1 if torch.cuda.is_available() else min(2, cores())
-
-
-def run_training(train_args: list[str], processes: int) -> int:
-    """train.main in this process, or as `processes` CPU processes under torchrun with the cores
-    split between them. torchrun runs in its own session and SIGINT (Ctrl-C) or SIGTERM here is
-    passed on once: each process then saves its state and stops, as one process does (a signal
-    reaching them twice would abort the save). Returns 0 when stopped so."""
-    if processes == 1:
-        return train.main(train_args)
-    threads = max(1, cores() // processes)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
-           str(Path(train.__file__).resolve()), *train_args, "--threads", str(threads)]
-    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads), "CUDA_VISIBLE_DEVICES": ""},
-                            start_new_session=True)
-    stopped = []
-
-    def forward(signum, _frame):
-        stopped.append(signum)
-        proc.send_signal(signum)
-
-    handlers = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        rc = proc.wait()
-    finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-    return 0 if stopped else rc
+    return 1 if torch.cuda.is_available() else min(2, train.cores())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,8 +66,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     processes = args.processes if args.processes is not None else default_processes()
-    if processes < 1:
-        p.error(f"--processes must be >= 1, got {processes}")
 
     train_args = ["--data", "shapes", "--preset", "shapes32", "--out", str(out)]
     if args.kimg is not None:
@@ -109,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         train_args += ["--seed", str(args.seed)]
     if (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         train_args += ["--resume", "latest"]
-    if (rc := run_training(train_args, processes)) != 0:
+    if (rc := train.main([*train_args, "--processes", str(processes)])) != 0:
         return rc
     if not training_finished(out):  # stopped by SIGINT / SIGTERM: no grid or scores from half a run
         print(f"training stopped before its end: run the same command again to continue it ({out})")

@@ -1,7 +1,7 @@
 """Two CPU processes (gloo) train the tiny preset for a few steps: both must end with identical
 weights and must have seen different images. Started with torchrun, which (unlike
-`accelerate launch --cpu --num_processes 2`) really starts two processes here. The main job's
-launcher stops and resumes such a run."""
+`accelerate launch --cpu --num_processes 2`) really starts two processes here, as
+`scripts/train.py --processes 2` does; its launcher stops and resumes such a run."""
 import json
 import os
 import shutil
@@ -91,21 +91,22 @@ def test_two_processes_agree_and_split_the_data(tmp_path):
 
 LAUNCHER = r'''
 import sys
-from scripts import main_job
+from scripts import train
 out = sys.argv[1]
-args = ["--data", "shapes", "--preset", "tiny", "--out", out, "--kimg", "2", "--snap", "0.25", "--workers", "0"]
+args = ["--data", "shapes", "--preset", "tiny", "--out", out, "--kimg", "2", "--snap", "0.25", "--workers", "0",
+        "--processes", "2"]
 if len(sys.argv) > 2:
     args += ["--resume", "latest"]
-sys.exit(main_job.run_training(args, 2))
+sys.exit(train.main(args))
 '''
 
 
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
                     reason="torchrun is not installed beside this python")
-def test_main_job_launcher_passes_a_stop_on_and_its_run_resumes(tmp_path):
-    """The main job's two CPU processes (scripts/main_job.py run_training): a SIGTERM to the
-    launcher reaches each process once, so they save a whole state and it returns 0; run again
-    with --resume latest, the run ends where it was meant to."""
+def test_train_processes_passes_a_stop_on_and_its_run_resumes(tmp_path):
+    """`train.py --processes 2` (the main job's two CPU processes): a SIGTERM to the launcher
+    reaches each process once, so they save a whole state and it returns 0; run again with
+    --resume latest, the run ends where it was meant to."""
     from gan.checkpoint import list_states, read_trainer
 
     launcher, out = tmp_path / "launch.py", tmp_path / "run"

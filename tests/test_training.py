@@ -284,6 +284,7 @@ def test_sigterm_to_the_process_group_writes_state(tmp_path):
     (["--lr", "0"], "--lr"),
     (["--threads", "0"], "--threads"),
     (["--workers", "-1"], "--workers"),
+    (["--processes", "0"], "--processes"),
     (["--batch", "16", "--batch-gpu", "3"], "--batch-gpu"),
     (["--preset", "huge"], "--preset"),
     (["--data", "/no/such/dir"], "--data"),
