@@ -69,10 +69,23 @@ class PromptLayout(nn.Module):
             raise ValueError(f"captions of {L} tokens: the layout takes {len(self.pos)} (generator.max_tokens)")
         mask = mask.to(torch.bool)
         t, ignore = tokens_in_context(self.context, self.pos, tokens, mask)
-        q = self.queries.to(t.dtype).unsqueeze(0).expand(B, -1, -1)
-        cells, _ = self.attend(q, t, t, key_padding_mask=ignore, need_weights=False)  # [B, R*R, code_dim]
-        R = self.resolution
-        drawn = self.proj(cells.transpose(1, 2).reshape(B, -1, R, R))
+        # self.attend's attention then self.proj, computed in the cheaper order (the same function):
+        # the cells' queries are the batch's, projected once; attend's output projection and the 1x1
+        # conv are linear, so they fold into each head's values, [B, heads, L, channels] for L tokens
+        # rather than [B, R*R, code_dim] cells.
+        H, R = self.attend.num_heads, self.resolution
+        d = t.shape[-1] // H
+        w_q, w_k, w_v = self.attend.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.attend.in_proj_bias.chunk(3)
+        q = F.linear(self.queries.to(t.dtype), w_q, b_q).view(R * R, H, d).transpose(0, 1)  # [H, R*R, d]
+        k = F.linear(t, w_k, b_k).view(B, L, H, d).transpose(1, 2)  # [B, H, L, d]
+        proj = self.proj.weight.flatten(1)  # [channels, code_dim]
+        w_out = (proj @ self.attend.out_proj.weight).view(-1, H, d)  # [channels, H, d]
+        v = torch.einsum("blhd,chd->bhlc", F.linear(t, w_v, b_v).view(B, L, H, d), w_out)  # [B, H, L, channels]
+        attn = F.scaled_dot_product_attention(q.unsqueeze(0).expand(B, -1, -1, -1), k, v,
+                                              attn_mask=~ignore[:, None, None, :])  # [B, H, R*R, channels]
+        drawn = attn.sum(dim=1) + (proj @ self.attend.out_proj.bias + self.proj.bias)  # [B, R*R, channels]
+        drawn = drawn.transpose(1, 2).reshape(B, -1, R, R)
         return drawn * mask.any(dim=1).to(drawn.dtype)[:, None, None, None]
 
 
