@@ -56,11 +56,23 @@ class CodeNorm(nn.Module):
         self.momentum, self.eps = momentum, eps
         self.register_buffer("running_mean", torch.zeros(features))
         self.register_buffer("running_var", torch.ones(features))
+        # Set by a multi-process training loop: batch statistics over every process's prompts, as
+        # one process computes them over the whole batch (SyncBatchNorm's rule; not saved).
+        self.synced = False
+
+    def batch_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.synced:
+            return x.mean(dim=0), x.var(dim=0, unbiased=False)
+        from torch.distributed.nn.functional import all_reduce  # gradients flow back to every process
+
+        count = all_reduce(torch.full((1,), float(x.shape[0]), dtype=x.dtype, device=x.device))
+        mean = all_reduce(x.sum(dim=0)) / count
+        return mean, all_reduce((x - mean).square().sum(dim=0)) / count
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C] -> [B, C] with zero mean and unit variance per feature."""
-        if self.training and x.shape[0] > 1:
-            mean, var = x.mean(dim=0), x.var(dim=0, unbiased=False)
+        if self.training and (x.shape[0] > 1 or self.synced):
+            mean, var = self.batch_statistics(x)
             with torch.no_grad():
                 self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
                 self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)

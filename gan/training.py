@@ -28,6 +28,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from encoders.encoder import CodeNorm
 from encoders.tokenizer import cut_report, cuts_reported
 from gan.augment import AugmentPipe, adjust_p
 from gan.checkpoint import TOKENIZER_FILE, load_sketch_state, load_training_state, read_trainer, resolve_resume, save_training_state
@@ -339,6 +340,10 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     model.train()
     D.train()
     ema = EMA(source=model, ema_kimg=cfg.ema_kimg, ema_rampup=cfg.ema_rampup)
+    if world > 1:  # the pooled code's statistics over the global batch, as a single process has them
+        for m in model.encoder.modules():
+            if isinstance(m, CodeNorm):
+                m.synced = True
     augment = AugmentPipe(cfg=cfg.augment)
 
     loss_fn = GANLoss(cfg=cfg.loss, augment=augment if cfg.augment.mode != "off" else None, teacher=teacher)

@@ -130,3 +130,55 @@ def test_train_processes_passes_a_stop_on_and_its_run_resumes(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stdout + done.stderr
     assert read_trainer(list_states(out / "checkpoints")[-1])["loop"]["nimg"] >= 2000
+
+
+CODE_NORM = r'''
+import sys
+import torch
+import torch.distributed as dist
+from safetensors.torch import save_file
+from encoders.encoder import CodeNorm
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+x = torch.randn(8, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3 + 1
+w = torch.randn(8, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+rows = slice(4 * rank, 4 * rank + 4)
+norm = CodeNorm(features=5).double().train()
+norm.synced = True
+mine = x[rows].clone().requires_grad_(True)
+out = norm(mine)
+(out * w[rows]).sum().backward()
+save_file({"out": out.detach(), "grad": mine.grad, "mean": norm.running_mean, "var": norm.running_var},
+          f"{sys.argv[1]}/norm{rank}.safetensors")
+dist.destroy_process_group()
+'''
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                    reason="torchrun is not installed beside this python")
+def test_synced_code_norm_over_two_processes_equals_one_process_over_both_halves(tmp_path):
+    """CodeNorm.synced (set by a multi-process training loop): two processes with 4 prompts each
+    give the outputs, input gradients and running statistics of one process with all 8."""
+    from encoders.encoder import CodeNorm
+
+    script = tmp_path / "norm.py"
+    script.write_text(CODE_NORM)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(script), str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = [load_file(str(tmp_path / f"norm{r}.safetensors")) for r in (0, 1)]
+
+    x = torch.randn(8, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3 + 1
+    w = torch.randn(8, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    norm = CodeNorm(features=5).double().train()
+    x.requires_grad_(True)
+    out = norm(x)
+    (out * w).sum().backward()
+    torch.testing.assert_close(torch.cat([g["out"] for g in got]), out.detach())
+    torch.testing.assert_close(torch.cat([g["grad"] for g in got]), x.grad)
+    for g in got:
+        torch.testing.assert_close(g["mean"], norm.running_mean)
+        torch.testing.assert_close(g["var"], norm.running_var)
