@@ -39,6 +39,27 @@ class Readout(nn.Module):
         return self.linear(self.norm(x))
 
 
+class SumOverProcesses(torch.autograd.Function):
+    """The sum of a tensor over every process (torch.distributed); its gradient is summed alike, so
+    each process's inputs get the gradient of every process's loss."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class CodeNorm(nn.Module):
     """Standardises each feature of the pooled code across prompts: BatchNorm without the
     affine part, safe at batch 1.
@@ -63,11 +84,9 @@ class CodeNorm(nn.Module):
     def batch_statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.synced:
             return x.mean(dim=0), x.var(dim=0, unbiased=False)
-        from torch.distributed.nn.functional import all_reduce  # gradients flow back to every process
-
-        count = all_reduce(torch.full((1,), float(x.shape[0]), dtype=x.dtype, device=x.device))
-        mean = all_reduce(x.sum(dim=0)) / count
-        return mean, all_reduce((x - mean).square().sum(dim=0)) / count
+        count = SumOverProcesses.apply(torch.full((1,), float(x.shape[0]), dtype=x.dtype, device=x.device))
+        mean = SumOverProcesses.apply(x.sum(dim=0)) / count
+        return mean, SumOverProcesses.apply((x - mean).square().sum(dim=0)) / count
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, C] -> [B, C] with zero mean and unit variance per feature."""

@@ -105,7 +105,7 @@ class SynthesisNetwork(nn.Module):
         self.num_ws = sum(b.num_ws for b in blocks)
         assert self.num_ws == cfg.num_ws, (self.num_ws, cfg.num_ws)
         if cfg.channels_last:  # conv weights in NHWC too, else every conv call converts them
-            self.to(memory_format=torch.channels_last)
+            self.blocks.to(memory_format=torch.channels_last)
 
     def forward(self, ws: torch.Tensor, code: SpikeCode, *, noise_mode: str = "random") -> torch.Tensor:
         """ws [B, num_ws, w_dim], code (tokens [B, L, C], mask [B, L]) -> img [B, 3, R, R]."""
