@@ -47,9 +47,14 @@ def training_finished(out: Path) -> bool:
     return trainer["loop"]["nimg"] >= round(trainer["train_config"]["kimg"] * 1000)
 
 
-def default_processes() -> int:
+def default_processes(out: Path) -> int:
+    """As many processes as the run's newest state was saved by (a resume needs each one's RNG
+    state); for a new run, 2 on a CPU of 2 or more cores, else 1."""
     import torch
+    from gan.checkpoint import list_states, read_trainer
 
+    if states := list_states(out / "checkpoints"):
+        return int(read_trainer(states[-1]).get("processes", 1))
     return 1 if torch.cuda.is_available() else min(2, train.cores())
 
 
@@ -62,10 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metrics", default="attributes,fid,fd_domain,kid,variety", help="eval metrics (lpips_diversity is added "
                    "when an AlexNet backbone is found: $SPIKEGAN_LPIPS_BACKBONE or ../shared/weights)")
     p.add_argument("--processes", type=int, default=None,
-                   help="training processes (default: 2 on a CPU with 2 or more cores, else 1)")
+                   help="training processes (default: a resumed run's own; a new run 2 on a CPU of 2 or more "
+                        "cores, else 1)")
     args = p.parse_args(argv)
     out = Path(args.out)
-    processes = args.processes if args.processes is not None else default_processes()
+    processes = args.processes if args.processes is not None else default_processes(out)
 
     train_args = ["--data", "shapes", "--preset", "shapes32", "--out", str(out)]
     if args.kimg is not None:

@@ -21,7 +21,7 @@ from gan.loss import GANLoss
 from gan.stream import StreamSampler
 from gan.train_config import TrainConfig, resolve_config, split_batch
 from gan.training import NonFiniteLossError, train
-from scripts.main_job import training_finished
+from scripts.main_job import default_processes, training_finished
 from scripts.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,6 +127,15 @@ def test_run_directory(full_run):
     model, tokenizer = load_model(out / "model")
     assert_same(weights(model), weights(full_run.ema))
     assert len(tokenizer) == len(full_run.tokenizer)
+
+
+def test_main_job_resumes_a_run_with_the_processes_that_saved_it(tmp_path, monkeypatch):
+    """A run saved by one process resumes as one (its state has one RNG file), whatever the CPU."""
+    monkeypatch.setattr("scripts.train.cores", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert default_processes(tmp_path) == 2  # a new run on 2 cores
+    train(tiny(tmp_path, kimg=0.032))
+    assert default_processes(tmp_path) == 1
 
 
 def test_resume_with_a_sketch_the_run_never_had_is_refused(tmp_path):
