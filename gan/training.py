@@ -282,8 +282,14 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
     D.to(device)
 
     def any_process_stopped(stop: dict) -> bool:
-        flag = torch.tensor(float(stop["signal"] is not None), device=device)
-        return accelerator.reduce(flag, reduction="sum").item() > 0
+        """Whether any process caught a signal or reached the --minutes budget; a process stopped by
+        another's takes its reason (a signal before the budget), so the main process names it."""
+        flags = torch.tensor([float(stop["signal"] not in (None, "budget")), float(stop["signal"] == "budget")],
+                             device=device)
+        signalled, budget = accelerator.reduce(flags, reduction="sum").tolist()
+        if stop["signal"] is None and signalled + budget > 0:
+            stop["signal"] = "signal" if signalled else "budget"
+        return signalled + budget > 0
 
     # Captions longer than max_length are reported once here, not warned about one by one below.
     if report := cut_report(tokenizer, captions):
