@@ -3,6 +3,7 @@ and the loss statistics gathered over every process between log ticks."""
 from __future__ import annotations
 
 import json
+import os
 import resource
 from pathlib import Path
 from typing import Any, Callable
@@ -58,6 +59,11 @@ def flat_hparams(d: dict, prefix: str = "") -> dict[str, Any]:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 class TickStats:

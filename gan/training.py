@@ -36,7 +36,7 @@ from gan.ema import EMA
 from gan.grid import grid_prompts, render_grid
 from gan.layout import LayoutTeacher
 from gan.loss import GANLoss
-from gan.reporting import MainProcess, TickStats, flat_hparams, peak_rss_mb
+from gan.reporting import MainProcess, TickStats, flat_hparams, peak_rss_mb, usable_cores
 from gan.signals import catch_stop_signals
 from gan.stream import MicroBatch, batch_guides, make_loader, override_captions
 from gan.train_config import TrainConfig, check_config, model_config, split_batch
@@ -219,8 +219,7 @@ def warm_up_on_main(warm_up: Callable, model: nn.Module, *, rank: int, world: in
     if rank == 0:
         threads = torch.get_num_threads()
         if device.type == "cpu":
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            torch.set_num_threads(max(threads, min(threads * world, cores)))
+            torch.set_num_threads(max(threads, min(threads * world, usable_cores())))
         try:  # a stop signal reaches every process; the main one ends the warm-up on its own
             result = warm_up(lambda stop: stop["signal"] is not None)
         finally:

@@ -52,10 +52,11 @@ def default_processes(out: Path) -> int:
     state); for a new run, 2 on a CPU of 2 or more cores, else 1."""
     import torch
     from gan.checkpoint import list_states, read_trainer
+    from gan.reporting import usable_cores
 
     if states := list_states(out / "checkpoints"):
         return int(read_trainer(states[-1]).get("processes", 1))
-    return 1 if torch.cuda.is_available() else min(2, train.cores())
+    return 1 if torch.cuda.is_available() else min(2, usable_cores())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -184,17 +184,15 @@ def metrics_callback(names: str, cfg, num_images: int):
     return run
 
 
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def launch(argv: list[str], processes: int, threads: int | None) -> int:
     """Run this script with `argv` as `processes` processes under torchrun, each with `threads`
     torch threads (default: the cores split between them). torchrun runs in its own session and
     SIGINT (Ctrl-C) or SIGTERM here is passed on once: each process then saves its state and stops,
     as a single process does (a signal reaching them twice would abort the save). Returns 0 when
     stopped so, else torchrun's exit status."""
-    threads = threads or max(1, cores() // processes)
+    from gan.reporting import usable_cores
+
+    threads = threads or max(1, usable_cores() // processes)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(processes),
            str(Path(__file__).resolve()), *argv, "--threads", str(threads)]
     proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, start_new_session=True)

@@ -131,7 +131,7 @@ def test_run_directory(full_run):
 
 def test_main_job_resumes_a_run_with_the_processes_that_saved_it(tmp_path, monkeypatch):
     """A run saved by one process resumes as one (its state has one RNG file), whatever the CPU."""
-    monkeypatch.setattr("scripts.train.cores", lambda: 2)
+    monkeypatch.setattr("gan.reporting.usable_cores", lambda: 2)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert default_processes(tmp_path) == 2  # a new run on 2 cores
     train(tiny(tmp_path, kimg=0.032))
