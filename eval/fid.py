@@ -43,7 +43,9 @@ def kid(
     """Kernel Inception Distance between features [N1, D] and [N2, D] -> (mean, std over subsets).
 
     The per-subset value is the unbiased MMD^2 with kernel k(x, y) = (x.y / D + 1)^3, so two
-    samples of one distribution score ~0 (it can be slightly negative)."""
+    samples of one distribution score ~0 (it can be slightly negative). When neither set is larger
+    than max_subset_size, every subset is a whole set and the spread is exactly 0 (clean-fid reports
+    rounding noise there, ~1e-7): a spread needs more than max_subset_size images in a set."""
     assert feats1.ndim == 2 and feats2.ndim == 2 and feats1.shape[1] == feats2.shape[1], \
         f"kid: expected [N1,D] and [N2,D], got {feats1.shape} and {feats2.shape}"
     n = feats1.shape[1]
@@ -58,7 +60,8 @@ def kid(
         a = (x @ x.T / n + 1) ** 3 + (y @ y.T / n + 1) ** 3
         b = (x @ y.T / n + 1) ** 3
         values[i] = ((a.sum() - np.diag(a).sum()) / (m - 1) - b.sum() * 2 / m) / m
-    return float(values.mean()), float(values.std())
+    whole = m == feats1.shape[0] == feats2.shape[0]  # each subset a permutation of both sets
+    return float(values.mean()), 0.0 if whole else float(values.std())
 
 
 class FeatureStats:

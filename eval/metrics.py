@@ -413,11 +413,15 @@ def fd_domain(ctx: Context) -> dict:
 
 @register("kid", needs=("inception",))
 def kid(ctx: Context) -> dict:
-    """Kernel Inception distance (clean-fid's unbiased estimate) and its spread over subsets."""
+    """Kernel Inception distance (clean-fid's unbiased estimate) and its spread over subsets of 1000."""
     from eval.fid import kid as kid_fn
 
     ref = ctx.reference_stats(ctx.opts.num_ref or ctx.opts.num)
-    mean, std = kid_fn(ctx.generated["inception"], ref.features, seed=ctx.opts.seed)
+    gen = ctx.generated["inception"]
+    mean, std = kid_fn(gen, ref.features, seed=ctx.opts.seed)
+    if len(gen) == len(ref.features) <= 1000:
+        ctx.log(f"kid_std is 0: with {len(gen)} images a side, every subset of at most 1000 is a whole set "
+                f"(a spread needs --num above 1000)")
     return {"kid": mean, "kid_std": std}
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -109,15 +110,20 @@ def border_colour(images: torch.Tensor) -> torch.Tensor:
 
 
 def sketch_error(drawn: torch.Tensor, images: torch.Tensor, *, object_weight: float = 4.0,
-                 threshold: float = 0.1) -> torch.Tensor:
+                 threshold: float = 0.1, over_processes: bool = False) -> torch.Tensor:
     """How far a sketch [B, 3, R, R] is from the images [B, 3, H, W] average-pooled to R x R: the
     squared error, with the cells that show an object (their colour differs from the image's
     background, the mean of its border pixels, by more than `threshold` summed over RGB in [-1, 1])
-    weighted 1 + object_weight, and the weights normalised to mean 1 over the batch."""
+    weighted 1 + object_weight, and the weights normalised to mean 1 over the batch.
+    over_processes: this batch is one process's share of a batch split over the processes; the
+    weights are normalised over the whole batch, so the shares' errors (and gradients) sum to its."""
     target = F.adaptive_avg_pool2d(images, drawn.shape[-1])
     background = border_colour(images)
     weight = 1 + object_weight * ((target - background).abs().sum(dim=1, keepdim=True) > threshold).to(target.dtype)
-    return ((drawn - target) ** 2 * weight).mean() / weight.mean()
+    total = weight.sum()
+    if over_processes:
+        dist.all_reduce(total)
+    return ((drawn - target) ** 2 * weight).sum() / (total * drawn.shape[1])
 
 
 class LayoutTeacher(nn.Module):

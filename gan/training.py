@@ -36,7 +36,7 @@ from gan.ema import EMA
 from gan.grid import grid_prompts, render_grid
 from gan.layout import LayoutTeacher
 from gan.loss import GANLoss
-from gan.reporting import MainProcess, TickStats, flat_hparams, peak_rss_mb, usable_cores
+from gan.reporting import MainProcess, TickStats, flat_hparams, peak_rss_mb
 from gan.signals import catch_stop_signals
 from gan.stream import MicroBatch, batch_guides, make_loader, override_captions
 from gan.train_config import TrainConfig, check_config, model_config, split_batch
@@ -207,33 +207,6 @@ def make_optimizers(cfg: TrainConfig, model: nn.Module, D: nn.Module) -> tuple[t
     return g_opt, d_opt
 
 
-def warm_up_on_main(warm_up: Callable, model: nn.Module, *, rank: int, world: int, device: torch.device):
-    """The warm-up of a multi-process run: every process would draw the same pairs and train alike,
-    so the main process runs it alone, on a CPU with the threads the waiting processes leave idle,
-    and sends its encoder, layout map and teacher to the others. warm_up(should_stop) is run_warmup
-    bound to its arguments; returns what it returns, on every process."""
-    import torch.distributed as dist
-
-    layout = model.generator.synthesis.layout
-    result = None
-    if rank == 0:
-        threads = torch.get_num_threads()
-        if device.type == "cpu":
-            torch.set_num_threads(max(threads, min(threads * world, usable_cores())))
-        try:  # a stop signal reaches every process; the main one ends the warm-up on its own
-            result = warm_up(lambda stop: stop["signal"] is not None)
-        finally:
-            torch.set_num_threads(threads)
-    shared = [None if result is None else (result[0], result[2], result[1] is not None)]
-    dist.broadcast_object_list(shared, src=0, device=device)
-    warm, stopped, has_teacher = shared[0]
-    teacher = result[1] if result is not None else LayoutTeacher.like(layout).to(device) if has_teacher else None
-    for module in (model.encoder, layout, teacher):
-        for tensor in (module.state_dict().values() if module is not None else ()):
-            dist.broadcast(tensor, src=0)
-    return warm, teacher, stopped
-
-
 def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] | None = None) -> TrainResult:
     """Run (or resume) training as `cfg` says; see the module docstring. metrics_callback(model_dir,
     kimg) -> dict of numbers runs on the main process after each exported snapshot model."""
@@ -253,7 +226,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         cpu=not torch.cuda.is_available(),  # without it, torchrun on CPUs starts N single-process runs
         mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out),
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
-        # The other processes wait for the main one's warm-up (warm_up_on_main): tens of minutes on a slow CPU.
+        # The other processes wait for the main one's encoder warm-up (gan/warmup.py): tens of minutes on a slow CPU.
         kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(hours=4))])
     world, rank = accelerator.num_processes, accelerator.process_index
     batch_gpu, accum = split_batch(cfg.batch, cfg.batch_gpu, world)
@@ -310,19 +283,14 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
             text_pairs = dataset.dataset if isinstance(dataset, GuidedDataset) else dataset
 
             def guided_tokens(b: dict, step: int):
-                texts, guides = conditioning(b, (cfg.seed, step))  # keys of two numbers: none of the GAN's four
+                texts, guides = conditioning(b, (cfg.seed, rank, step))  # keys of three numbers: none of the GAN's four
                 return tokenizer(texts, emphasis=emphasis).with_guides(guides)
 
-            def warm_up(should_stop: Callable[[dict], bool]):
-                return run_warmup(cfg.warmup, model.encoder, text_pairs, tokenizer, seed=cfg.seed, workers=cfg.workers,
-                                  resolution=model_cfg.resolution, device=device, any_process_stopped=should_stop,
-                                  layout=model.generator.synthesis.layout, emphasis=emphasis,
-                                  guided=(dataset, guided_tokens) if cfg.warmup.guides else None)
-
-            if world == 1:
-                warm, teacher, stopped = warm_up(any_process_stopped)
-            else:
-                warm, teacher, stopped = warm_up_on_main(warm_up, model, rank=rank, world=world, device=device)
+            warm, teacher, stopped = run_warmup(
+                cfg.warmup, model.encoder, text_pairs, tokenizer, seed=cfg.seed, workers=cfg.workers,
+                resolution=model_cfg.resolution, device=device, any_process_stopped=any_process_stopped,
+                layout=model.generator.synthesis.layout, emphasis=emphasis,
+                guided=(dataset, guided_tokens) if cfg.warmup.guides else None, rank=rank, world=world)
         if stopped:
             main.print(f"{stopped} received in the encoder warm-up, after {warm['warmup/steps']} of its steps: no "
                        f"training state exists yet; run the same command again to start over")

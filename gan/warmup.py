@@ -20,8 +20,11 @@ tokens for `layout_kimg` more (`warm_up_layout`): it learns to bind words to pla
 thousands of steps.
 
 The warm-up runs once, at the start of a fresh or fine-tuned run, before the networks are
-wrapped for multi-process training (every process runs it alike). A resumed run loads the warmed
-encoder from its state and skips it. What it measured is in docs/experiments.md.
+wrapped for multi-process training. There the encoder's phase, whose loss compares each image with
+the whole batch, runs on the main process alone with the others' threads and is sent to them; the
+layout's phase, a loss per image, splits each batch over the processes and sums their gradients.
+A resumed run loads the warmed encoder from its state and skips it. What it measured is in
+docs/experiments.md.
 """
 from __future__ import annotations
 
@@ -29,14 +32,17 @@ import copy
 import math
 import time
 from dataclasses import dataclass
+from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from data import to_float
 from gan.contrastive import clip_loss, distinct_pairs
 from gan.layout import LayoutSketch, LayoutTeacher, PromptLayout, sketch_error
+from gan.reporting import usable_cores
 from gan.signals import catch_stop_signals
 from gan.stream import make_loader
 
@@ -152,12 +158,14 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
 
 def warm_up_layout(encoder: nn.Module, layout: PromptLayout, sketch: LayoutSketch, batches: Iterator[dict],
                    tokens_of: Callable[[dict, int], Any], cfg: WarmupConfig, *, device: torch.device | str = "cpu",
-                   should_stop: Callable[[], bool] | None = None) -> dict[str, float]:
+                   should_stop: Callable[[], bool] | None = None, world: int = 1) -> dict[str, float]:
     """Train `layout` and its `sketch` head alone, in place, for cfg.layout_kimg thousand pairs on
     the frozen encoder's tokens (the encoder in eval mode: its running statistics stay);
     tokens_of(batch, step) gives a batch's TokenBatch. Returns the steps taken and the last step's
-    sketch error."""
-    opt = torch.optim.Adam([*layout.parameters(), *sketch.parameters()], lr=cfg.lr)
+    sketch error. world > 1: `batches` are this process's shares of cfg.batch, and the gradients
+    are summed over the processes, so every one takes the step one process would take on the whole."""
+    params = [*layout.parameters(), *sketch.parameters()]
+    opt = torch.optim.Adam(params, lr=cfg.lr)
     was_training = encoder.training
     encoder.eval()
     done, layout_error = 0, None
@@ -167,50 +175,94 @@ def warm_up_layout(encoder: nn.Module, layout: PromptLayout, sketch: LayoutSketc
         batch = next(batches)
         with torch.no_grad():
             code = encoder(tokens_of(batch, step).to(device))
-        layout_error = sketch_error(sketch(layout(code.tokens, code.mask)), to_float(batch["image"]).to(device))
+        layout_error = sketch_error(sketch(layout(code.tokens, code.mask)), to_float(batch["image"]).to(device),
+                                    over_processes=world > 1)
         opt.zero_grad(set_to_none=True)
         layout_error.backward()
+        if world > 1:
+            sum_over_processes([p.grad for p in params])
         opt.step()
         done += 1
     encoder.train(was_training)
     stats = {"warmup/layout_steps": done}
     if layout_error is not None:
-        stats["warmup/layout_error"] = float(layout_error.detach())
+        error = layout_error.detach()
+        if world > 1:
+            dist.all_reduce(error)  # the shares' errors sum to the whole batch's
+        stats["warmup/layout_error"] = float(error)
     return stats
+
+
+def sum_over_processes(tensors: list[torch.Tensor]) -> None:
+    """Replace each tensor by its sum over the processes, in one all-reduce."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors])):
+        t.copy_(part.view_as(t))
+
+
+@contextmanager
+def threads_of(world: int, device: torch.device | str):
+    """On a CPU, this process runs with the threads of `world` processes (those of the processes
+    that wait for it), up to the usable cores."""
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(max(threads, min(threads * world, usable_cores())))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def run_warmup(cfg: WarmupConfig, encoder: nn.Module, dataset, tokenizer, *, seed: int, workers: int,
                resolution: int, device, any_process_stopped: Callable[[dict], bool],
                layout: PromptLayout | None = None, emphasis: bool = False,
-               guided: tuple[Any, Callable[[dict, int], Any]] | None = None,
+               guided: tuple[Any, Callable[[dict, int], Any]] | None = None, rank: int = 0, world: int = 1,
                ) -> tuple[dict, LayoutTeacher | None, str | None]:
     """Both warm-up phases under the stop signals: (their log record, the warmed layout's frozen
-    sketch (None without a layout), the signal's name if a process was stopped, else None). Every
-    process draws the same pairs (rank 0 of 1), so all warm up alike. guided = (the dataset with
-    guides, tokens_of(batch, step)): the layout phase goes on with the same pairs carrying their
-    palette and sketch, coded by tokens_of (cfg.guides)."""
-    pairs = iter(make_loader(dataset, batch_gpu=cfg.batch, rank=0, world=1, seed=seed, start=0, workers=workers))
+    sketch (None without a layout), the signal's name if a process was stopped, else None).
+    guided = (the dataset with guides, tokens_of(batch, step)): the layout phase goes on with the
+    same pairs carrying their palette and sketch, coded by tokens_of (cfg.guides).
+
+    Process `rank` of `world` (a collective call when world > 1): the encoder's phase runs on the
+    main process with the threads of all, which then sends the encoder, the layout map and its
+    sketch head to the others; the layout's phase splits every batch over the processes (the pairs
+    one process would draw, dealt round robin) and sums their gradients."""
+    if layout is not None and cfg.layout_kimg > 0 and cfg.batch % world:
+        raise ValueError(f"the warm-up's batch of {cfg.batch} does not divide into {world} processes")
     sketch = new_sketch(layout, device) if layout is not None else None
     start = time.time()
     with catch_stop_signals() as stop:
         def should_stop() -> bool:
             return any_process_stopped(stop)
 
-        warm = warm_up_encoder(encoder, pairs, tokenizer, cfg, resolution=resolution, device=device,
-                               should_stop=should_stop, layout=layout, sketch=sketch, emphasis=emphasis)
+        warm = {}
+        if rank == 0:
+            pairs = iter(make_loader(dataset, batch_gpu=cfg.batch, rank=0, world=1, seed=seed, start=0, workers=workers))
+            with threads_of(world, device):  # a signal reaches every process: this one stops on its own
+                warm = warm_up_encoder(encoder, pairs, tokenizer, cfg, resolution=resolution, device=device,
+                                       should_stop=should_stop if world == 1 else lambda: stop["signal"] is not None,
+                                       layout=layout, sketch=sketch, emphasis=emphasis)
+            del pairs
+        if world > 1:
+            shared = [warm]
+            dist.broadcast_object_list(shared, src=0, device=torch.device(device))
+            warm = shared[0]
+            for module in (encoder, layout, sketch):
+                for tensor in (module.state_dict().values() if module is not None else ()):
+                    dist.broadcast(tensor, src=0)
         if layout is not None and cfg.layout_kimg > 0 and not should_stop():
             def tokens_of(batch: dict, step: int):
                 return tokenizer(batch["text"], emphasis=emphasis)
 
-            if guided is not None:  # the same stream of pairs from where the encoder's phase left it
-                del pairs
-                pairs = iter(make_loader(guided[0], batch_gpu=cfg.batch, rank=0, world=1, seed=seed,
-                                         start=warm["warmup/steps"] * cfg.batch, workers=workers))
-                tokens_of = guided[1]
+            data, tokens_of = guided if guided is not None else (dataset, tokens_of)
+            share = cfg.batch // world  # the stream goes on from where the encoder's phase left it
+            pairs = iter(make_loader(data, batch_gpu=share, rank=rank, world=world, seed=seed,
+                                     start=warm["warmup/steps"] * share, workers=workers))
             warm.update(warm_up_layout(encoder, layout, sketch, pairs, tokens_of, cfg, device=device,
-                                       should_stop=should_stop))
+                                       should_stop=should_stop, world=world))
+            del pairs
     warm["warmup/seconds"] = round(time.time() - start, 1)
-    del pairs
     stopped = any_process_stopped(stop)
     teacher = LayoutTeacher(copy.deepcopy(layout), sketch) if layout is not None else None
     return warm, teacher, (stop["signal"] or "signal") if stopped else None

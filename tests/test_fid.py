@@ -91,6 +91,15 @@ def test_kid_matches_clean_fid_and_is_unbiased_on_equal_distributions():
     assert shifted > 20 * abs(mean) and shifted > 0.01
 
 
+def test_kid_spread_is_zero_when_every_subset_is_both_whole_sets():
+    rng = np.random.RandomState(1)
+    f1, f2 = rng.randn(60, 8), rng.randn(60, 8) + 0.3
+    mean, std = kid(f1, f2, num_subsets=10, max_subset_size=100, seed=0)
+    np.random.seed(0)
+    assert std == 0.0 and mean == pytest.approx(kernel_distance(f1, f2, num_subsets=10, max_subset_size=100), rel=1e-9)
+    assert kid(f1, f2, num_subsets=10, max_subset_size=50, seed=0)[1] > 0  # subsets of 50 of 60 differ
+
+
 def test_clean_resize_equals_clean_fid_bit_for_bit():
     image = np.random.RandomState(0).randint(0, 256, (3, 37, 53), dtype=np.uint8)
     ours = clean_resize(image)  # [3, 299, 299]

@@ -72,12 +72,12 @@ def test_two_processes_agree_and_split_the_data(tmp_path):
     info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [i["world"] for i in info] == [2, 2]
     assert info[0]["nimg"] == info[1]["nimg"] == 48  # 3 steps of 16 = 2 processes x 4 x 2 accumulation
-    # The tiny preset's warm-up reads 48 pairs (32 for the encoder, 16 for the layout map alone) on
-    # the main process alone, which sends what it warmed to the other (the weights below, EMA
-    # included, agree only if it did); the GAN's batches are then split between them.
-    assert len(info[0]["seen"]) == 48 + 24 and len(info[1]["seen"]) == 24
-    seen0, seen1 = info[0]["seen"][48:], info[1]["seen"]
-    assert len(seen0) == len(seen1) == 24 and not set(seen0) & set(seen1)
+    # The tiny preset's warm-up reads 32 pairs for the encoder on the main process alone, which
+    # sends what it warmed to the other (the weights below, EMA included, agree only if it did);
+    # the layout map's 16 pairs and the GAN's batches are split between them.
+    assert len(info[0]["seen"]) == 32 + 8 + 24 and len(info[1]["seen"]) == 8 + 24
+    seen0, seen1 = info[0]["seen"][32:], info[1]["seen"]
+    assert len(seen0) == len(seen1) == 32 and not set(seen0) & set(seen1)
     w0, w1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     assert w0.keys() == w1.keys()
     assert any(k.startswith("G.encoder.") for k in w0) and any(k.startswith("EMA.") for k in w0)
@@ -182,3 +182,74 @@ def test_synced_code_norm_over_two_processes_equals_one_process_over_both_halves
     for g in got:
         torch.testing.assert_close(g["mean"], norm.running_mean)
         torch.testing.assert_close(g["var"], norm.running_var)
+
+
+WARMUP = r"""
+import torch
+from gan.train_config import resolve_config
+import gan.training as T
+from gan.warmup import run_warmup
+
+
+class Quiet:
+    def print(self, *a, **k):
+        pass
+
+
+def warm(rank, world, stopped):
+    torch.manual_seed(0)
+    cfg = resolve_config("tiny", out="unused", workers=0, warmup={"kimg": 0.032, "batch": 16, "layout_kimg": 0.064})
+    dataset, _, model, _, tokenizer, model_cfg = T.build_networks(cfg, None, Quiet())
+    warm, teacher, _ = run_warmup(cfg.warmup, model.encoder, dataset, tokenizer, seed=0, workers=0,
+                                  resolution=model_cfg.resolution, device=torch.device("cpu"),
+                                  any_process_stopped=stopped, layout=model.generator.synthesis.layout,
+                                  rank=rank, world=world)
+    tensors = {f"teacher.{k}": v for k, v in teacher.state_dict().items()}
+    tensors.update({f"encoder.{k}": v for k, v in model.encoder.state_dict().items()})
+    if "warmup/layout_error" in warm:
+        tensors["layout_error"] = torch.tensor([warm["warmup/layout_error"]])
+    return tensors
+"""
+
+WARMUP_MAIN = WARMUP + r"""
+import sys
+import torch.distributed as dist
+from safetensors.torch import save_file
+
+dist.init_process_group("gloo")
+
+
+def stopped(stop):
+    flag = torch.tensor([float(stop["signal"] is not None)])
+    dist.all_reduce(flag)
+    return bool(flag.item())
+
+
+rank = dist.get_rank()
+save_file({k: v.contiguous() for k, v in warm(rank, 2, stopped).items()}, f"{sys.argv[1]}/warm{rank}.safetensors")
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
+                    reason="torchrun is not installed beside this python")
+def test_layout_warm_up_split_over_two_processes_equals_one_process(tmp_path):
+    """The layout phase of a two-process warm-up (each process half of every batch, gradients
+    summed) ends where one process ends on the whole batches: same map, sketch head and error."""
+    script = tmp_path / "warm.py"
+    script.write_text(WARMUP_MAIN)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29535", str(script), str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = [load_file(str(tmp_path / f"warm{r}.safetensors")) for r in (0, 1)]
+    scope: dict = {}
+    exec(compile(WARMUP, "warmup", "exec"), scope)
+    want = scope["warm"](0, 1, lambda stop: stop["signal"] is not None)
+    fresh = scope["warm"](0, 1, lambda stop: True)  # stopped at once: the layout is untrained
+    assert got[0].keys() == got[1].keys() == want.keys()
+    assert any(not torch.equal(want[k], fresh[k]) for k in want if k.startswith("teacher.layout."))
+    for g in got:
+        for k in want:
+            torch.testing.assert_close(g[k], want[k], atol=2e-5, rtol=1e-4, msg=k)
