@@ -20,10 +20,10 @@ tokens for `layout_kimg` more (`warm_up_layout`): it learns to bind words to pla
 thousands of steps.
 
 The warm-up runs once, at the start of a fresh or fine-tuned run, before the networks are
-wrapped for multi-process training. There the encoder's phase, whose loss compares each image with
-the whole batch, runs on the main process alone with the others' threads and is sent to them; the
-layout's phase, a loss per image, splits each batch over the processes and sums their gradients.
-A resumed run loads the warmed encoder from its state and skips it. What it measured is in
+wrapped for multi-process training. There each process takes a share of every batch: the codes
+and image embeddings are gathered, so every process computes the whole batch's contrastive loss,
+and the gradients are summed (one process on the whole batch takes the same steps). A resumed run
+loads the warmed encoder from its state and skips it. What it measured is in
 docs/experiments.md.
 """
 from __future__ import annotations
@@ -32,7 +32,6 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
 import torch
@@ -40,9 +39,9 @@ import torch.distributed as dist
 from torch import nn
 
 from data import to_float
+from encoders.encoder import CodeNorm
 from gan.contrastive import clip_loss, distinct_pairs
 from gan.layout import LayoutSketch, LayoutTeacher, PromptLayout, sketch_error
-from gan.reporting import usable_cores
 from gan.signals import catch_stop_signals
 from gan.stream import make_loader
 
@@ -85,8 +84,10 @@ class ImageTower(nn.Module):
 
 class ImageTextScorer(nn.Module):
     """The warm-up's image side: an ImageTower and CLIP's learnable temperature. Called with
-    images, their captions' codes and `distinct_pairs(code.pooled)`, it returns (CLIP's loss,
-    the [B, B] logits)."""
+    images and their captions' pooled codes, it returns (CLIP's loss, the [B, B] logits); captions
+    that code identically are no negatives. gather: the batch is split over processes, and
+    gather(rows) joins every process's rows (GatherRows.apply), so each process computes the loss
+    of the whole batch."""
 
     def __init__(self, *, resolution: int, code_dim: int) -> None:
         super().__init__()
@@ -94,8 +95,29 @@ class ImageTextScorer(nn.Module):
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))  # CLIP's initial temperature
 
     def forward(self, img: torch.Tensor, pooled: torch.Tensor,
-                distinct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return clip_loss(self.image(img), pooled, self.logit_scale, distinct)
+                gather: Callable[[torch.Tensor], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        img_emb = self.image(img)
+        if gather is not None:
+            img_emb, pooled = gather(img_emb), gather(pooled)
+        return clip_loss(img_emb, pooled, self.logit_scale, distinct_pairs(pooled.detach()))
+
+
+class GatherRows(torch.autograd.Function):
+    """Every process's rows [b, ...] joined in rank order, [world * b, ...]. For a loss that every
+    process computes alike from the joined rows: the gradient of its own rows is its slice of the
+    joined rows' gradient, so summing the parameters' gradients over the processes gives the
+    gradient of the whole batch."""
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
+        parts = [torch.empty_like(rows) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, rows.contiguous())
+        ctx.rows = slice(dist.get_rank() * len(rows), (dist.get_rank() + 1) * len(rows))
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad[ctx.rows]
 
 
 def new_sketch(layout: PromptLayout, device: torch.device | str = "cpu") -> LayoutSketch:
@@ -108,7 +130,7 @@ def new_sketch(layout: PromptLayout, device: torch.device | str = "cpu") -> Layo
 def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg: WarmupConfig, *,
                     resolution: int, device: torch.device | str = "cpu",
                     should_stop: Callable[[], bool] | None = None, layout: PromptLayout | None = None,
-                    sketch: LayoutSketch | None = None, emphasis: bool = False) -> dict[str, float]:
+                    sketch: LayoutSketch | None = None, emphasis: bool = False, world: int = 1) -> dict[str, float]:
     """Train `encoder` in place for cfg.kimg thousand pairs drawn from `batches` (collated batches
     of cfg.batch pairs, e.g. the training loop's `make_loader` stream). Returns the last step's
     loss and in-batch retrieval accuracy (image -> caption), the steps and the seconds.
@@ -117,16 +139,23 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
     head (a fresh one when None), both train in place too: the map of each caption's tokens (detached: this loss leaves
     the encoder alone) must give the real image average-pooled to the map's size
     (gan.layout.sketch_error, "warmup/layout_error"). emphasis: read the captions' emphasis syntax
-    (a dataset whose captions are written in it, as shapes with emphasised sizes)."""
+    (a dataset whose captions are written in it, as shapes with emphasised sizes). world > 1:
+    `batches` are this process's shares of cfg.batch; the codes and image embeddings are gathered
+    (every process computes the whole batch's loss), and the gradients summed over the processes."""
     scorer = ImageTextScorer(resolution=resolution, code_dim=encoder.code_dim).to(device)
-    params = [*[p for p in encoder.parameters() if p.requires_grad], *scorer.parameters()]
+    params = [*[p for p in encoder.parameters() if p.requires_grad], *scorer.image.parameters()]
     if layout is not None:
         sketch = sketch if sketch is not None else new_sketch(layout, device)
         params += [*layout.parameters(), *sketch.parameters()]
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    # The temperature acts on the joined rows only: its gradient is the whole batch's on every process.
+    opt = torch.optim.Adam([*params, scorer.logit_scale], lr=cfg.lr)
     steps = max(1, round(cfg.kimg * 1000 / cfg.batch))
     was_training = encoder.training
     encoder.train()
+    norms = [m for m in encoder.modules() if isinstance(m, CodeNorm)]
+    was_synced = [m.synced for m in norms]
+    for m in norms:
+        m.synced = world > 1  # the pooled code's statistics over the whole batch
     start = time.time()
     loss = logits = layout_error = None
     done = 0
@@ -136,15 +165,20 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
         batch = next(batches)
         code = encoder(tokenizer(batch["text"], emphasis=emphasis).to(device))
         images = to_float(batch["image"]).to(device)
-        loss, logits = scorer(images, code.pooled, distinct_pairs(code.pooled.detach()))
+        loss, logits = scorer(images, code.pooled, gather=GatherRows.apply if world > 1 else None)
         total = loss
         if layout is not None:
-            layout_error = sketch_error(sketch(layout(code.tokens.detach(), code.mask)), images)
+            layout_error = sketch_error(sketch(layout(code.tokens.detach(), code.mask)), images,
+                                        over_processes=world > 1)
             total = loss + layout_error
         opt.zero_grad(set_to_none=True)
         total.backward()
+        if world > 1:
+            sum_over_processes([p.grad for p in params if p.grad is not None])
         opt.step()
         done += 1
+    for m, synced in zip(norms, was_synced):
+        m.synced = synced
     encoder.train(was_training)
     stats = {"warmup/steps": done, "warmup/seconds": round(time.time() - start, 1)}
     if logits is not None:
@@ -152,7 +186,10 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
         stats["warmup/loss"] = float(loss.detach())
         stats["warmup/accuracy"] = float((logits.detach().argmax(dim=1) == labels).float().mean())
     if layout_error is not None:
-        stats["warmup/layout_error"] = float(layout_error.detach())
+        error = layout_error.detach()
+        if world > 1:
+            dist.all_reduce(error)  # the shares' errors sum to the whole batch's
+        stats["warmup/layout_error"] = float(error)
     return stats
 
 
@@ -201,19 +238,6 @@ def sum_over_processes(tensors: list[torch.Tensor]) -> None:
         t.copy_(part.view_as(t))
 
 
-@contextmanager
-def threads_of(world: int, device: torch.device | str):
-    """On a CPU, this process runs with the threads of `world` processes (those of the processes
-    that wait for it), up to the usable cores."""
-    threads = torch.get_num_threads()
-    if torch.device(device).type == "cpu":
-        torch.set_num_threads(max(threads, min(threads * world, usable_cores())))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
 def run_warmup(cfg: WarmupConfig, encoder: nn.Module, dataset, tokenizer, *, seed: int, workers: int,
                resolution: int, device, any_process_stopped: Callable[[dict], bool],
                layout: PromptLayout | None = None, emphasis: bool = False,
@@ -222,47 +246,34 @@ def run_warmup(cfg: WarmupConfig, encoder: nn.Module, dataset, tokenizer, *, see
     """Both warm-up phases under the stop signals: (their log record, the warmed layout's frozen
     sketch (None without a layout), the signal's name if a process was stopped, else None).
     guided = (the dataset with guides, tokens_of(batch, step)): the layout phase goes on with the
-    same pairs carrying their palette and sketch, coded by tokens_of (cfg.guides).
-
-    Process `rank` of `world` (a collective call when world > 1): the encoder's phase runs on the
-    main process with the threads of all, which then sends the encoder, the layout map and its
-    sketch head to the others; the layout's phase splits every batch over the processes (the pairs
-    one process would draw, dealt round robin) and sums their gradients."""
-    if layout is not None and cfg.layout_kimg > 0 and cfg.batch % world:
+    same pairs carrying their palette and sketch, coded by tokens_of (cfg.guides). Process `rank`
+    of `world` (a collective call when world > 1) takes its share of every batch: the pairs one
+    process would draw, dealt round robin; the processes' gradients are summed."""
+    if cfg.batch % world:
         raise ValueError(f"the warm-up's batch of {cfg.batch} does not divide into {world} processes")
+    share = cfg.batch // world
+    pairs = iter(make_loader(dataset, batch_gpu=share, rank=rank, world=world, seed=seed, start=0, workers=workers))
     sketch = new_sketch(layout, device) if layout is not None else None
     start = time.time()
     with catch_stop_signals() as stop:
         def should_stop() -> bool:
             return any_process_stopped(stop)
 
-        warm = {}
-        if rank == 0:
-            pairs = iter(make_loader(dataset, batch_gpu=cfg.batch, rank=0, world=1, seed=seed, start=0, workers=workers))
-            with threads_of(world, device):  # a signal reaches every process: this one stops on its own
-                warm = warm_up_encoder(encoder, pairs, tokenizer, cfg, resolution=resolution, device=device,
-                                       should_stop=should_stop if world == 1 else lambda: stop["signal"] is not None,
-                                       layout=layout, sketch=sketch, emphasis=emphasis)
-            del pairs
-        if world > 1:
-            shared = [warm]
-            dist.broadcast_object_list(shared, src=0, device=torch.device(device))
-            warm = shared[0]
-            for module in (encoder, layout, sketch):
-                for tensor in (module.state_dict().values() if module is not None else ()):
-                    dist.broadcast(tensor, src=0)
+        warm = warm_up_encoder(encoder, pairs, tokenizer, cfg, resolution=resolution, device=device,
+                               should_stop=should_stop, layout=layout, sketch=sketch, emphasis=emphasis, world=world)
         if layout is not None and cfg.layout_kimg > 0 and not should_stop():
             def tokens_of(batch: dict, step: int):
                 return tokenizer(batch["text"], emphasis=emphasis)
 
-            data, tokens_of = guided if guided is not None else (dataset, tokens_of)
-            share = cfg.batch // world  # the stream goes on from where the encoder's phase left it
-            pairs = iter(make_loader(data, batch_gpu=share, rank=rank, world=world, seed=seed,
-                                     start=warm["warmup/steps"] * share, workers=workers))
+            if guided is not None:  # the same stream of pairs from where the encoder's phase left it
+                del pairs
+                pairs = iter(make_loader(guided[0], batch_gpu=share, rank=rank, world=world, seed=seed,
+                                         start=warm["warmup/steps"] * share, workers=workers))
+                tokens_of = guided[1]
             warm.update(warm_up_layout(encoder, layout, sketch, pairs, tokens_of, cfg, device=device,
                                        should_stop=should_stop, world=world))
-            del pairs
     warm["warmup/seconds"] = round(time.time() - start, 1)
+    del pairs
     stopped = any_process_stopped(stop)
     teacher = LayoutTeacher(copy.deepcopy(layout), sketch) if layout is not None else None
     return warm, teacher, (stop["signal"] or "signal") if stopped else None

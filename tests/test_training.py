@@ -240,9 +240,9 @@ def test_sigterm_during_the_warmup_exits_cleanly(tmp_path, monkeypatch, capsys):
 
     original = ImageTextScorer.forward
 
-    def signal_on_first(self, *args):
+    def signal_on_first(self, *args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, *args)
+        return original(self, *args, **kwargs)
 
     monkeypatch.setattr(ImageTextScorer, "forward", signal_on_first)
     result = train(tiny(tmp_path, kimg=0.128))  # tiny warms up for 2 steps: the first runs, the second not
