@@ -226,7 +226,7 @@ def train(cfg: TrainConfig, *, metrics_callback: Callable[[Path, float], dict] |
         cpu=not torch.cuda.is_available(),  # without it, torchrun on CPUs starts N single-process runs
         mixed_precision=cfg.mixed_precision, log_with="tensorboard", project_dir=str(out),
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=accum, sync_with_dataloader=False),
-        # The other processes wait for the main one's encoder warm-up (gan/warmup.py): tens of minutes on a slow CPU.
+        # The other processes wait while the main one scores a snapshot (--metrics): minutes on a slow CPU.
         kwargs_handlers=[InitProcessGroupKwargs(timeout=datetime.timedelta(hours=4))])
     world, rank = accelerator.num_processes, accelerator.process_index
     batch_gpu, accum = split_batch(cfg.batch, cfg.batch_gpu, world)

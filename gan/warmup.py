@@ -186,10 +186,7 @@ def warm_up_encoder(encoder: nn.Module, batches: Iterator[dict], tokenizer, cfg:
         stats["warmup/loss"] = float(loss.detach())
         stats["warmup/accuracy"] = float((logits.detach().argmax(dim=1) == labels).float().mean())
     if layout_error is not None:
-        error = layout_error.detach()
-        if world > 1:
-            dist.all_reduce(error)  # the shares' errors sum to the whole batch's
-        stats["warmup/layout_error"] = float(error)
+        stats["warmup/layout_error"] = whole_batch(layout_error.detach(), world)
     return stats
 
 
@@ -223,11 +220,15 @@ def warm_up_layout(encoder: nn.Module, layout: PromptLayout, sketch: LayoutSketc
     encoder.train(was_training)
     stats = {"warmup/layout_steps": done}
     if layout_error is not None:
-        error = layout_error.detach()
-        if world > 1:
-            dist.all_reduce(error)  # the shares' errors sum to the whole batch's
-        stats["warmup/layout_error"] = float(error)
+        stats["warmup/layout_error"] = whole_batch(layout_error.detach(), world)
     return stats
+
+
+def whole_batch(error: torch.Tensor, world: int) -> float:
+    """A sketch error of the whole batch from this process's share (the shares' errors sum to it)."""
+    if world > 1:
+        dist.all_reduce(error)
+    return float(error)
 
 
 def sum_over_processes(tensors: list[torch.Tensor]) -> None:

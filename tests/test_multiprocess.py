@@ -4,7 +4,6 @@ weights and must have seen different images. Started with torchrun, which (unlik
 `scripts/train.py --processes 2` does; its launcher stops and resumes such a run."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,20 @@ import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
+TORCHRUN = Path(sys.executable).parent / "torchrun"
+needs_torchrun = pytest.mark.skipif(not TORCHRUN.is_file(), reason="torchrun is not installed beside this python")
+
+
+def run_two_processes(script: str, tmp_path: Path, *, port: int, timeout: int) -> None:
+    """Run `script` (Python source, given tmp_path as its argument) as two CPU processes of one
+    thread under torchrun; fails the test with their stderr if they fail."""
+    path = tmp_path / "script.py"
+    path.write_text(script)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([str(TORCHRUN), "--nproc_per_node", "2", "--master_port", str(port), str(path), str(tmp_path)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-4000:]
 
 RUNNER = r'''
 import json, sys
@@ -58,17 +71,9 @@ save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(ou
 '''
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                    reason="torchrun is not installed beside this python")
+@needs_torchrun
 def test_two_processes_agree_and_split_the_data(tmp_path):
-    runner = tmp_path / "runner.py"
-    runner.write_text(RUNNER)
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29531", str(runner), str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    run_two_processes(RUNNER, tmp_path, port=29531, timeout=300)
     info = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [i["world"] for i in info] == [2, 2]
     assert info[0]["nimg"] == info[1]["nimg"] == 48  # 3 steps of 16 = 2 processes x 4 x 2 accumulation
@@ -100,8 +105,7 @@ sys.exit(train.main(args))
 '''
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                    reason="torchrun is not installed beside this python")
+@needs_torchrun
 def test_train_processes_passes_a_stop_on_and_its_run_resumes(tmp_path):
     """`train.py --processes 2` (the main job's two CPU processes): a SIGTERM to the launcher
     reaches each process once, so they save a whole state and it returns 0; run again with
@@ -154,20 +158,13 @@ dist.destroy_process_group()
 '''
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                    reason="torchrun is not installed beside this python")
+@needs_torchrun
 def test_synced_code_norm_over_two_processes_equals_one_process_over_both_halves(tmp_path):
     """CodeNorm.synced (set by a multi-process training loop): two processes with 4 prompts each
     give the outputs, input gradients and running statistics of one process with all 8."""
     from encoders.encoder import CodeNorm
 
-    script = tmp_path / "norm.py"
-    script.write_text(CODE_NORM)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", str(script), str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_two_processes(CODE_NORM, tmp_path, port=29533, timeout=120)
     got = [load_file(str(tmp_path / f"norm{r}.safetensors")) for r in (0, 1)]
 
     x = torch.randn(8, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3 + 1
@@ -233,19 +230,12 @@ dist.destroy_process_group()
 """
 
 
-@pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
-                    reason="torchrun is not installed beside this python")
+@needs_torchrun
 def test_warm_up_split_over_two_processes_equals_one_process(tmp_path):
     """A two-process warm-up (each process half of every batch; the codes and image embeddings
     gathered, gradients summed) ends where one process ends on the whole batches: the same
     encoder, map, sketch head, loss and errors."""
-    script = tmp_path / "warm.py"
-    script.write_text(WARMUP_MAIN)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29535", str(script), str(tmp_path)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_two_processes(WARMUP_MAIN, tmp_path, port=29535, timeout=180)
     got = [load_file(str(tmp_path / f"warm{r}.safetensors")) for r in (0, 1)]
     scope: dict = {}
     exec(compile(WARMUP, "warmup", "exec"), scope)
